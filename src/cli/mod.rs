@@ -1,0 +1,175 @@
+//! The command line: parse flags, call the library, render results, map errors to exit codes.
+
+use crate::convert::{VerifyPolicy, WriteOptions, WriteReport};
+use crate::error::Error;
+use crate::onnx::ExternalDataMode;
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Exit codes, stable for pipelines.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The input could not be read or is not a valid model, or an I/O error occurred.
+    pub const ERROR: i32 = 1;
+    /// Bad command line, or a refused output path (existing file without --force, the input).
+    pub const USAGE: i32 = 2;
+    /// A written model could not be verified with tract and --require-verified was given, or
+    /// verification found a difference where none was allowed. Nothing was written.
+    pub const VERIFICATION: i32 = 3;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pare",
+    version,
+    about = "Make trained ONNX and TFLite models smaller after export",
+    long_about = "pare reads ONNX (.onnx, with external data) and TFLite (.tflite, float and int8) model files, \
+and writes them back losslessly. Every model it writes is loaded and run in tract on seeded random inputs \
+and compared with the original before the command reports success.\n\n\
+Exit codes: 0 success, 1 error (unreadable or invalid input, I/O), 2 usage (bad flags, refused output path), \
+3 verification failed (with --require-verified, or outputs changed by a conversion); nothing is written on failure."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Print results as JSON on stdout (human messages still go to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing on stderr except errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a model's format, inputs/outputs, ops, per-layer weights, params, sparsity, MACs and size.
+    Inspect {
+        /// The model file (.onnx or .tflite; the format is detected from the content).
+        model: PathBuf,
+    },
+    /// Re-serialize a model without changing its meaning (optionally moving ONNX weights to or
+    /// from an external data file).
+    Convert {
+        /// The input model.
+        input: PathBuf,
+        /// Where to write the result.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// ONNX: store every tensor of at least 1 KiB in an external data file beside the output
+        /// (default name: OUTPUT.data). Large tensors are aligned to 64 KiB so runtimes can map them.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "", conflicts_with = "inline_data")]
+        external_data: Option<String>,
+        /// ONNX: pull all external data back into the model file (which must stay under 2 GiB).
+        #[arg(long)]
+        inline_data: bool,
+        #[command(flatten)]
+        write: WriteFlags,
+    },
+}
+
+#[derive(Args, Debug)]
+struct WriteFlags {
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Do not check the written model with tract.
+    #[arg(long, conflicts_with = "require_verified")]
+    no_verify: bool,
+    /// Fail (exit 3, nothing written) when tract cannot verify the written model.
+    #[arg(long)]
+    require_verified: bool,
+}
+
+impl WriteFlags {
+    fn policy(&self) -> VerifyPolicy {
+        if self.no_verify {
+            VerifyPolicy::Skip
+        } else if self.require_verified {
+            VerifyPolicy::Require
+        } else {
+            VerifyPolicy::Check
+        }
+    }
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                Error::Usage(_) => exit::USAGE,
+                Error::Verification(_) => exit::VERIFICATION,
+                _ => exit::ERROR,
+            }
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`pare inspect --json m.onnx | head`) is the reader's choice, not an error.
+    if serde_json::to_writer_pretty(&mut out, value).is_ok() {
+        let _ = writeln!(out);
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<i32, Error> {
+    match &cli.command {
+        Command::Inspect { model } => {
+            let doc = crate::Document::open(model)?;
+            let report = crate::inspect::inspect(&doc)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = crate::inspect::render(&report, &mut out);
+            }
+            Ok(exit::OK)
+        }
+        Command::Convert { input, output, external_data, inline_data, write } => {
+            let external_data = match (external_data, inline_data) {
+                (Some(name), _) if name.is_empty() => ExternalDataMode::Into(crate::onnx::write::default_data_file(output)),
+                (Some(name), _) => ExternalDataMode::Into(name.clone()),
+                (None, true) => ExternalDataMode::Inline,
+                (None, false) => ExternalDataMode::Keep,
+            };
+            let opts = WriteOptions { external_data, verify: write.policy(), force: write.force, ..WriteOptions::default() };
+            let report = crate::convert::convert(input, output, &opts)?;
+            if cli.json {
+                print_json(&report)?;
+            }
+            if !cli.quiet {
+                render_write(&report);
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn render_write(r: &WriteReport) {
+    eprintln!("wrote {} ({} bytes; input {} bytes)", r.files.join(", "), r.output_bytes, r.input_bytes);
+    match &r.verification {
+        None => eprintln!("verification skipped (--no-verify)"),
+        Some(v) if !v.verified => eprintln!("verified: false: {}", v.reason.as_deref().unwrap_or("")),
+        Some(v) => {
+            let identical = v.outputs.iter().filter(|o| o.identical).count();
+            eprintln!(
+                "verified: true (tract ran both models on seeded random inputs; {identical}/{} outputs bit-identical)",
+                v.outputs.len()
+            );
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Writing documents: stage beside the destination, read back, verify with tract, commit.
+//! `pare convert` is this pipeline with no edits; pruning commands reuse it.
+
+use crate::document::Document;
+use crate::error::{Error, Result};
+use crate::onnx::ExternalDataMode;
+use crate::output::{check_destination, Staging};
+use crate::verify::{self, Verification};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What to do about checking a written model with tract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyPolicy {
+    /// Do not load the written model in tract.
+    Skip,
+    /// Check; when tract cannot run a model, report `verified: false` and still write.
+    Check,
+    /// Check; refuse to write a model tract could not verify.
+    Require,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub external_data: ExternalDataMode,
+    pub verify: VerifyPolicy,
+    pub force: bool,
+    pub seed: u64,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { external_data: ExternalDataMode::Keep, verify: VerifyPolicy::Check, force: false, seed: verify::DEFAULT_SEED }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteReport {
+    pub input: String,
+    pub output: String,
+    pub format: crate::model::Format,
+    /// Every file written, model last.
+    pub files: Vec<String>,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// Files an output must never replace: the input and its external data files.
+fn protected_inputs(doc: &Document) -> Vec<PathBuf> {
+    let mut v = vec![doc.path().to_path_buf()];
+    if let Document::Onnx(d) = doc {
+        let dir = d.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for loc in d.external_locations() {
+            if let Ok(p) = crate::onnx::resolve_location(&d.path, &dir, &loc) {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+/// Writes `edited` (a document derived from `original`) to `output`, then checks it.
+/// `expect_identical` makes any output difference an error (for conversions, which must not
+/// change what the model computes).
+pub fn write_checked(original: &Document, edited: &Document, output: &Path, opts: &WriteOptions, expect_identical: bool) -> Result<WriteReport> {
+    let protected = protected_inputs(original);
+    let protected_refs: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
+    check_destination(output, &protected_refs, opts.force)?;
+    if output.file_name().is_none() {
+        return Err(Error::Usage(format!("{}: not a file path", output.display())));
+    }
+
+    let mut staging = Staging::beside(output)?;
+    match edited {
+        Document::Onnx(d) => {
+            let data_file = match &opts.external_data {
+                ExternalDataMode::Into(n) => Some(n.clone()),
+                ExternalDataMode::Keep if !d.external_locations().is_empty() => Some(crate::onnx::write::default_data_file(output)),
+                _ => None,
+            };
+            if let Some(name) = data_file {
+                check_destination(&output.with_file_name(&name), &protected_refs, opts.force)?;
+            }
+            crate::onnx::write::write(d, &d.model, output, &opts.external_data, &mut staging)?;
+        }
+        Document::Tflite(d) => {
+            if opts.external_data != ExternalDataMode::Keep {
+                return Err(Error::Usage("--external-data and --inline-data apply to ONNX models only".into()));
+            }
+            let (bytes, _) = d.encode()?;
+            staging.write_with(output, |w| w.write_all(&bytes))?;
+        }
+    }
+
+    // Read the staged files back exactly as a user would: this proves they parse, and the
+    // check below runs on what is on disk, not on what we meant to write.
+    let staged = Document::open(&staging.staged_path(output))?;
+    let verification = match opts.verify {
+        VerifyPolicy::Skip => None,
+        VerifyPolicy::Check | VerifyPolicy::Require => Some(verify::compare(original, &staged, opts.seed)?),
+    };
+    if let Some(v) = &verification {
+        if !v.verified && opts.verify == VerifyPolicy::Require {
+            return Err(Error::Verification(format!(
+                "{}: not written: tract could not verify it ({}) and --require-verified is set",
+                output.display(),
+                v.reason.as_deref().unwrap_or("unknown reason")
+            )));
+        }
+        if v.verified && expect_identical && !v.identical() {
+            let worst = v.outputs.iter().map(|o| o.max_abs_diff).fold(0.0, f64::max);
+            return Err(Error::Verification(format!(
+                "{}: not written: its outputs differ from the original's (max abs diff {worst:e}); this is a bug in pare, please report it",
+                output.display()
+            )));
+        }
+    }
+
+    let files: Vec<String> = staging.destinations().map(|p| p.display().to_string()).collect();
+    let output_bytes = staging
+        .destinations()
+        .map(|d| std::fs::metadata(staging.staged_path(d)).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let input_bytes = crate::inspect::file_sizes(original).map(|s| s.file_bytes).unwrap_or(original.file_bytes());
+    staging.commit()?;
+    Ok(WriteReport {
+        input: original.path().display().to_string(),
+        output: output.display().to_string(),
+        format: original.format(),
+        files,
+        input_bytes,
+        output_bytes,
+        verification,
+    })
+}
+
+/// `pare convert`: re-serialize without changing the model's meaning.
+pub fn convert(input: &Path, output: &Path, opts: &WriteOptions) -> Result<WriteReport> {
+    let doc = Document::open(input)?;
+    write_checked(&doc, &doc, output, opts, true)
+}

@@ -1,0 +1,65 @@
+//! A model file as read: the decoded document of either format, detected from its content.
+
+use crate::error::{Error, Result};
+use crate::model::{Format, Model};
+use crate::onnx::OnnxDocument;
+use crate::tflite::TfliteDocument;
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub enum Document {
+    Onnx(OnnxDocument),
+    Tflite(TfliteDocument),
+}
+
+impl Document {
+    /// Reads a model file. The format comes from the content (the TFLite file identifier, else
+    /// an ONNX protobuf with a graph), never from the extension.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = crate::io::map_file(path)?;
+        if bytes.is_empty() {
+            return Err(Error::malformed(path, "the file is empty"));
+        }
+        if crate::tflite::has_identifier(&bytes) {
+            return Ok(Document::Tflite(TfliteDocument::from_bytes(path, bytes)?));
+        }
+        match OnnxDocument::from_bytes(path, bytes) {
+            Ok(doc) => Ok(Document::Onnx(doc)),
+            // Keep errors about a real ONNX file's content (external data, tensors) as they are;
+            // a file that does not decode at all is simply not a model.
+            Err(Error::Malformed { msg, .. }) if msg.starts_with("not ") => Err(Error::malformed(
+                path,
+                "not an ONNX or TFLite model (no TFLite identifier, and it does not decode as an ONNX ModelProto with a graph)",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        match self {
+            Document::Onnx(_) => Format::Onnx,
+            Document::Tflite(_) => Format::Tflite,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Document::Onnx(d) => &d.path,
+            Document::Tflite(d) => &d.path,
+        }
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        match self {
+            Document::Onnx(d) => d.file_bytes,
+            Document::Tflite(d) => d.file_bytes,
+        }
+    }
+
+    pub fn to_model(&self) -> Result<Model> {
+        match self {
+            Document::Onnx(d) => d.to_model(),
+            Document::Tflite(d) => d.to_model(),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `pare inspect`: what a model file contains.
+
+use crate::document::Document;
+use crate::error::Result;
+use crate::model::stats::{self, LayerStats, Totals};
+use crate::model::{shape_to_string, Dim, FormatInfo, Graph, Quant};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IoInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Option<Vec<Dim>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quant>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizes {
+    /// Bytes of the model file plus its external data files.
+    pub file_bytes: u64,
+    /// The same bytes compressed with gzip at level 9.
+    pub gzip_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub schema: &'static str,
+    pub path: String,
+    pub info: FormatInfo,
+    pub graphs: usize,
+    pub nodes: usize,
+    pub inputs: Vec<IoInfo>,
+    pub outputs: Vec<IoInfo>,
+    pub op_histogram: BTreeMap<String, usize>,
+    pub layers: Vec<LayerStats>,
+    pub totals: Totals,
+    pub sizes: Sizes,
+}
+
+fn io_info(g: &Graph, ids: &[usize]) -> Vec<IoInfo> {
+    ids.iter()
+        .map(|&id| {
+            let t = g.tensor(id);
+            IoInfo { name: t.name.clone(), dtype: t.dtype.to_string(), shape: t.shape.clone(), quantization: t.quant.clone() }
+        })
+        .collect()
+}
+
+/// Gzip level 9 size of the given byte slices taken as one stream.
+pub fn gzip_size<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    struct Counter(u64);
+    impl Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut enc = flate2::write::GzEncoder::new(Counter(0), flate2::Compression::best());
+    for p in parts {
+        enc.write_all(p).expect("writing to a counter cannot fail");
+    }
+    enc.finish().expect("writing to a counter cannot fail").0
+}
+
+/// Sizes of the model's files as stored (model file plus external data).
+pub fn file_sizes(doc: &Document) -> Result<Sizes> {
+    let mut parts = vec![crate::io::map_file(doc.path())?];
+    if let Document::Onnx(d) = doc {
+        let dir = d.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        for loc in d.external_locations() {
+            let p = crate::onnx::resolve_location(&d.path, &dir, &loc)?;
+            parts.push(crate::io::map_file(&p)?);
+        }
+    }
+    let file_bytes = parts.iter().map(|p| p.len() as u64).sum();
+    let gzip_bytes = gzip_size(parts.iter().map(|p| &p[..]));
+    Ok(Sizes { file_bytes, gzip_bytes })
+}
+
+pub fn inspect(doc: &Document) -> Result<InspectReport> {
+    let model = doc.to_model()?;
+    let inferred = match doc {
+        Document::Onnx(d) => crate::verify::onnx_value_shapes(d),
+        Document::Tflite(_) => Default::default(),
+    };
+    let (layers, totals) = stats::collect(&model.graphs, &inferred);
+    let mut op_histogram = BTreeMap::new();
+    for g in &model.graphs {
+        for n in &g.nodes {
+            *op_histogram.entry(n.op.clone()).or_insert(0) += 1;
+        }
+    }
+    let main = model.main();
+    Ok(InspectReport {
+        schema: "pare.inspect/1",
+        path: doc.path().display().to_string(),
+        info: model.info.clone(),
+        graphs: model.graphs.len(),
+        nodes: model.graphs.iter().map(|g| g.nodes.len()).sum(),
+        inputs: io_info(main, &main.inputs),
+        outputs: io_info(main, &main.outputs),
+        op_histogram,
+        layers,
+        totals,
+        sizes: file_sizes(doc)?,
+    })
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=9_999_999 => format!("{:.1}K", n as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.2}G", n as f64 / 1e9),
+    }
+}
+
+/// Keeps the end of a long name (the distinctive part of exporter-generated names).
+fn ellipsize(name: &str, width: usize) -> String {
+    let n = name.chars().count();
+    if n <= width {
+        return name.to_string();
+    }
+    let tail: String = name.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+fn io_line(io: &IoInfo) -> String {
+    let mut s = format!("  {}  {}  {}", io.name, io.dtype, shape_to_string(io.shape.as_deref()));
+    if let Some(q) = &io.quantization {
+        if q.scale.len() == 1 {
+            s += &format!("  scale={} zero_point={}", q.scale[0], q.zero_point.first().copied().unwrap_or(0));
+        } else {
+            s += &format!("  per-axis quantization ({} scales, axis {:?})", q.scale.len(), q.axis);
+        }
+    }
+    s
+}
+
+/// Renders the report as the human-readable text `pare inspect` prints.
+pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(w, "{}", r.path)?;
+    match &r.info {
+        FormatInfo::Onnx { ir_version, opsets, producer_name, producer_version, metadata, external_data_files, .. } => {
+            let ops: Vec<String> = opsets.iter().map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d })).collect();
+            writeln!(w, "format     ONNX, IR version {ir_version}, opsets {}", ops.join(" "))?;
+            writeln!(w, "producer   {producer_name} {producer_version}")?;
+            if !metadata.is_empty() {
+                writeln!(w, "metadata   {} entries", metadata.len())?;
+            }
+            if !external_data_files.is_empty() {
+                writeln!(w, "external   {}", external_data_files.join(", "))?;
+            }
+        }
+        FormatInfo::Tflite { schema_version, description, subgraphs, min_runtime_version, signatures, metadata, offset_buffers, .. } => {
+            writeln!(w, "format     TFLite, schema version {schema_version}, {subgraphs} subgraph(s)")?;
+            if !description.is_empty() {
+                writeln!(w, "producer   {description}")?;
+            }
+            if let Some(v) = min_runtime_version {
+                writeln!(w, "runtime    min_runtime_version {v}")?;
+            }
+            if !signatures.is_empty() {
+                writeln!(w, "signatures {}", signatures.join(", "))?;
+            }
+            if !metadata.is_empty() {
+                writeln!(w, "metadata   {}", metadata.join(", "))?;
+            }
+            if *offset_buffers > 0 {
+                writeln!(w, "buffers    {offset_buffers} stored after the flatbuffer (large-model form)")?;
+            }
+        }
+    }
+    writeln!(w, "graphs     {} ({} nodes)", r.graphs, r.nodes)?;
+    writeln!(w, "inputs")?;
+    for io in &r.inputs {
+        writeln!(w, "{}", io_line(io))?;
+    }
+    writeln!(w, "outputs")?;
+    for io in &r.outputs {
+        writeln!(w, "{}", io_line(io))?;
+    }
+    let hist: Vec<String> = r.op_histogram.iter().map(|(op, n)| format!("{op}×{n}")).collect();
+    writeln!(w, "ops        {}", hist.join("  "))?;
+    if !r.layers.is_empty() {
+        writeln!(w)?;
+        let name_w = r.layers.iter().map(|l| l.node.len()).max().unwrap_or(4).clamp(4, 48);
+        let op_w = r.layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
+        writeln!(w, "{:<name_w$}  {:<op_w$}  {:<18}  {:>5}  {:>9}  {:>9}  {:>8}  {:>9}", "layer", "op", "weight shape", "dtype", "params", "nonzeros", "sparsity", "MACs")?;
+        for l in &r.layers {
+            let shape: Vec<String> = l.shape.iter().map(|d| d.to_string()).collect();
+            let name = ellipsize(&l.node, name_w);
+            writeln!(
+                w,
+                "{:<name_w$}  {:<op_w$}  {:<18}  {:>5}  {:>9}  {:>9}  {:>8}  {:>9}",
+                name,
+                l.op,
+                shape.join("x"),
+                l.dtype.to_string(),
+                human_count(l.params),
+                l.nonzeros.map(human_count).unwrap_or_else(|| "?".into()),
+                l.sparsity.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "?".into()),
+                l.macs.map(human_count).unwrap_or_else(|| "?".into()),
+            )?;
+        }
+    }
+    writeln!(w)?;
+    let t = &r.totals;
+    writeln!(
+        w,
+        "params     {} ({} nonzero, {:.1}% sparse)",
+        human_count(t.params),
+        human_count(t.nonzero_params),
+        t.sparsity * 100.0
+    )?;
+    let note = if t.layers_without_macs > 0 { format!(" ({} layer(s) without a MAC count)", t.layers_without_macs) } else { String::new() };
+    writeln!(w, "MACs       {} at the declared input shape, dynamic dims as 1{note}", human_count(t.macs))?;
+    writeln!(w, "size       {} bytes, {} gzipped", r.sizes.file_bytes, r.sizes.gzip_bytes)?;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! pare: make trained ONNX and TFLite models smaller after export.
+//!
+//! The library reads a model file into a [`Document`] (the decoded file, kept whole so that
+//! nothing pare does not understand is lost), offers a format-neutral [`model::Model`] view for
+//! algorithms, writes documents back atomically, and verifies written models with tract.
+
+// The flatc-generated TFLite code names `alloc::` paths.
+extern crate alloc;
+
+pub mod cli;
+pub mod convert;
+pub mod document;
+pub mod error;
+pub mod inspect;
+pub mod io;
+pub mod model;
+pub mod onnx;
+pub mod output;
+pub mod tflite;
+pub mod verify;
+
+pub use document::Document;
+pub use error::{Error, Result};
+
+/// Types generated from `proto/onnx.proto` by prost (see `build.rs`).
+#[allow(clippy::all, missing_docs)]
+pub mod onnx_pb {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+/// Types generated from `schemas/schema.fbs` by flatc 25.12.19 (see `scripts/gen-tflite.sh`).
+#[allow(clippy::all, unused_imports, dead_code, non_camel_case_types, deprecated, mismatched_lifetime_syntaxes, unsafe_op_in_unsafe_fn)]
+#[path = "tflite/schema_generated.rs"]
+pub mod tflite_gen;

@@ -1,0 +1,121 @@
+//! ONNX: the decoded `ModelProto` is the document; pare edits it in place and re-encodes it.
+//!
+//! This module and its children are the only code that touches the protobuf types.
+
+mod external;
+mod tensor;
+mod view;
+pub mod write;
+
+pub use external::resolve_location;
+pub use tensor::{dtype_from_onnx, TensorPayload};
+pub use write::{ExternalDataMode, WriteSummary};
+
+use crate::error::{Error, Result};
+use crate::onnx_pb as pb;
+use bytes::Bytes;
+use external::ExternalFiles;
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// Protobuf messages cannot exceed 2 GiB: readers (protobuf C++, onnxruntime) refuse them.
+pub const PROTOBUF_LIMIT: u64 = (1 << 31) - 1;
+
+/// A decoded ONNX file plus the external data files it refers to.
+#[derive(Debug, Clone)]
+pub struct OnnxDocument {
+    pub path: PathBuf,
+    pub model: pb::ModelProto,
+    base_dir: PathBuf,
+    external: ExternalFiles,
+    pub file_bytes: u64,
+    /// The file as read (memory-mapped).
+    source: Bytes,
+}
+
+impl OnnxDocument {
+    /// Decodes `bytes` (usually a memory map of `path`). Weight payloads stay slices of `bytes`.
+    pub fn from_bytes(path: &Path, bytes: Bytes) -> Result<Self> {
+        let file_bytes = bytes.len() as u64;
+        let model = pb::ModelProto::decode(bytes.clone()).map_err(|e| {
+            Error::malformed(path, format!("not a valid ONNX model (protobuf decoding failed: {e})"))
+        })?;
+        if model.graph.is_none() {
+            return Err(Error::malformed(path, "not an ONNX model: it has no graph"));
+        }
+        let base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut doc = OnnxDocument {
+            path: path.to_path_buf(),
+            model,
+            base_dir,
+            external: ExternalFiles::default(),
+            file_bytes,
+            source: bytes,
+        };
+        doc.map_external_files()?;
+        Ok(doc)
+    }
+
+    /// Maps every external data file up front, so that a bad location is reported when the
+    /// model is read, not halfway through writing it.
+    fn map_external_files(&mut self) -> Result<()> {
+        let mut locations = Vec::new();
+        tensor::for_each_tensor(&self.model, &mut |t| {
+            if tensor::is_external(t) {
+                if let Some(loc) = tensor::external_field(t, "location") {
+                    locations.push(loc.to_string());
+                } else {
+                    locations.push(String::new());
+                }
+            }
+        });
+        for loc in locations {
+            self.external.get_or_map(&self.path, &self.base_dir, &loc)?;
+        }
+        Ok(())
+    }
+
+    pub fn external_locations(&self) -> Vec<String> {
+        self.external.locations().map(|s| s.to_string()).collect()
+    }
+
+    /// The dense little-endian payload of a tensor, wherever it is stored.
+    pub fn payload(&self, t: &pb::TensorProto) -> Result<TensorPayload> {
+        tensor::payload(t, &self.path, |loc| {
+            self.external.get(loc).ok_or_else(|| {
+                Error::malformed(&self.path, format!("external data file {loc:?} was not mapped"))
+            })
+        })
+    }
+
+    /// The model with every external tensor pulled inline, encoded: what tract and other
+    /// in-memory consumers are given.
+    pub fn inlined_bytes(&self) -> Result<Bytes> {
+        if self.external.is_empty() {
+            return Ok(self.source.clone());
+        }
+        let mut model = self.model.clone();
+        let mut err = None;
+        tensor::for_each_tensor_mut(&mut model, &mut |t| {
+            if err.is_some() || !tensor::is_external(t) {
+                return;
+            }
+            match self.payload(t) {
+                Ok(TensorPayload::Dense(b)) => tensor::set_raw(t, b),
+                Ok(_) => {}
+                Err(e) => err = Some(e),
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        Ok(Bytes::from(model.encode_to_vec()))
+    }
+
+    pub fn to_model(&self) -> Result<crate::model::Model> {
+        view::build(self)
+    }
+}

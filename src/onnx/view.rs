@@ -1,0 +1,174 @@
+//! Builds the format-neutral [`Model`] view of an ONNX document.
+
+use super::tensor::{dtype_from_onnx, TensorPayload};
+use super::OnnxDocument;
+use crate::error::Result;
+use crate::model::{Attrs, DType, Dim, FormatInfo, Graph, Model, Node, Tensor, TensorId};
+use crate::onnx_pb as pb;
+use std::collections::HashMap;
+
+pub fn build(doc: &OnnxDocument) -> Result<Model> {
+    let m = &doc.model;
+    let mut graphs = Vec::new();
+    let main = m.graph.as_ref().expect("checked when read");
+    build_graph(doc, main, &mut graphs)?;
+    let info = FormatInfo::Onnx {
+        ir_version: m.ir_version(),
+        opsets: m
+            .opset_import
+            .iter()
+            .map(|o| (o.domain().to_string(), o.version()))
+            .collect(),
+        producer_name: m.producer_name().to_string(),
+        producer_version: m.producer_version().to_string(),
+        domain: m.domain().to_string(),
+        model_version: m.model_version(),
+        metadata: m
+            .metadata_props
+            .iter()
+            .map(|p| (p.key().to_string(), p.value().to_string()))
+            .collect(),
+        external_data_files: doc.external_locations(),
+    };
+    Ok(Model { format: crate::model::Format::Onnx, info, graphs })
+}
+
+struct Builder<'a> {
+    doc: &'a OnnxDocument,
+    g: Graph,
+    ids: HashMap<String, TensorId>,
+}
+
+impl Builder<'_> {
+    fn id(&mut self, name: &str) -> TensorId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.g.tensors.len();
+        self.g.tensors.push(Tensor {
+            name: name.to_string(),
+            dtype: DType::Other,
+            shape: None,
+            quant: None,
+            data: None,
+            sparse: false,
+            stored_bytes: 0,
+        });
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn declare(&mut self, vi: &pb::ValueInfoProto) -> TensorId {
+        let id = self.id(vi.name());
+        if let Some(pb::type_proto::Value::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            let t = &mut self.g.tensors[id];
+            if tt.elem_type.is_some() {
+                t.dtype = dtype_from_onnx(tt.elem_type());
+            }
+            if let Some(shape) = &tt.shape {
+                t.shape = Some(shape.dim.iter().map(dim_from_onnx).collect());
+            }
+        }
+        id
+    }
+
+    fn constant(&mut self, name: &str, tp: &pb::TensorProto) -> Result<TensorId> {
+        let id = self.id(name);
+        let payload = self.doc.payload(tp)?;
+        let t = &mut self.g.tensors[id];
+        t.dtype = dtype_from_onnx(tp.data_type());
+        t.shape = Some(tp.dims.iter().map(|&d| Dim::Fixed(d.max(0) as u64)).collect());
+        match payload {
+            TensorPayload::Dense(b) => {
+                t.stored_bytes = b.len() as u64;
+                t.data = Some(b);
+            }
+            TensorPayload::Opaque => t.sparse = false,
+        }
+        Ok(id)
+    }
+}
+
+fn dim_from_onnx(d: &pb::tensor_shape_proto::Dimension) -> Dim {
+    match &d.value {
+        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => Dim::Fixed(*v as u64),
+        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Dynamic(p.clone()),
+        _ => Dim::Dynamic(String::new()),
+    }
+}
+
+fn build_graph(doc: &OnnxDocument, g: &pb::GraphProto, graphs: &mut Vec<Graph>) -> Result<usize> {
+    let index = graphs.len();
+    graphs.push(Graph::default());
+    let mut b = Builder { doc, g: Graph { name: g.name().to_string(), ..Graph::default() }, ids: HashMap::new() };
+
+    let initializer_names: std::collections::HashSet<&str> =
+        g.initializer.iter().map(|t| t.name()).collect();
+    for vi in &g.input {
+        let id = b.declare(vi);
+        // An initializer listed as a graph input is an overridable default (IR < 4), not a
+        // real input: runtimes feed it from the initializer.
+        if !initializer_names.contains(vi.name()) {
+            b.g.inputs.push(id);
+        }
+    }
+    for t in &g.initializer {
+        b.constant(t.name(), t)?;
+    }
+    for s in &g.sparse_initializer {
+        if let Some(v) = &s.values {
+            let id = b.id(v.name());
+            let t = &mut b.g.tensors[id];
+            t.dtype = dtype_from_onnx(v.data_type());
+            t.shape = Some(s.dims.iter().map(|&d| Dim::Fixed(d.max(0) as u64)).collect());
+            t.sparse = true;
+            t.stored_bytes = v.raw_data.as_ref().map_or(0, |r| r.len() as u64)
+                + s.indices.as_ref().and_then(|i| i.raw_data.as_ref()).map_or(0, |r| r.len() as u64);
+        }
+    }
+    for vi in g.value_info.iter().chain(&g.output) {
+        b.declare(vi);
+    }
+    for vi in &g.output {
+        let id = b.id(vi.name());
+        b.g.outputs.push(id);
+    }
+
+    for n in &g.node {
+        let inputs: Vec<Option<TensorId>> = n
+            .input
+            .iter()
+            .map(|name| if name.is_empty() { None } else { Some(b.id(name)) })
+            .collect();
+        let outputs: Vec<TensorId> = n.output.iter().map(|name| b.id(name)).collect();
+        if n.op_type() == "Constant" && n.domain().is_empty() {
+            if let (Some(out), Some(t)) = (n.output.first(), n.attribute.iter().find_map(|a| a.t.as_ref())) {
+                b.constant(out, t)?;
+            }
+        }
+        let mut attrs = Attrs::default();
+        for a in &n.attribute {
+            match a.name() {
+                "group" => attrs.group = Some(a.i().max(1) as u64),
+                "kernel_shape" => attrs.kernel = Some(a.ints.iter().map(|&v| v.max(0) as u64).collect()),
+                "strides" => attrs.strides = Some(a.ints.iter().map(|&v| v.max(0) as u64).collect()),
+                "axis" => attrs.axis = Some(a.i()),
+                "transB" => attrs.trans_b = a.i() != 0,
+                _ => {}
+            }
+        }
+        // Exporters often leave nodes unnamed; the first output's name identifies them.
+        let name = if n.name().is_empty() { n.output.first().cloned().unwrap_or_default() } else { n.name().to_string() };
+        b.g.nodes.push(Node { name, op: n.op_type().to_string(), inputs, outputs, attrs });
+    }
+    graphs[index] = b.g;
+    // Nested bodies (If/Loop/Scan) become graphs of their own after their parent.
+    for n in &g.node {
+        for a in &n.attribute {
+            for sub in a.g.iter().chain(&a.graphs) {
+                build_graph(doc, sub, graphs)?;
+            }
+        }
+    }
+    Ok(index)
+}

@@ -1,0 +1,182 @@
+//! TFLite: the unpacked flatbuffer object tree (`ModelT`) is the document; buffer payloads are
+//! kept apart as zero-copy slices of the input file and written back 16-byte aligned.
+//!
+//! This module is the only code that touches the generated flatbuffer types.
+
+mod view;
+mod write;
+
+pub use write::WriteSummary;
+
+use crate::error::{Error, Result};
+use crate::tflite_gen::tflite as fb;
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+
+pub const FILE_IDENTIFIER: &[u8; 4] = b"TFL3";
+
+/// A decoded TFLite file.
+#[derive(Debug, Clone)]
+pub struct TfliteDocument {
+    pub path: PathBuf,
+    /// The whole model except buffer payloads (every `BufferT::data` is `None`).
+    pub model: fb::ModelT,
+    /// Payload of each buffer, by buffer index; `None` where the buffer has no data vector.
+    pub buffers: Vec<Option<Bytes>>,
+    /// True when the input stored buffers after the flatbuffer (`offset`/`size`), the form
+    /// TensorFlow uses for models over 2 GiB; pare writes the same form back.
+    pub offset_form: bool,
+    pub file_bytes: u64,
+    /// The file as read (memory-mapped): what tract is given, so verification runs on the
+    /// bytes on disk.
+    pub source: Bytes,
+}
+
+pub fn has_identifier(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[4..8] == FILE_IDENTIFIER
+}
+
+impl TfliteDocument {
+    pub fn from_bytes(path: &Path, bytes: Bytes) -> Result<Self> {
+        if !has_identifier(&bytes) {
+            return Err(Error::malformed(path, "not a TFLite model (no TFL3 file identifier)"));
+        }
+        let opts = flatbuffers::VerifierOptions {
+            max_depth: 128,
+            // Large models have millions of tables; the verifier's limits only need to stop
+            // runaway inputs, and the apparent size cannot exceed the file anyway.
+            max_tables: 1 << 26,
+            max_apparent_size: bytes.len().max(1 << 20),
+            ignore_missing_null_terminator: false,
+        };
+        let root = fb::root_as_model_with_opts(&opts, &bytes)
+            .map_err(|e| Error::malformed(path, format!("damaged TFLite flatbuffer: {e}")))?;
+        if root.subgraphs().map_or(0, |s| s.len()) == 0 {
+            return Err(Error::malformed(path, "TFLite model has no subgraph"));
+        }
+        let (model, buffers, offset_form) = unpack(path, &root, &bytes)?;
+        let doc = TfliteDocument { path: path.to_path_buf(), model, buffers, offset_form, file_bytes: bytes.len() as u64, source: bytes.clone() };
+        doc.check_references()?;
+        Ok(doc)
+    }
+
+    /// Index checks the flatbuffer verifier cannot do: every tensor, buffer and opcode index
+    /// must point at something that exists.
+    fn check_references(&self) -> Result<()> {
+        let nbuf = self.buffers.len();
+        let nops = self.model.operator_codes.as_ref().map_or(0, |v| v.len());
+        let nsub = self.model.subgraphs.as_ref().map_or(0, |v| v.len());
+        let bad = |msg: String| Err(Error::malformed(&self.path, msg));
+        for (si, sg) in self.model.subgraphs.iter().flatten().enumerate() {
+            let ntensors = sg.tensors.as_ref().map_or(0, |v| v.len());
+            for (ti, t) in sg.tensors.iter().flatten().enumerate() {
+                if t.buffer as usize >= nbuf {
+                    return bad(format!(
+                        "subgraph {si} tensor {ti} ({:?}) refers to buffer {} but the model has {nbuf}",
+                        t.name.as_deref().unwrap_or(""),
+                        t.buffer
+                    ));
+                }
+            }
+            let tensor_ok = |i: &i32| *i == -1 || (*i >= 0 && (*i as usize) < ntensors);
+            for list in [&sg.inputs, &sg.outputs].into_iter().flatten() {
+                if let Some(i) = list.iter().find(|i| !tensor_ok(i)) {
+                    return bad(format!("subgraph {si} lists tensor {i} as input/output but has {ntensors} tensors"));
+                }
+            }
+            for (oi, op) in sg.operators.iter().flatten().enumerate() {
+                if op.opcode_index as usize >= nops {
+                    return bad(format!("subgraph {si} operator {oi} uses opcode {} but the model has {nops}", op.opcode_index));
+                }
+                for list in [&op.inputs, &op.outputs, &op.intermediates].into_iter().flatten() {
+                    if let Some(i) = list.iter().find(|i| !tensor_ok(i)) {
+                        return bad(format!("subgraph {si} operator {oi} refers to tensor {i} but the subgraph has {ntensors}"));
+                    }
+                }
+            }
+        }
+        for sig in self.model.signature_defs.iter().flatten() {
+            if sig.subgraph_index as usize >= nsub {
+                return bad(format!("signature {:?} refers to subgraph {} of {nsub}", sig.signature_key, sig.subgraph_index));
+            }
+        }
+        for m in self.model.metadata.iter().flatten() {
+            if m.buffer as usize >= nbuf {
+                return bad(format!("metadata {:?} refers to buffer {} of {nbuf}", m.name, m.buffer));
+            }
+        }
+        Ok(())
+    }
+
+    /// The builtin operator of an opcode, resolving the two fields the schema keeps for it
+    /// (`deprecated_builtin_code` for codes < 127, `builtin_code` for all).
+    pub fn builtin(&self, opcode_index: u32) -> fb::BuiltinOperator {
+        let code = &self.model.operator_codes.as_ref().expect("checked")[opcode_index as usize];
+        builtin_of(code)
+    }
+
+    pub fn to_model(&self) -> Result<crate::model::Model> {
+        view::build(self)
+    }
+
+    pub fn encode(&self) -> Result<(Vec<u8>, WriteSummary)> {
+        write::encode(self)
+    }
+}
+
+pub fn builtin_of(code: &fb::OperatorCodeT) -> fb::BuiltinOperator {
+    let deprecated = code.deprecated_builtin_code as i32;
+    fb::BuiltinOperator(deprecated.max(code.builtin_code.0))
+}
+
+/// Op name as users know it: the builtin's name, or a custom op's `custom_code`.
+pub fn op_name(code: &fb::OperatorCodeT) -> String {
+    let b = builtin_of(code);
+    if b == fb::BuiltinOperator::CUSTOM {
+        return code.custom_code.clone().unwrap_or_else(|| "CUSTOM".into());
+    }
+    b.variant_name().map(str::to_string).unwrap_or_else(|| format!("BUILTIN_{}", b.0))
+}
+
+/// `ModelT::unpack` without copying buffer payloads: they become slices of `file`.
+fn unpack(path: &Path, m: &fb::Model, file: &Bytes) -> Result<(fb::ModelT, Vec<Option<Bytes>>, bool)> {
+    let base = file.as_ptr() as usize;
+    let mut payloads = Vec::new();
+    let mut buffers = Vec::new();
+    let mut offset_form = false;
+    for (i, b) in m.buffers().iter().flatten().enumerate() {
+        let (offset, size) = (b.offset(), b.size());
+        let payload = if let Some(data) = b.data() {
+            let bytes = data.bytes();
+            let start = bytes.as_ptr() as usize - base;
+            Some(file.slice(start..start + bytes.len()))
+        } else if offset > 1 {
+            offset_form = true;
+            let end = offset.checked_add(size).filter(|&e| e <= file.len() as u64).ok_or_else(|| {
+                Error::malformed(
+                    path,
+                    format!("buffer {i} claims bytes {offset}..{} but the file has {}", offset.saturating_add(size), file.len()),
+                )
+            })?;
+            Some(file.slice(offset as usize..end as usize))
+        } else {
+            None
+        };
+        payloads.push(payload);
+        // Offsets are recomputed on write; the payload carries the data.
+        buffers.push(fb::BufferT { data: None, offset: 0, size: 0 });
+    }
+    let model = fb::ModelT {
+        version: m.version(),
+        operator_codes: m.operator_codes().map(|x| x.iter().map(|t| t.unpack()).collect()),
+        subgraphs: m.subgraphs().map(|x| x.iter().map(|t| t.unpack()).collect()),
+        description: m.description().map(str::to_string),
+        buffers: m.buffers().map(|_| buffers),
+        metadata_buffer: m.metadata_buffer().map(|x| x.into_iter().collect()),
+        metadata: m.metadata().map(|x| x.iter().map(|t| t.unpack()).collect()),
+        signature_defs: m.signature_defs().map(|x| x.iter().map(|t| t.unpack()).collect()),
+        external_buffer_groups: m.external_buffer_groups().map(|x| x.iter().map(|t| t.unpack()).collect()),
+        external_buffers: m.external_buffers().map(|x| x.iter().map(|t| t.unpack()).collect()),
+    };
+    Ok((model, payloads, offset_form))
+}

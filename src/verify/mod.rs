@@ -1,0 +1,282 @@
+//! Running models in tract: loading, seeded random inputs, output comparison.
+//!
+//! tract is a dependency we do not control and it panics on some valid files, so every call
+//! into it goes through [`isolated`]: a panic becomes an ordinary "could not verify" result.
+
+mod shapes;
+
+pub use shapes::onnx_value_shapes;
+
+use crate::document::Document;
+use crate::error::Result;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::sync::Mutex;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
+
+/// A concrete shape for an ONNX input fact: known dims kept, unknown ones (and an unknown
+/// rank's dims) set to 1.
+pub(crate) fn concrete_input_shape(fact: &InferenceFact) -> TVec<usize> {
+    let rank = fact.shape.rank().concretize().map(|r| r.max(0) as usize).unwrap_or(0);
+    (0..rank)
+        .map(|ax| fact.shape.dim(ax).and_then(|d| d.concretize()).and_then(|d| d.to_usize().ok()).unwrap_or(1))
+        .collect()
+}
+
+/// Seed of the random inputs used to compare a written model with its original.
+pub const DEFAULT_SEED: u64 = 0x7061_7265; // "pare"
+
+/// The outcome of checking a written model against its original.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// True when tract ran both models on the same inputs and compared their outputs.
+    pub verified: bool,
+    /// Why verification could not run (tract could not load or run one of the models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub seed: u64,
+    pub inputs: Vec<InputSpec>,
+    pub outputs: Vec<OutputAgreement>,
+}
+
+impl Verification {
+    /// True when verification ran and every output is bit-identical.
+    pub fn identical(&self) -> bool {
+        self.verified && self.outputs.iter().all(|o| o.identical)
+    }
+
+    fn unverified(reason: String) -> Self {
+        Verification { verified: false, reason: Some(reason), seed: DEFAULT_SEED, inputs: vec![], outputs: vec![] }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InputSpec {
+    pub index: usize,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputAgreement {
+    pub index: usize,
+    pub shape: Vec<usize>,
+    pub identical: bool,
+    pub max_abs_diff: f64,
+    pub mean_abs_diff: f64,
+    pub cosine: f64,
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// A model loaded into tract, ready to run.
+pub struct Runner {
+    plan: Plan,
+    pub inputs: Vec<InputSpec>,
+    input_dts: Vec<DatumType>,
+}
+
+static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Runs `f`, turning a panic into an error carrying the panic's message. The default panic
+/// hook is silenced meanwhile, so a tract panic does not spray a backtrace over pare's output.
+pub fn isolated<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> std::result::Result<T, String> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
+            s.to_string()
+        } else if let Some(s) = info.payload().downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "unknown panic".to_string()
+        };
+        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        *PANIC_MESSAGE.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{msg}{loc}"));
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {}", error_chain(&e))),
+        Err(_) => {
+            let msg = PANIC_MESSAGE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+            Err(format!("{what}: tract panicked ({msg})"))
+        }
+    }
+}
+
+fn error_chain(e: &TractError) -> String {
+    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.join(": ")
+}
+
+impl Runner {
+    /// Loads a document into tract. Dynamic input dimensions are fixed to 1.
+    pub fn load(doc: &Document) -> std::result::Result<Runner, String> {
+        match doc {
+            Document::Onnx(d) => {
+                let bytes = d.inlined_bytes().map_err(|e| e.to_string())?;
+                isolated("tract could not load the ONNX model", || {
+                    let mut model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
+                    for i in 0..model.inputs.len() {
+                        let fact = model.input_fact(i)?.clone();
+                        let dt = fact.datum_type().unwrap_or(f32::datum_type());
+                        let shape = concrete_input_shape(&fact);
+                        model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
+                    }
+                    let typed = model.into_optimized()?;
+                    Runner::from_typed(typed)
+                })
+            }
+            Document::Tflite(d) => {
+                let bytes = d.source.clone();
+                isolated("tract could not load the TFLite model", || {
+                    let mut model = tract_tflite::tflite().model_for_read(&mut &bytes[..])?;
+                    for i in 0..model.inputs.len() {
+                        let fact = model.input_fact(i)?.clone();
+                        let shape: TVec<usize> = fact.shape.iter().map(|d| d.to_usize().unwrap_or(1)).collect();
+                        model.set_input_fact(i, TypedFact::dt_shape(fact.datum_type, &*shape))?;
+                    }
+                    Runner::from_typed(model.into_optimized()?)
+                })
+            }
+        }
+    }
+
+    fn from_typed(model: TypedModel) -> TractResult<Runner> {
+        let mut inputs = Vec::new();
+        let mut input_dts = Vec::new();
+        for i in 0..model.inputs.len() {
+            let fact = model.input_fact(i)?;
+            let shape = fact
+                .shape
+                .as_concrete()
+                .map(|s| s.to_vec())
+                .ok_or_else(|| TractError::msg(format!("input {i} has a shape tract cannot make concrete: {:?}", fact.shape)))?;
+            inputs.push(InputSpec { index: i, dtype: format!("{:?}", fact.datum_type), shape });
+            input_dts.push(fact.datum_type);
+        }
+        let plan = model.into_runnable()?;
+        Ok(Runner { plan, inputs, input_dts })
+    }
+
+    /// Seeded random inputs: floats uniform in [-1, 1), 8-bit integers over their full range,
+    /// wider integers in [0, 4) (small enough to be valid indices), booleans at random.
+    pub fn random_inputs(&self, seed: u64) -> TractResult<TVec<Tensor>> {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        self.inputs
+            .iter()
+            .zip(&self.input_dts)
+            .map(|(spec, &dt)| random_tensor(&mut rng, dt, &spec.shape))
+            .collect()
+    }
+
+    pub fn run(&self, inputs: TVec<Tensor>) -> std::result::Result<TVec<Tensor>, String> {
+        isolated("tract could not run the model", || {
+            let out = self.plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
+            Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+        })
+    }
+}
+
+fn random_tensor(rng: &mut impl Rng, dt: DatumType, shape: &[usize]) -> TractResult<Tensor> {
+    let n: usize = shape.iter().product();
+    let unq = dt.unquantized();
+    let mut t = match unq {
+        DatumType::F32 | DatumType::F64 | DatumType::F16 => {
+            let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            Tensor::from_shape(shape, &v)?.cast_to_dt(unq)?.into_owned()
+        }
+        DatumType::I8 => Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<i8>()).collect::<Vec<_>>())?,
+        DatumType::U8 => Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<u8>()).collect::<Vec<_>>())?,
+        DatumType::Bool => Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<bool>()).collect::<Vec<_>>())?,
+        _ => {
+            let v: Vec<i64> = (0..n).map(|_| rng.gen_range(0..4i64)).collect();
+            Tensor::from_shape(shape, &v)?.cast_to_dt(unq)?.into_owned()
+        }
+    };
+    if dt.is_quantized() {
+        // Safety: same storage type; only the quantization parameters are attached.
+        unsafe { t.set_datum_type(dt) };
+    }
+    Ok(t)
+}
+
+/// Compares two output tensors element-wise in f64.
+pub fn agreement(index: usize, a: &Tensor, b: &Tensor) -> OutputAgreement {
+    let identical = a == b;
+    let to_f64 = |t: &Tensor| -> Option<Vec<f64>> {
+        let plain = if t.datum_type().is_quantized() {
+            let mut c = t.clone();
+            unsafe { c.set_datum_type(t.datum_type().unquantized()) };
+            c
+        } else {
+            t.clone()
+        };
+        let c = plain.cast_to::<f64>().ok()?;
+        Some(c.to_plain_array_view::<f64>().ok()?.iter().copied().collect())
+    };
+    let (mut max, mut sum, mut dot, mut na, mut nb) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let mut n = 0usize;
+    if let (Some(x), Some(y)) = (to_f64(a), to_f64(b)) {
+        if x.len() == y.len() {
+            for (p, q) in x.iter().zip(&y) {
+                let d = (p - q).abs();
+                max = max.max(d);
+                sum += d;
+                dot += p * q;
+                na += p * p;
+                nb += q * q;
+            }
+            n = x.len();
+        } else {
+            max = f64::INFINITY;
+        }
+    }
+    let cosine = if na == 0.0 && nb == 0.0 { 1.0 } else if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na.sqrt() * nb.sqrt()) };
+    OutputAgreement {
+        index,
+        shape: a.shape().to_vec(),
+        identical,
+        max_abs_diff: if identical { 0.0 } else { max },
+        mean_abs_diff: if identical || n == 0 { 0.0 } else { sum / n as f64 },
+        cosine: if identical { 1.0 } else { cosine },
+    }
+}
+
+/// Runs `original` and `candidate` in tract on the same seeded inputs and compares outputs.
+pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<Verification> {
+    let a = match Runner::load(original) {
+        Ok(r) => r,
+        Err(e) => return Ok(Verification::unverified(format!("original model: {e}"))),
+    };
+    let b = match Runner::load(candidate) {
+        Ok(r) => r,
+        Err(e) => return Ok(Verification::unverified(format!("written model: {e}"))),
+    };
+    if a.inputs != b.inputs {
+        return Ok(Verification::unverified(format!(
+            "the written model's inputs {:?} differ from the original's {:?}",
+            b.inputs, a.inputs
+        )));
+    }
+    let inputs = match isolated("generating inputs", || a.random_inputs(seed)) {
+        Ok(i) => i,
+        Err(e) => return Ok(Verification::unverified(e)),
+    };
+    let out_a = match a.run(inputs.clone()) {
+        Ok(o) => o,
+        Err(e) => return Ok(Verification::unverified(format!("original model: {e}"))),
+    };
+    let out_b = match b.run(inputs) {
+        Ok(o) => o,
+        Err(e) => return Ok(Verification::unverified(format!("written model: {e}"))),
+    };
+    if out_a.len() != out_b.len() {
+        return Ok(Verification::unverified(format!("output count differs: {} vs {}", out_a.len(), out_b.len())));
+    }
+    let outputs = out_a.iter().zip(&out_b).enumerate().map(|(i, (x, y))| agreement(i, x, y)).collect();
+    Ok(Verification { verified: true, reason: None, seed, inputs: a.inputs.clone(), outputs })
+}

@@ -1,0 +1,218 @@
+"""Runs models in onnxruntime and LiteRT for pare's interoperability tests.
+
+Each sub-command prints one JSON document on stdout. The Rust tests decide what passes; this
+script only measures.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+SEED = 0x70617265
+
+
+def _np_equal(a, b):
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind == "f":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def _max_abs(a, b):
+    if a.shape != b.shape or a.size == 0 or a.dtype.kind not in "fiub":
+        return 0.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+# ---------------------------------------------------------------- ONNX
+def _onnx_check(path):
+    import onnx
+
+    try:
+        onnx.checker.check_model(path, full_check=True)
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure is a finding
+        return str(e).splitlines()[0][:300]
+
+
+def _ort_session(path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+}
+
+
+def _random_feeds(sess, rng):
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        dt = _ORT_TYPES.get(i.type)
+        if dt is None:
+            raise RuntimeError(f"input {i.name}: unsupported type {i.type}")
+        if np.issubdtype(dt, np.floating):
+            feeds[i.name] = rng.uniform(-1, 1, shape).astype(dt)
+        elif dt == np.bool_:
+            feeds[i.name] = rng.integers(0, 2, shape).astype(dt)
+        else:
+            feeds[i.name] = rng.integers(0, 4, shape).astype(dt)
+    return feeds
+
+
+def _pb_feeds(sess, data_dir):
+    import onnx
+    from onnx import numpy_helper
+
+    files = sorted(glob.glob(os.path.join(data_dir, "input_*.pb")), key=lambda p: int(p.rsplit("_", 1)[1][:-3]))
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {}
+    for idx, f in enumerate(files):
+        t = onnx.TensorProto()
+        with open(f, "rb") as fh:
+            t.ParseFromString(fh.read())
+        name = t.name if t.name in names else names[idx]
+        feeds[name] = numpy_helper.to_array(t)
+    return feeds
+
+
+def onnx_pair(orig, out, data_dir=None):
+    """Checker on both, onnxruntime on both with the same inputs, exact comparison."""
+    res = {"model": orig, "output": out}
+    res["checker_input"] = _onnx_check(orig)
+    res["checker_output"] = _onnx_check(out)
+    try:
+        s1 = _ort_session(orig)
+    except Exception as e:  # noqa: BLE001
+        res["ort_input_error"] = str(e).splitlines()[0][:300]
+        return res
+    try:
+        s2 = _ort_session(out)
+    except Exception as e:  # noqa: BLE001
+        res["ort_output_error"] = str(e).splitlines()[0][:300]
+        return res
+    try:
+        feeds = _pb_feeds(s1, data_dir) if data_dir else _random_feeds(s1, np.random.default_rng(SEED))
+        o1 = s1.run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        res["ort_input_error"] = "run: " + str(e).splitlines()[0][:300]
+        return res
+    try:
+        o2 = s2.run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        res["ort_output_error"] = "run: " + str(e).splitlines()[0][:300]
+        return res
+    o1 = [np.asarray(x) for x in o1]
+    o2 = [np.asarray(x) for x in o2]
+    res["outputs"] = len(o1)
+    res["identical"] = len(o1) == len(o2) and all(_np_equal(a, b) for a, b in zip(o1, o2))
+    res["max_abs_diff"] = max([_max_abs(a, b) for a, b in zip(o1, o2)] or [0.0])
+    return res
+
+
+# ---------------------------------------------------------------- TFLite
+def _litert(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=path, num_threads=1)
+    it.allocate_tensors()
+    return it
+
+
+def _tflite_random_inputs(it, rng):
+    feeds = []
+    for d in it.get_input_details():
+        shape = [int(x) for x in d["shape"]]
+        dt = d["dtype"]
+        if np.issubdtype(dt, np.floating):
+            feeds.append(rng.uniform(-1, 1, shape).astype(dt))
+        elif dt in (np.int8, np.uint8):
+            info = np.iinfo(dt)
+            feeds.append(rng.integers(info.min, info.max + 1, shape).astype(dt))
+        else:
+            feeds.append(rng.integers(0, 4, shape).astype(dt))
+    return feeds
+
+
+def _tflite_run(it, feeds):
+    for d, x in zip(it.get_input_details(), feeds):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    return [np.array(it.get_tensor(d["index"])) for d in it.get_output_details()]
+
+
+def tflite_pair(orig, out):
+    res = {"model": orig, "output": out}
+    try:
+        i1 = _litert(orig)
+    except Exception as e:  # noqa: BLE001
+        res["litert_input_error"] = str(e)[:300]
+        return res
+    try:
+        i2 = _litert(out)
+    except Exception as e:  # noqa: BLE001
+        res["litert_output_error"] = str(e)[:300]
+        return res
+    feeds = _tflite_random_inputs(i1, np.random.default_rng(SEED))
+    o1 = _tflite_run(i1, feeds)
+    o2 = _tflite_run(i2, feeds)
+    res["outputs"] = len(o1)
+    res["identical"] = len(o1) == len(o2) and all(_np_equal(a, b) for a, b in zip(o1, o2))
+    res["max_abs_diff"] = max([_max_abs(a, b) for a, b in zip(o1, o2)] or [0.0])
+    # Signatures and metadata survive (LiteRT exposes both).
+    res["signatures_equal"] = i1.get_signature_list() == i2.get_signature_list()
+    return res
+
+
+# ---------------------------------------------------------------- corpus
+def onnx_corpus_list():
+    """Every model of the ONNX backend test corpus shipped in the onnx wheel, with its data dir."""
+    import onnx
+
+    root = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+    items = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.onnx"), recursive=True)):
+        data = os.path.join(os.path.dirname(path), "test_data_set_0")
+        items.append({"model": path, "data": data if os.path.isdir(data) else None})
+    return items
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("onnx-pair")
+    a.add_argument("orig")
+    a.add_argument("out")
+    a.add_argument("--data")
+    b = sub.add_parser("onnx-pairs", help="JSON list of {model, output, data} on stdin")
+    c = sub.add_parser("tflite-pair")
+    c.add_argument("orig")
+    c.add_argument("out")
+    sub.add_parser("onnx-corpus-list")
+    args = p.parse_args()
+    if args.cmd == "onnx-pair":
+        r = onnx_pair(args.orig, args.out, args.data)
+    elif args.cmd == "onnx-pairs":
+        r = [onnx_pair(x["model"], x["output"], x.get("data")) for x in json.load(sys.stdin)]
+    elif args.cmd == "tflite-pair":
+        r = tflite_pair(args.orig, args.out)
+    else:
+        r = onnx_corpus_list()
+    json.dump(r, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
