@@ -51,12 +51,7 @@ pub struct WriteReport {
 fn protected_inputs(doc: &Document) -> Vec<PathBuf> {
     let mut v = vec![doc.path().to_path_buf()];
     if let Document::Onnx(d) = doc {
-        let dir = d.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        for loc in d.external_locations() {
-            if let Ok(p) = crate::onnx::resolve_location(&d.path, &dir, &loc) {
-                v.push(p);
-            }
-        }
+        v.extend(d.external_paths().unwrap_or_default());
     }
     v
 }

@@ -72,9 +72,7 @@ pub fn gzip_size<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
 pub fn file_sizes(doc: &Document) -> Result<Sizes> {
     let mut parts = vec![crate::io::map_file(doc.path())?];
     if let Document::Onnx(d) = doc {
-        let dir = d.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        for loc in d.external_locations() {
-            let p = crate::onnx::resolve_location(&d.path, &dir, &loc)?;
+        for p in d.external_paths()? {
             parts.push(crate::io::map_file(&p)?);
         }
     }

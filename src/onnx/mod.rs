@@ -78,6 +78,14 @@ impl OnnxDocument {
         Ok(())
     }
 
+    /// Resolved paths of the external data files (each checked to lie inside the model's folder).
+    pub fn external_paths(&self) -> Result<Vec<PathBuf>> {
+        self.external
+            .locations()
+            .map(|loc| resolve_location(&self.path, &self.base_dir, loc))
+            .collect()
+    }
+
     pub fn external_locations(&self) -> Vec<String> {
         self.external.locations().map(|s| s.to_string()).collect()
     }

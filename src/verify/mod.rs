@@ -83,6 +83,11 @@ static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 /// Runs `f`, turning a panic into an error carrying the panic's message. The default panic
 /// hook is silenced meanwhile, so a tract panic does not spray a backtrace over pare's output.
 pub fn isolated<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> std::result::Result<T, String> {
+    isolated_with(what, |m| m, f)
+}
+
+/// [`isolated`], with `describe` rewriting tract's error message for the user.
+fn isolated_with<T>(what: &str, describe: impl FnOnce(String) -> String, f: impl FnOnce() -> TractResult<T>) -> std::result::Result<T, String> {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
         let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
@@ -99,7 +104,7 @@ pub fn isolated<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> std::resul
     std::panic::set_hook(previous);
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {}", error_chain(&e))),
+        Ok(Err(e)) => Err(format!("{what}: {}", describe(error_chain(&e)))),
         Err(_) => {
             let msg = PANIC_MESSAGE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
             Err(format!("{what}: tract panicked ({msg})"))
@@ -107,9 +112,48 @@ pub fn isolated<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> std::resul
     }
 }
 
+/// tract's error chain on one line (its messages embed multi-line Debug dumps).
 fn error_chain(e: &TractError) -> String {
-    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let parts: Vec<String> = e.chain().map(|c| c.to_string().split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     parts.join(": ")
+}
+
+/// tract-tflite reports an untranslatable operator by dumping it; name the op and the node
+/// instead (TFLite operators are known by their first output tensor), keeping tract's reason.
+fn describe_tflite_failure(doc: &crate::tflite::TfliteDocument, msg: String) -> String {
+    let Some(rest) = msg.split_once("Translating proto-op from Tflite into tract op: Operator {").map(|(_, r)| r) else {
+        return msg;
+    };
+    let opcode = rest
+        .split_once("opcode_index: ")
+        .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u32>().ok());
+    let output = rest
+        .split_once("outputs: Some( [ ")
+        .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok());
+    let reason = msg.rsplit(": ").next().unwrap_or_default();
+    let sg = &doc.model.subgraphs.as_ref().expect("checked when read")[0];
+    let op = opcode
+        .filter(|&o| (o as usize) < doc.model.operator_codes.as_ref().map_or(0, |c| c.len()))
+        .map(|o| crate::tflite::op_name(&doc.model.operator_codes.as_ref().unwrap()[o as usize]))
+        .unwrap_or_else(|| "an operator".into());
+    let node = output
+        .and_then(|t| sg.tensors.as_ref()?.get(t)?.name.clone())
+        .map(|n| format!(" node {n:?}"))
+        .unwrap_or_default();
+    format!("tract cannot translate {op}{node}: {reason}")
+}
+
+/// Parses an ONNX document into tract. With external data, tract reads the files itself
+/// (relative to the model's folder): no inlined copy of the weights, no 2 GiB protobuf limit.
+pub(crate) fn onnx_inference_model(d: &crate::onnx::OnnxDocument) -> TractResult<InferenceModel> {
+    if d.external_locations().is_empty() {
+        let bytes = d.inlined_bytes().map_err(|e| TractError::msg(e.to_string()))?;
+        tract_onnx::onnx().model_for_read(&mut &bytes[..])
+    } else {
+        tract_onnx::onnx().model_for_path(&d.path)
+    }
 }
 
 impl Runner {
@@ -117,9 +161,8 @@ impl Runner {
     pub fn load(doc: &Document) -> std::result::Result<Runner, String> {
         match doc {
             Document::Onnx(d) => {
-                let bytes = d.inlined_bytes().map_err(|e| e.to_string())?;
                 isolated("tract could not load the ONNX model", || {
-                    let mut model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
+                    let mut model = onnx_inference_model(d)?;
                     for i in 0..model.inputs.len() {
                         let fact = model.input_fact(i)?.clone();
                         let dt = fact.datum_type().unwrap_or(f32::datum_type());
@@ -132,7 +175,7 @@ impl Runner {
             }
             Document::Tflite(d) => {
                 let bytes = d.source.clone();
-                isolated("tract could not load the TFLite model", || {
+                isolated_with("tract could not load the TFLite model", |msg| describe_tflite_failure(d, msg), || {
                     let mut model = tract_tflite::tflite().model_for_read(&mut &bytes[..])?;
                     for i in 0..model.inputs.len() {
                         let fact = model.input_fact(i)?.clone();

@@ -11,9 +11,8 @@ use tract_onnx::prelude::*;
 /// Concrete shapes by value name, with dynamic input dimensions fixed to 1. Empty when tract
 /// cannot analyse the model; the caller then reports MACs only where shapes are declared.
 pub fn onnx_value_shapes(doc: &OnnxDocument) -> HashMap<String, Vec<u64>> {
-    let Ok(bytes) = doc.inlined_bytes() else { return HashMap::new() };
     isolated("shape inference", || {
-        let mut model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
+        let mut model = super::onnx_inference_model(doc)?;
         for i in 0..model.inputs.len() {
             let fact = model.input_fact(i)?.clone();
             if fact.shape.rank().concretize().is_some() {

@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    root().join("fixtures")
+}
+
+/// `pare` as users run it: the built binary in a child process.
+pub fn pare() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pare"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    pare().args(args).output().expect("spawning pare")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+/// The Python interpreter of the interop environment (onnx, onnxruntime, LiteRT), created on
+/// first use by scripts/pyenv.sh. Creating it must work: a test that needs it fails loudly
+/// rather than skipping.
+pub fn python() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root().join("scripts/pyenv.sh"))
+            .output()
+            .expect("running scripts/pyenv.sh");
+        assert!(
+            out.status.success(),
+            "could not create the Python test environment (scripts/pyenv.sh): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// Runs tests/py/interop.py with `args`, feeding `stdin`, and parses its JSON answer.
+pub fn interop(args: &[&str], stdin: Option<&str>) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = Command::new(python())
+        .arg(root().join("tests/py/interop.py"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning python");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "interop.py {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("interop.py output is not JSON: {e}"))
+}
+
+/// Every model of the ONNX backend test corpus shipped in the onnx wheel, with its
+/// test_data_set_0 folder when there is one.
+pub fn onnx_corpus() -> Vec<(PathBuf, Option<PathBuf>)> {
+    let list = interop(&["onnx-corpus-list"], None);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (PathBuf::from(x["model"].as_str().unwrap()), x["data"].as_str().map(PathBuf::from)))
+        .collect()
+}
+
+pub fn corpus_model(rel: &str) -> PathBuf {
+    let (m, _) = onnx_corpus()
+        .into_iter()
+        .find(|(m, _)| m.to_string_lossy().contains(rel))
+        .unwrap_or_else(|| panic!("corpus model {rel} not found"));
+    m
+}
+
+/// Fixture model files listed in fixtures/manifest.json.
+pub fn fixture_models() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("fixtures/manifest.json");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["models"].as_array().expect("manifest.models").clone()
+}
+
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
