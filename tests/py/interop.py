@@ -23,9 +23,12 @@ def _np_equal(a, b):
 
 
 def _max_abs(a, b):
+    """Largest absolute difference over the elements where it is finite (NaN == NaN here)."""
     if a.shape != b.shape or a.size == 0 or a.dtype.kind not in "fiub":
         return 0.0
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    d = d[np.isfinite(d)]
+    return float(d.max()) if d.size else 0.0
 
 
 # ---------------------------------------------------------------- ONNX
@@ -210,7 +213,7 @@ def main():
         r = tflite_pair(args.orig, args.out)
     else:
         r = onnx_corpus_list()
-    json.dump(r, sys.stdout)
+    json.dump(r, sys.stdout, allow_nan=False)
     print()
 
 
