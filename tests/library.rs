@@ -1,0 +1,359 @@
+//! The library as Rust users call it, on models built here to reach the corners of both formats.
+
+mod common;
+
+use common::*;
+use pare::convert::{convert, VerifyPolicy, WriteOptions};
+use pare::onnx::ExternalDataMode;
+use pare::onnx_pb as pb;
+use pare::Document;
+use prost::Message;
+use std::fs;
+use std::path::Path;
+
+fn dim(n: i64) -> pb::tensor_shape_proto::Dimension {
+    pb::tensor_shape_proto::Dimension { value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)), ..Default::default() }
+}
+
+fn value_info(name: &str, elem: i32, dims: &[i64]) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(pb::TensorShapeProto { dim: dims.iter().map(|&d| dim(d)).collect() }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn model(graph: pb::GraphProto, opset: i64) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: Some(9),
+        producer_name: Some("pare-tests".into()),
+        doc_string: Some("built by tests/library.rs".into()),
+        metadata_props: vec![pb::StringStringEntryProto { key: Some("k".into()), value: Some("v".into()) }],
+        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// One 2x3 constant per element type, stored once in raw_data and once in the typed field the
+/// spec assigns to it; each is a graph output through Identity.
+fn all_dtypes_model() -> (pb::ModelProto, Vec<(String, Vec<u8>)>) {
+    use pb::tensor_proto::DataType as D;
+    let vals: [i64; 6] = [0, 1, -2, 3, 0, 5];
+    let mut inits = Vec::new();
+    let mut nodes = Vec::new();
+    let mut outputs = Vec::new();
+    let mut expected = Vec::new();
+    let cases: Vec<(D, Vec<u8>)> = vec![
+        (D::Float, vals.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()),
+        (D::Float16, vals.iter().flat_map(|&v| half::f16::from_f32(v as f32).to_le_bytes()).collect()),
+        (D::Bfloat16, vals.iter().flat_map(|&v| half::bf16::from_f32(v as f32).to_le_bytes()).collect()),
+        (D::Double, vals.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect()),
+        (D::Int8, vals.iter().flat_map(|&v| (v as i8).to_le_bytes()).collect()),
+        (D::Uint8, vals.iter().flat_map(|&v| (v.unsigned_abs() as u8).to_le_bytes()).collect()),
+        (D::Int16, vals.iter().flat_map(|&v| (v as i16).to_le_bytes()).collect()),
+        (D::Int32, vals.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect()),
+        (D::Int64, vals.iter().flat_map(|&v| v.to_le_bytes()).collect()),
+        (D::Bool, vals.iter().map(|&v| (v != 0) as u8).collect()),
+    ];
+    for (dt, bytes) in cases {
+        let size = bytes.len() / 6;
+        let name = format!("{dt:?}").to_lowercase();
+        for storage in ["raw", "typed"] {
+            let tname = format!("{name}_{storage}");
+            let mut t = pb::TensorProto { name: Some(tname.clone()), dims: vec![2, 3], data_type: Some(dt as i32), ..Default::default() };
+            if storage == "raw" {
+                t.raw_data = Some(bytes.clone().into());
+            } else {
+                let elems = bytes.chunks(size);
+                match dt {
+                    D::Float => t.float_data = elems.map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    D::Double => t.double_data = elems.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    D::Int64 => t.int64_data = elems.map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    D::Int8 => t.int32_data = elems.map(|c| c[0] as i8 as i32).collect(),
+                    D::Float16 | D::Bfloat16 => t.int32_data = elems.map(|c| u16::from_le_bytes([c[0], c[1]]) as i32).collect(),
+                    D::Int16 => t.int32_data = elems.map(|c| i16::from_le_bytes([c[0], c[1]]) as i32).collect(),
+                    D::Int32 => t.int32_data = elems.map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    _ => t.int32_data = elems.map(|c| c[0] as i32).collect(),
+                }
+            }
+            let out = format!("out_{tname}");
+            if dt == D::Bfloat16 {
+                // onnxruntime's Python API cannot return bfloat16 arrays: compare as float.
+                let mut cast = node("Cast", &[&tname], &[&out]);
+                cast.attribute.push(pb::AttributeProto { name: Some("to".into()), r#type: Some(pb::attribute_proto::AttributeType::Int as i32), i: Some(D::Float as i64), ..Default::default() });
+                nodes.push(cast);
+                outputs.push(value_info(&out, D::Float as i32, &[2, 3]));
+            } else {
+                nodes.push(node("Identity", &[&tname], &[&out]));
+                outputs.push(value_info(&out, dt as i32, &[2, 3]));
+            }
+            inits.push(t);
+            expected.push((tname, bytes.clone()));
+        }
+    }
+    let graph = pb::GraphProto { name: Some("dtypes".into()), node: nodes, initializer: inits, output: outputs, ..Default::default() };
+    (model(graph, 17), expected)
+}
+
+#[test]
+fn every_element_type_in_raw_and_typed_storage_reads_and_round_trips() {
+    let dir = tmpdir();
+    let (m, expected) = all_dtypes_model();
+    let path = dir.path().join("dtypes.onnx");
+    fs::write(&path, m.encode_to_vec()).unwrap();
+
+    let doc = Document::open(&path).unwrap();
+    let view = doc.to_model().unwrap();
+    for (name, bytes) in &expected {
+        let t = view.main().tensors.iter().find(|t| &t.name == name).unwrap();
+        assert_eq!(t.data.as_deref(), Some(&bytes[..]), "{name}: dense little-endian view");
+    }
+    // Inline, external and back: every element type survives, and onnxruntime agrees.
+    let ext = dir.path().join("ext.onnx");
+    let opts = WriteOptions { external_data: ExternalDataMode::Into("ext.bin".into()), ..WriteOptions::default() };
+    convert(&path, &ext, &opts).unwrap();
+    let back = dir.path().join("back.onnx");
+    convert(&ext, &back, &WriteOptions { external_data: ExternalDataMode::Inline, ..WriteOptions::default() }).unwrap();
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&path).unwrap(), "typed fields stay typed when nothing moved them");
+    for out in [&ext, &back] {
+        let r = interop(&["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()], None);
+        assert!(r["checker_output"].is_null(), "{r}");
+        assert_eq!(r["identical"], true, "{r}");
+    }
+}
+
+/// `If` whose branches each hold a Constant weight for a MatMul: exporters put real weights in
+/// nested graphs (audio and detection models do).
+fn if_model() -> pb::ModelProto {
+    let weight = |name: &str, scale: f32| pb::NodeProto {
+        op_type: Some("Constant".into()),
+        output: vec![name.into()],
+        attribute: vec![pb::AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(pb::attribute_proto::AttributeType::Tensor as i32),
+            t: Some(pb::TensorProto {
+                name: Some(format!("{name}_value")),
+                dims: vec![4, 4],
+                data_type: Some(1),
+                float_data: (0..16).map(|i| (i as f32 - 7.5) * scale).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let branch = |tag: &str, scale: f32| pb::GraphProto {
+        name: Some(tag.into()),
+        node: vec![weight(&format!("w_{tag}"), scale), node("MatMul", &["x", &format!("w_{tag}")], &[&format!("y_{tag}")])],
+        output: vec![value_info(&format!("y_{tag}"), 1, &[1, 4])],
+        ..Default::default()
+    };
+    let if_node = pb::NodeProto {
+        op_type: Some("If".into()),
+        name: Some("branch".into()),
+        input: vec!["cond".into()],
+        output: vec!["y".into()],
+        attribute: vec![
+            pb::AttributeProto { name: Some("then_branch".into()), r#type: Some(pb::attribute_proto::AttributeType::Graph as i32), g: Some(branch("then", 0.5)), ..Default::default() },
+            pb::AttributeProto { name: Some("else_branch".into()), r#type: Some(pb::attribute_proto::AttributeType::Graph as i32), g: Some(branch("else", -0.25)), ..Default::default() },
+        ],
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: Some("main".into()),
+        node: vec![if_node],
+        input: vec![value_info("x", 1, &[1, 4]), value_info("cond", 9, &[])],
+        output: vec![value_info("y", 1, &[1, 4])],
+        ..Default::default()
+    };
+    model(graph, 17)
+}
+
+#[test]
+fn weights_in_nested_graphs_are_seen_and_kept() {
+    let dir = tmpdir();
+    let path = dir.path().join("if.onnx");
+    fs::write(&path, if_model().encode_to_vec()).unwrap();
+    let doc = Document::open(&path).unwrap();
+    let report = pare::inspect::inspect(&doc).unwrap();
+    assert_eq!(report.graphs, 3, "main graph plus two branches");
+    let weights: Vec<&str> = report.layers.iter().map(|l| l.weight.as_str()).collect();
+    assert_eq!(weights, ["w_then", "w_else"]);
+    assert!(report.layers.iter().all(|l| l.graph > 0 && l.params == 16));
+
+    let ext = dir.path().join("if_ext.onnx");
+    // Constant-node tensors move to external data too (they are 64 bytes: force the threshold
+    // by checking the inline path and the external path separately).
+    convert(&path, &ext, &WriteOptions { external_data: ExternalDataMode::Into("if.bin".into()), ..WriteOptions::default() }).unwrap();
+    let same = dir.path().join("if_same.onnx");
+    convert(&path, &same, &WriteOptions::default()).unwrap();
+    assert_eq!(fs::read(&same).unwrap(), fs::read(&path).unwrap());
+    for out in [&ext, &same] {
+        let r = interop(&["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()], None);
+        assert!(r["checker_input"].is_null(), "{r}");
+        assert!(r["checker_output"].is_null(), "{r}");
+        assert_eq!(r["identical"], true, "{r}");
+    }
+    // Metadata, doc string and producer survive.
+    let back = pb::ModelProto::decode(&fs::read(&ext).unwrap()[..]).unwrap();
+    assert_eq!(back.doc_string(), "built by tests/library.rs");
+    assert_eq!(back.metadata_props[0].value(), "v");
+    assert_eq!(back.producer_name(), "pare-tests");
+}
+
+/// A 2.25 GiB external tensor followed by a small one that starts past 2^31: lengths and
+/// offsets must be 64-bit all the way. The input data file is sparse (no disk cost); only pare's
+/// output is really written.
+#[test]
+fn external_data_over_2_gib_round_trips() {
+    let dir = tmpdir();
+    let big_n: u64 = 9 << 26; // f32 elements: 2.25 GiB
+    let big = big_n * 4;
+    let small_n: u64 = 1 << 20; // 4 MiB
+    let small = small_n * 4;
+    let data = dir.path().join("big.bin");
+    let f = fs::File::create(&data).unwrap();
+    f.set_len(big + small).unwrap();
+    use std::os::unix::fs::FileExt;
+    let marks: [(u64, f32); 4] = [(0, 1.5), (big - 4, -2.0), (big, 3.25), (big + small - 4, 4.0)];
+    for (off, v) in marks {
+        f.write_all_at(&v.to_le_bytes(), off).unwrap();
+    }
+    drop(f);
+    let entry = |k: &str, v: String| pb::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    let ext = |name: &str, n: u64, offset: u64| pb::TensorProto {
+        name: Some(name.into()),
+        dims: vec![n as i64],
+        data_type: Some(1),
+        data_location: Some(1),
+        external_data: vec![entry("location", "big.bin".into()), entry("offset", offset.to_string()), entry("length", (n * 4).to_string())],
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: Some("big".into()),
+        node: vec![node("Identity", &["a"], &["ya"]), node("Identity", &["b"], &["yb"])],
+        initializer: vec![ext("a", big_n, 0), ext("b", small_n, big)],
+        output: vec![value_info("ya", 1, &[big_n as i64]), value_info("yb", 1, &[small_n as i64])],
+        ..Default::default()
+    };
+    let path = dir.path().join("big.onnx");
+    fs::write(&path, model(graph, 17).encode_to_vec()).unwrap();
+
+    let out = dir.path().join("out.onnx");
+    let opts = WriteOptions { verify: VerifyPolicy::Skip, ..WriteOptions::default() };
+    let report = convert(&path, &out, &opts).unwrap();
+    assert_eq!(report.output_bytes, fs::metadata(&out).unwrap().len() + fs::metadata(dir.path().join("out.onnx.data")).unwrap().len());
+
+    let written = Document::open(&out).unwrap();
+    let view = written.to_model().unwrap();
+    let b = view.main().tensors.iter().find(|t| t.name == "b").unwrap();
+    let a = view.main().tensors.iter().find(|t| t.name == "a").unwrap();
+    let get = |t: &pare::model::Tensor, i: u64| f32::from_le_bytes(t.data.as_ref().unwrap()[i as usize..i as usize + 4].try_into().unwrap());
+    assert_eq!((get(a, 0), get(a, big - 4), get(b, 0), get(b, small - 4)), (1.5, -2.0, 3.25, 4.0));
+    let Document::Onnx(d) = &written else { panic!() };
+    let b_proto = &d.model.graph.as_ref().unwrap().initializer[1];
+    let offset: u64 = b_proto.external_data.iter().find(|e| e.key() == "offset").unwrap().value().parse().unwrap();
+    assert!(offset >= 1 << 31, "second tensor lies past 2 GiB ({offset})");
+    // Inlining it would break protobuf's 2 GiB limit: refused with advice, nothing written.
+    let inline = dir.path().join("inline.onnx");
+    let e = convert(&path, &inline, &WriteOptions { external_data: ExternalDataMode::Inline, ..opts }).unwrap_err();
+    assert!(e.to_string().contains("--external-data"), "{e}");
+    assert!(!inline.exists());
+}
+
+#[test]
+fn tflite_offset_form_for_models_over_2_gib_is_read_and_written() {
+    // Building a real >2 GiB TFLite file takes minutes; the offset form itself is what matters,
+    // so write a fixture in that form and check LiteRT runs it and pare reads it back.
+    let dir = tmpdir();
+    for name in ["mlp.tflite", "cnn_int8.tflite"] {
+        let src = fixtures().join(name);
+        let Document::Tflite(mut doc) = Document::open(&src).unwrap() else { panic!() };
+        doc.offset_form = true;
+        let (bytes, summary) = doc.encode().unwrap();
+        assert!(summary.offset_buffers > 0);
+        let out = dir.path().join(name);
+        fs::write(&out, &bytes).unwrap();
+
+        let Document::Tflite(back) = Document::open(&out).unwrap() else { panic!() };
+        assert!(back.offset_form);
+        assert_eq!(back.buffers, doc.buffers, "{name}: every payload read back from its offset");
+        let r = interop(&["tflite-pair", src.to_str().unwrap(), out.to_str().unwrap()], None);
+        assert!(r.get("litert_output_error").is_none(), "{name}: LiteRT refuses the offset form: {r}");
+        assert_eq!(r["identical"], true, "{r}");
+        // And pare keeps the form when converting it.
+        let again = dir.path().join(format!("again_{name}"));
+        convert(&out, &again, &WriteOptions::default()).unwrap();
+        assert_eq!(fs::read(&again).unwrap(), bytes);
+    }
+}
+
+#[test]
+fn convert_is_idempotent_on_every_fixture() {
+    let dir = tmpdir();
+    for m in fixture_models() {
+        let file = m["file"].as_str().unwrap();
+        let once = dir.path().join(format!("once_{file}"));
+        let twice = dir.path().join(format!("twice_{file}"));
+        convert(&fixtures().join(file), &once, &WriteOptions::default()).unwrap();
+        convert(&once, &twice, &WriteOptions::default()).unwrap();
+        assert_eq!(fs::read(&once).unwrap(), fs::read(&twice).unwrap(), "{file}");
+    }
+}
+
+#[test]
+fn errors_name_the_file() {
+    let dir = tmpdir();
+    let p = dir.path().join("nope.tflite");
+    fs::write(&p, b"TFL").unwrap();
+    let e = Document::open(&p).unwrap_err();
+    assert!(matches!(e, pare::Error::Malformed { .. }));
+    assert!(e.to_string().contains("nope.tflite"), "{e}");
+}
+
+mod properties {
+    use super::*;
+    use pare::model::DType;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn nonzero_count_matches_a_plain_count(v in proptest::collection::vec(prop_oneof![Just(0.0f32), Just(-0.0f32), any::<f32>()], 0..200)) {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            prop_assert_eq!(DType::F32.count_nonzero(&bytes, None), Some(v.iter().filter(|x| **x != 0.0).count() as u64));
+        }
+
+        #[test]
+        fn quantized_zero_is_the_zero_point(v in proptest::collection::vec(any::<i8>(), 0..200), zp in any::<i8>()) {
+            let bytes: Vec<u8> = v.iter().map(|&x| x as u8).collect();
+            prop_assert_eq!(DType::I8.count_nonzero(&bytes, Some(zp as i64)), Some(v.iter().filter(|&&x| x != zp).count() as u64));
+        }
+
+        #[test]
+        fn locations_with_parent_or_absolute_components_are_refused(parts in proptest::collection::vec("[a-z]{1,4}|\\.\\.|\\.", 1..5), absolute in any::<bool>()) {
+            let dir = tmpdir();
+            let mut loc = parts.join("/");
+            if absolute { loc.insert(0, '/'); }
+            let r = pare::onnx::resolve_location(Path::new("m.onnx"), dir.path(), &loc);
+            if absolute || parts.iter().any(|p| p == "..") {
+                prop_assert!(r.is_err(), "{loc} accepted");
+            }
+        }
+    }
+}
