@@ -30,7 +30,12 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { external_data: ExternalDataMode::Keep, verify: VerifyPolicy::Check, force: false, seed: verify::DEFAULT_SEED }
+        WriteOptions {
+            external_data: ExternalDataMode::Keep,
+            verify: VerifyPolicy::Check,
+            force: false,
+            seed: verify::DEFAULT_SEED,
+        }
     }
 }
 
@@ -59,12 +64,21 @@ fn protected_inputs(doc: &Document) -> Vec<PathBuf> {
 /// Writes `edited` (a document derived from `original`) to `output`, then checks it.
 /// `expect_identical` makes any output difference an error (for conversions, which must not
 /// change what the model computes).
-pub fn write_checked(original: &Document, edited: &Document, output: &Path, opts: &WriteOptions, expect_identical: bool) -> Result<WriteReport> {
+pub fn write_checked(
+    original: &Document,
+    edited: &Document,
+    output: &Path,
+    opts: &WriteOptions,
+    expect_identical: bool,
+) -> Result<WriteReport> {
     let protected = protected_inputs(original);
     let protected_refs: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
     check_destination(output, &protected_refs, opts.force)?;
     if output.file_name().is_none() {
-        return Err(Error::Usage(format!("{}: not a file path", output.display())));
+        return Err(Error::Usage(format!(
+            "{}: not a file path",
+            output.display()
+        )));
     }
 
     let mut staging = Staging::beside(output)?;
@@ -72,7 +86,9 @@ pub fn write_checked(original: &Document, edited: &Document, output: &Path, opts
         Document::Onnx(d) => {
             let data_file = match &opts.external_data {
                 ExternalDataMode::Into(n) => Some(n.clone()),
-                ExternalDataMode::Keep if !d.external_locations().is_empty() => Some(crate::onnx::write::default_data_file(output)),
+                ExternalDataMode::Keep if !d.external_locations().is_empty() => {
+                    Some(crate::onnx::write::default_data_file(output))
+                }
                 _ => None,
             };
             if let Some(name) = data_file {
@@ -82,7 +98,9 @@ pub fn write_checked(original: &Document, edited: &Document, output: &Path, opts
         }
         Document::Tflite(d) => {
             if opts.external_data != ExternalDataMode::Keep {
-                return Err(Error::Usage("--external-data and --inline-data apply to ONNX models only".into()));
+                return Err(Error::Usage(
+                    "--external-data and --inline-data apply to ONNX models only".into(),
+                ));
             }
             let (bytes, _) = d.encode()?;
             staging.write_with(output, |w| w.write_all(&bytes))?;
@@ -94,7 +112,9 @@ pub fn write_checked(original: &Document, edited: &Document, output: &Path, opts
     let staged = Document::open(&staging.staged_path(output))?;
     let verification = match opts.verify {
         VerifyPolicy::Skip => None,
-        VerifyPolicy::Check | VerifyPolicy::Require => Some(verify::compare(original, &staged, opts.seed)?),
+        VerifyPolicy::Check | VerifyPolicy::Require => {
+            Some(verify::compare(original, &staged, opts.seed)?)
+        }
     };
     if let Some(v) = &verification {
         if !v.verified && opts.verify == VerifyPolicy::Require {
@@ -113,12 +133,27 @@ pub fn write_checked(original: &Document, edited: &Document, output: &Path, opts
         }
     }
 
-    let files: Vec<String> = staging.destinations().map(|p| p.display().to_string()).collect();
+    let files: Vec<String> = staging
+        .destinations()
+        .map(|p| p.display().to_string())
+        .collect();
     let output_bytes = staging
         .destinations()
-        .map(|d| std::fs::metadata(staging.staged_path(d)).map(|m| m.len()).unwrap_or(0))
+        .map(|d| {
+            std::fs::metadata(staging.staged_path(d))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
         .sum();
-    let input_bytes = crate::inspect::file_sizes(original).map(|s| s.file_bytes).unwrap_or(original.file_bytes());
+    let input_bytes = original.file_bytes()
+        + match original {
+            Document::Onnx(d) => d
+                .external_paths()?
+                .iter()
+                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+                .sum(),
+            Document::Tflite(_) => 0,
+        };
     staging.commit()?;
     Ok(WriteReport {
         input: original.path().display().to_string(),

@@ -23,13 +23,19 @@ impl Document {
         if crate::tflite::has_identifier(&bytes) {
             return Ok(Document::Tflite(TfliteDocument::from_bytes(path, bytes)?));
         }
+        // Every ONNX writer emits `ir_version` (field 1, varint: tag byte 0x08) first.
+        let looks_like_onnx = bytes[0] == 0x08;
         match OnnxDocument::from_bytes(path, bytes) {
             Ok(doc) => Ok(Document::Onnx(doc)),
             // Keep errors about a real ONNX file's content (external data, tensors) as they are;
-            // a file that does not decode at all is simply not a model.
+            // a file that does not decode at all is either a damaged ONNX file or not a model.
             Err(Error::Malformed { msg, .. }) if msg.starts_with("not ") => Err(Error::malformed(
                 path,
-                "not an ONNX or TFLite model (no TFLite identifier, and it does not decode as an ONNX ModelProto with a graph)",
+                if looks_like_onnx {
+                    format!("damaged ONNX model (truncated or corrupted): {msg}")
+                } else {
+                    "not an ONNX or TFLite model (no TFLite identifier, and it does not decode as an ONNX ModelProto with a graph)".into()
+                },
             )),
             Err(e) => Err(e),
         }

@@ -44,7 +44,12 @@ fn io_info(g: &Graph, ids: &[usize]) -> Vec<IoInfo> {
     ids.iter()
         .map(|&id| {
             let t = g.tensor(id);
-            IoInfo { name: t.name.clone(), dtype: t.dtype.to_string(), shape: t.shape.clone(), quantization: t.quant.clone() }
+            IoInfo {
+                name: t.name.clone(),
+                dtype: t.dtype.to_string(),
+                shape: t.shape.clone(),
+                quantization: t.quant.clone(),
+            }
         })
         .collect()
 }
@@ -78,7 +83,10 @@ pub fn file_sizes(doc: &Document) -> Result<Sizes> {
     }
     let file_bytes = parts.iter().map(|p| p.len() as u64).sum();
     let gzip_bytes = gzip_size(parts.iter().map(|p| &p[..]));
-    Ok(Sizes { file_bytes, gzip_bytes })
+    Ok(Sizes {
+        file_bytes,
+        gzip_bytes,
+    })
 }
 
 pub fn inspect(doc: &Document) -> Result<InspectReport> {
@@ -130,12 +138,25 @@ fn ellipsize(name: &str, width: usize) -> String {
 }
 
 fn io_line(io: &IoInfo) -> String {
-    let mut s = format!("  {}  {}  {}", io.name, io.dtype, shape_to_string(io.shape.as_deref()));
+    let mut s = format!(
+        "  {}  {}  {}",
+        io.name,
+        io.dtype,
+        shape_to_string(io.shape.as_deref())
+    );
     if let Some(q) = &io.quantization {
         if q.scale.len() == 1 {
-            s += &format!("  scale={} zero_point={}", q.scale[0], q.zero_point.first().copied().unwrap_or(0));
+            s += &format!(
+                "  scale={} zero_point={}",
+                q.scale[0],
+                q.zero_point.first().copied().unwrap_or(0)
+            );
         } else {
-            s += &format!("  per-axis quantization ({} scales, axis {:?})", q.scale.len(), q.axis);
+            s += &format!(
+                "  per-axis quantization ({} scales, axis {:?})",
+                q.scale.len(),
+                q.axis
+            );
         }
     }
     s
@@ -145,9 +166,24 @@ fn io_line(io: &IoInfo) -> String {
 pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
     writeln!(w, "{}", r.path)?;
     match &r.info {
-        FormatInfo::Onnx { ir_version, opsets, producer_name, producer_version, metadata, external_data_files, .. } => {
-            let ops: Vec<String> = opsets.iter().map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d })).collect();
-            writeln!(w, "format     ONNX, IR version {ir_version}, opsets {}", ops.join(" "))?;
+        FormatInfo::Onnx {
+            ir_version,
+            opsets,
+            producer_name,
+            producer_version,
+            metadata,
+            external_data_files,
+            ..
+        } => {
+            let ops: Vec<String> = opsets
+                .iter()
+                .map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d }))
+                .collect();
+            writeln!(
+                w,
+                "format     ONNX, IR version {ir_version}, opsets {}",
+                ops.join(" ")
+            )?;
             writeln!(w, "producer   {producer_name} {producer_version}")?;
             if !metadata.is_empty() {
                 writeln!(w, "metadata   {} entries", metadata.len())?;
@@ -156,8 +192,20 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
                 writeln!(w, "external   {}", external_data_files.join(", "))?;
             }
         }
-        FormatInfo::Tflite { schema_version, description, subgraphs, min_runtime_version, signatures, metadata, offset_buffers, .. } => {
-            writeln!(w, "format     TFLite, schema version {schema_version}, {subgraphs} subgraph(s)")?;
+        FormatInfo::Tflite {
+            schema_version,
+            description,
+            subgraphs,
+            min_runtime_version,
+            signatures,
+            metadata,
+            offset_buffers,
+            ..
+        } => {
+            writeln!(
+                w,
+                "format     TFLite, schema version {schema_version}, {subgraphs} subgraph(s)"
+            )?;
             if !description.is_empty() {
                 writeln!(w, "producer   {description}")?;
             }
@@ -171,7 +219,10 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
                 writeln!(w, "metadata   {}", metadata.join(", "))?;
             }
             if *offset_buffers > 0 {
-                writeln!(w, "buffers    {offset_buffers} stored after the flatbuffer (large-model form)")?;
+                writeln!(
+                    w,
+                    "buffers    {offset_buffers} stored after the flatbuffer (large-model form)"
+                )?;
             }
         }
     }
@@ -184,13 +235,33 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
     for io in &r.outputs {
         writeln!(w, "{}", io_line(io))?;
     }
-    let hist: Vec<String> = r.op_histogram.iter().map(|(op, n)| format!("{op}×{n}")).collect();
+    let hist: Vec<String> = r
+        .op_histogram
+        .iter()
+        .map(|(op, n)| format!("{op}×{n}"))
+        .collect();
     writeln!(w, "ops        {}", hist.join("  "))?;
     if !r.layers.is_empty() {
         writeln!(w)?;
-        let name_w = r.layers.iter().map(|l| l.node.len()).max().unwrap_or(4).clamp(4, 48);
-        let op_w = r.layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
-        writeln!(w, "{:<name_w$}  {:<op_w$}  {:<18}  {:>5}  {:>9}  {:>9}  {:>8}  {:>9}", "layer", "op", "weight shape", "dtype", "params", "nonzeros", "sparsity", "MACs")?;
+        let name_w = r
+            .layers
+            .iter()
+            .map(|l| l.node.len())
+            .max()
+            .unwrap_or(4)
+            .clamp(4, 48);
+        let op_w = r
+            .layers
+            .iter()
+            .map(|l| l.op.len())
+            .max()
+            .unwrap_or(2)
+            .max(2);
+        writeln!(
+            w,
+            "{:<name_w$}  {:<op_w$}  {:<18}  {:>5}  {:>9}  {:>9}  {:>8}  {:>9}",
+            "layer", "op", "weight shape", "dtype", "params", "nonzeros", "sparsity", "MACs"
+        )?;
         for l in &r.layers {
             let shape: Vec<String> = l.shape.iter().map(|d| d.to_string()).collect();
             let name = ellipsize(&l.node, name_w);
@@ -203,7 +274,9 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
                 l.dtype.to_string(),
                 human_count(l.params),
                 l.nonzeros.map(human_count).unwrap_or_else(|| "?".into()),
-                l.sparsity.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "?".into()),
+                l.sparsity
+                    .map(|s| format!("{:.1}%", s * 100.0))
+                    .unwrap_or_else(|| "?".into()),
                 l.macs.map(human_count).unwrap_or_else(|| "?".into()),
             )?;
         }
@@ -217,8 +290,20 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
         human_count(t.nonzero_params),
         t.sparsity * 100.0
     )?;
-    let note = if t.layers_without_macs > 0 { format!(" ({} layer(s) without a MAC count)", t.layers_without_macs) } else { String::new() };
-    writeln!(w, "MACs       {} at the declared input shape, dynamic dims as 1{note}", human_count(t.macs))?;
-    writeln!(w, "size       {} bytes, {} gzipped", r.sizes.file_bytes, r.sizes.gzip_bytes)?;
+    let note = if t.layers_without_macs > 0 {
+        format!(" ({} layer(s) without a MAC count)", t.layers_without_macs)
+    } else {
+        String::new()
+    };
+    writeln!(
+        w,
+        "MACs       {} at the declared input shape, dynamic dims as 1{note}",
+        human_count(t.macs)
+    )?;
+    writeln!(
+        w,
+        "size       {} bytes, {} gzipped",
+        r.sizes.file_bytes, r.sizes.gzip_bytes
+    )?;
     Ok(())
 }

@@ -65,7 +65,10 @@ impl Staging {
             .prefix(".pare-staging-")
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
-        Ok(Staging { dir, files: Vec::new() })
+        Ok(Staging {
+            dir,
+            files: Vec::new(),
+        })
     }
 
     /// Where the file bound for `dest` is staged.

@@ -40,7 +40,10 @@ fn inspect_reports_format_io_layers_and_totals_as_json() {
     assert_eq!(layer["macs"], 72 * 2 * 4 * 4);
     assert_eq!(r["totals"]["params"], 78, "weights plus 6 biases");
     assert!(r["sizes"]["gzip_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(r["sizes"]["file_bytes"].as_u64().unwrap(), fs::metadata(conv_model()).unwrap().len());
+    assert_eq!(
+        r["sizes"]["file_bytes"].as_u64().unwrap(),
+        fs::metadata(conv_model()).unwrap().len()
+    );
 }
 
 #[test]
@@ -48,7 +51,16 @@ fn inspect_human_output_has_the_layer_table() {
     let o = run(&["inspect", conv_model().to_str().unwrap()]);
     assert_eq!(code(&o), OK);
     let text = stdout(&o);
-    for needle in ["format     ONNX", "inputs", "outputs", "Conv×1", "6x2x3x2", "params", "MACs", "gzipped"] {
+    for needle in [
+        "format     ONNX",
+        "inputs",
+        "outputs",
+        "Conv×1",
+        "6x2x3x2",
+        "params",
+        "MACs",
+        "gzipped",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
@@ -67,7 +79,13 @@ fn format_is_detected_from_content_not_extension() {
 fn convert_without_options_is_byte_identical_and_verified() {
     let dir = tmpdir();
     let out = dir.path().join("out.onnx");
-    let o = run(&["convert", conv_model().to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"]);
+    let o = run(&[
+        "convert",
+        conv_model().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
     assert_eq!(fs::read(&out).unwrap(), fs::read(conv_model()).unwrap());
     let r = json(&o);
@@ -81,11 +99,22 @@ fn convert_refuses_to_replace_an_existing_file_without_force() {
     let dir = tmpdir();
     let out = dir.path().join("out.onnx");
     fs::write(&out, b"keep me").unwrap();
-    let o = run(&["convert", conv_model().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = run(&[
+        "convert",
+        conv_model().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code(&o), USAGE);
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     assert_eq!(fs::read(&out).unwrap(), b"keep me");
-    let o = run(&["convert", conv_model().to_str().unwrap(), "-o", out.to_str().unwrap(), "--force"]);
+    let o = run(&[
+        "convert",
+        conv_model().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
     assert_eq!(fs::read(&out).unwrap(), fs::read(conv_model()).unwrap());
 }
@@ -101,13 +130,26 @@ fn convert_never_overwrites_its_input_even_with_force() {
     let hard = dir.path().join("hard.onnx");
     fs::hard_link(&input, &hard).unwrap();
     for target in [&input, &link, &hard] {
-        let o = run(&["convert", input.to_str().unwrap(), "-o", target.to_str().unwrap(), "--force"]);
+        let o = run(&[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            target.to_str().unwrap(),
+            "--force",
+        ]);
         assert_eq!(code(&o), USAGE, "writing over {target:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("input"), "{}", stderr(&o));
     }
     assert_eq!(fs::read(&input).unwrap(), original);
-    let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers.len(), 3, "no staging files left behind: {leftovers:?}");
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        3,
+        "no staging files left behind: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -115,7 +157,14 @@ fn external_data_out_and_back_in() {
     let model = corpus_model("pytorch-operator/test_operator_conv/");
     let dir = tmpdir();
     let ext = dir.path().join("ext.onnx");
-    let o = run(&["convert", model.to_str().unwrap(), "-o", ext.to_str().unwrap(), "--external-data", "--json"]);
+    let o = run(&[
+        "convert",
+        model.to_str().unwrap(),
+        "-o",
+        ext.to_str().unwrap(),
+        "--external-data",
+        "--json",
+    ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
     assert_eq!(json(&o)["verification"]["verified"], true);
     let data = dir.path().join("ext.onnx.data");
@@ -127,9 +176,19 @@ fn external_data_out_and_back_in() {
     let mut n = 0;
     for t in &doc.graph.as_ref().unwrap().initializer {
         if t.data_location == Some(1) {
-            let get = |k: &str| t.external_data.iter().find(|e| e.key() == k).unwrap().value().to_string();
+            let get = |k: &str| {
+                t.external_data
+                    .iter()
+                    .find(|e| e.key() == k)
+                    .unwrap()
+                    .value()
+                    .to_string()
+            };
             assert_eq!(get("location"), "ext.onnx.data");
-            let (off, len): (u64, u64) = (get("offset").parse().unwrap(), get("length").parse().unwrap());
+            let (off, len): (u64, u64) = (
+                get("offset").parse().unwrap(),
+                get("length").parse().unwrap(),
+            );
             assert_eq!(off % 16, 0);
             assert!(off + len <= data_len);
             assert!(len >= 1024, "small tensors stay inline");
@@ -142,12 +201,23 @@ fn external_data_out_and_back_in() {
 
     // A model with external data keeps that layout by default ...
     let kept = dir.path().join("kept.onnx");
-    let o = run(&["convert", ext.to_str().unwrap(), "-o", kept.to_str().unwrap()]);
+    let o = run(&[
+        "convert",
+        ext.to_str().unwrap(),
+        "-o",
+        kept.to_str().unwrap(),
+    ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
     assert!(dir.path().join("kept.onnx.data").exists());
     // ... and --inline-data brings back the original file exactly.
     let back = dir.path().join("back.onnx");
-    let o = run(&["convert", kept.to_str().unwrap(), "-o", back.to_str().unwrap(), "--inline-data"]);
+    let o = run(&[
+        "convert",
+        kept.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+        "--inline-data",
+    ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
     assert_eq!(fs::read(&back).unwrap(), fs::read(&model).unwrap());
 }
@@ -156,20 +226,34 @@ fn external_data_out_and_back_in() {
 fn external_data_file_name_must_be_plain() {
     let dir = tmpdir();
     let out = dir.path().join("o.onnx");
-    let o = run(&["convert", conv_model().to_str().unwrap(), "-o", out.to_str().unwrap(), "--external-data", "../evil.data"]);
+    let o = run(&[
+        "convert",
+        conv_model().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--external-data",
+        "../evil.data",
+    ]);
     assert_eq!(code(&o), USAGE, "{}", stderr(&o));
     assert!(!out.exists());
 }
 
 /// Writes a one-Gemm ONNX model whose weight lives in external data at `location`.
 fn model_with_external(dir: &Path, location: &str) -> std::path::PathBuf {
-    let entry = |k: &str, v: &str| pb::StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) };
+    let entry = |k: &str, v: &str| pb::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v.into()),
+    };
     let weight = pb::TensorProto {
         name: Some("W".into()),
         dims: vec![4, 4],
         data_type: Some(1),
         data_location: Some(1),
-        external_data: vec![entry("location", location), entry("offset", "0"), entry("length", "64")],
+        external_data: vec![
+            entry("location", location),
+            entry("offset", "0"),
+            entry("length", "64"),
+        ],
         ..Default::default()
     };
     let vi = |name: &str| pb::ValueInfoProto {
@@ -179,8 +263,14 @@ fn model_with_external(dir: &Path, location: &str) -> std::path::PathBuf {
                 elem_type: Some(1),
                 shape: Some(pb::TensorShapeProto {
                     dim: vec![
-                        pb::tensor_shape_proto::Dimension { value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(1)), ..Default::default() },
-                        pb::tensor_shape_proto::Dimension { value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)), ..Default::default() },
+                        pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(1)),
+                            ..Default::default()
+                        },
+                        pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
+                            ..Default::default()
+                        },
                     ],
                 }),
             })),
@@ -190,7 +280,10 @@ fn model_with_external(dir: &Path, location: &str) -> std::path::PathBuf {
     };
     let model = pb::ModelProto {
         ir_version: Some(8),
-        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
         graph: Some(pb::GraphProto {
             name: Some("g".into()),
             node: vec![pb::NodeProto {
@@ -228,11 +321,22 @@ fn external_data_that_escapes_the_model_folder_is_refused() {
     ] {
         let model = model_with_external(&model_dir, location);
         let out = model_dir.join("out.onnx");
-        for args in [vec!["inspect", model.to_str().unwrap()], vec!["convert", model.to_str().unwrap(), "-o", out.to_str().unwrap()]] {
+        for args in [
+            vec!["inspect", model.to_str().unwrap()],
+            vec![
+                "convert",
+                model.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        ] {
             let o = run(&args);
             assert_eq!(code(&o), ERROR, "{location}: {}", stderr(&o));
             let err = stderr(&o);
-            assert!(err.contains("model.onnx") && err.contains(why), "{location}: {err}");
+            assert!(
+                err.contains("model.onnx") && err.contains(why),
+                "{location}: {err}"
+            );
             assert!(!err.contains("panicked"));
         }
         assert!(!out.exists());
@@ -252,7 +356,11 @@ fn external_data_shorter_than_declared_is_refused() {
     let model = model_with_external(dir.path(), "w.bin");
     let o = run(&["inspect", model.to_str().unwrap()]);
     assert_eq!(code(&o), ERROR);
-    assert!(stderr(&o).contains("\"W\""), "names the tensor: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"W\""),
+        "names the tensor: {}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -262,8 +370,16 @@ fn bad_inputs_get_a_clear_error_exit_1_and_no_output() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty.onnx", vec![]),
         ("truncated.onnx", good[..good.len() / 2].to_vec()),
-        ("text.onnx", b"this is not a model, just some text\n".to_vec()),
-        ("garbage.tflite", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()),
+        (
+            "text.onnx",
+            b"this is not a model, just some text\n".to_vec(),
+        ),
+        (
+            "garbage.tflite",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
         ("fake-identifier.tflite", {
             let mut v = vec![0xffu8; 64];
             v[4..8].copy_from_slice(b"TFL3");
@@ -274,11 +390,22 @@ fn bad_inputs_get_a_clear_error_exit_1_and_no_output() {
         let input = dir.path().join(name);
         fs::write(&input, &bytes).unwrap();
         let out = dir.path().join(format!("{name}.out"));
-        for args in [vec!["inspect", input.to_str().unwrap()], vec!["convert", input.to_str().unwrap(), "-o", out.to_str().unwrap()]] {
+        for args in [
+            vec!["inspect", input.to_str().unwrap()],
+            vec![
+                "convert",
+                input.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        ] {
             let o = run(&args);
             let err = stderr(&o);
             assert_eq!(code(&o), ERROR, "{name} {args:?}: {err}");
-            assert!(err.starts_with("error: ") && err.contains(name), "{name}: {err}");
+            assert!(
+                err.starts_with("error: ") && err.contains(name),
+                "{name}: {err}"
+            );
             assert!(!err.contains("panicked"), "{name}: {err}");
         }
         assert!(!out.exists());
@@ -288,10 +415,13 @@ fn bad_inputs_get_a_clear_error_exit_1_and_no_output() {
     assert!(stderr(&o).contains("missing.onnx"));
     let o = run(&["inspect", dir.path().to_str().unwrap()]);
     assert_eq!(code(&o), ERROR);
-    let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| {
-        let n = e.unwrap().file_name().to_string_lossy().into_owned();
-        n.starts_with(".pare").then_some(n)
-    }).collect();
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.starts_with(".pare").then_some(n)
+        })
+        .collect();
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
 
@@ -309,23 +439,48 @@ fn a_model_tract_cannot_run_is_reported_unverified_and_can_be_required() {
     let model = corpus_model("simple/test_sequence_model2/");
     let dir = tmpdir();
     let out = dir.path().join("seq.onnx");
-    let o = run(&["convert", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"]);
+    let o = run(&[
+        "convert",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
     let r = json(&o);
     assert_eq!(r["verification"]["verified"], false);
     let reason = r["verification"]["reason"].as_str().unwrap();
-    assert!(reason.contains("SequenceConstruct"), "names the op: {reason}");
+    assert!(
+        reason.contains("SequenceConstruct"),
+        "names the op: {reason}"
+    );
     assert!(stderr(&o).contains("verified: false"));
     assert!(out.exists());
 
     let strict = dir.path().join("strict.onnx");
-    let o = run(&["convert", model.to_str().unwrap(), "-o", strict.to_str().unwrap(), "--require-verified"]);
+    let o = run(&[
+        "convert",
+        model.to_str().unwrap(),
+        "-o",
+        strict.to_str().unwrap(),
+        "--require-verified",
+    ]);
     assert_eq!(code(&o), VERIFICATION, "{}", stderr(&o));
     assert!(stderr(&o).contains("SequenceConstruct"));
-    assert!(!strict.exists(), "nothing written when verification is required and fails");
+    assert!(
+        !strict.exists(),
+        "nothing written when verification is required and fails"
+    );
 
     let fast = dir.path().join("fast.onnx");
-    let o = run(&["convert", model.to_str().unwrap(), "-o", fast.to_str().unwrap(), "--no-verify", "--json"]);
+    let o = run(&[
+        "convert",
+        model.to_str().unwrap(),
+        "-o",
+        fast.to_str().unwrap(),
+        "--no-verify",
+        "--json",
+    ]);
     assert_eq!(code(&o), OK);
     assert!(json(&o).get("verification").is_none());
 }
@@ -334,7 +489,13 @@ fn a_model_tract_cannot_run_is_reported_unverified_and_can_be_required() {
 fn quiet_prints_nothing_on_success() {
     let dir = tmpdir();
     let out = dir.path().join("q.onnx");
-    let o = run(&["convert", "-q", conv_model().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = run(&[
+        "convert",
+        "-q",
+        conv_model().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code(&o), OK);
     assert!(o.stderr.is_empty() && o.stdout.is_empty());
 }

@@ -12,7 +12,10 @@ use std::fs;
 use std::path::Path;
 
 fn dim(n: i64) -> pb::tensor_shape_proto::Dimension {
-    pb::tensor_shape_proto::Dimension { value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)), ..Default::default() }
+    pb::tensor_shape_proto::Dimension {
+        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)),
+        ..Default::default()
+    }
 }
 
 fn value_info(name: &str, elem: i32, dims: &[i64]) -> pb::ValueInfoProto {
@@ -21,7 +24,9 @@ fn value_info(name: &str, elem: i32, dims: &[i64]) -> pb::ValueInfoProto {
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                 elem_type: Some(elem),
-                shape: Some(pb::TensorShapeProto { dim: dims.iter().map(|&d| dim(d)).collect() }),
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims.iter().map(|&d| dim(d)).collect(),
+                }),
             })),
             ..Default::default()
         }),
@@ -43,8 +48,14 @@ fn model(graph: pb::GraphProto, opset: i64) -> pb::ModelProto {
         ir_version: Some(9),
         producer_name: Some("pare-tests".into()),
         doc_string: Some("built by tests/library.rs".into()),
-        metadata_props: vec![pb::StringStringEntryProto { key: Some("k".into()), value: Some("v".into()) }],
-        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
+        metadata_props: vec![pb::StringStringEntryProto {
+            key: Some("k".into()),
+            value: Some("v".into()),
+        }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
         graph: Some(graph),
         ..Default::default()
     }
@@ -60,15 +71,56 @@ fn all_dtypes_model() -> (pb::ModelProto, Vec<(String, Vec<u8>)>) {
     let mut outputs = Vec::new();
     let mut expected = Vec::new();
     let cases: Vec<(D, Vec<u8>)> = vec![
-        (D::Float, vals.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()),
-        (D::Float16, vals.iter().flat_map(|&v| half::f16::from_f32(v as f32).to_le_bytes()).collect()),
-        (D::Bfloat16, vals.iter().flat_map(|&v| half::bf16::from_f32(v as f32).to_le_bytes()).collect()),
-        (D::Double, vals.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect()),
-        (D::Int8, vals.iter().flat_map(|&v| (v as i8).to_le_bytes()).collect()),
-        (D::Uint8, vals.iter().flat_map(|&v| (v.unsigned_abs() as u8).to_le_bytes()).collect()),
-        (D::Int16, vals.iter().flat_map(|&v| (v as i16).to_le_bytes()).collect()),
-        (D::Int32, vals.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect()),
-        (D::Int64, vals.iter().flat_map(|&v| v.to_le_bytes()).collect()),
+        (
+            D::Float,
+            vals.iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            D::Float16,
+            vals.iter()
+                .flat_map(|&v| half::f16::from_f32(v as f32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            D::Bfloat16,
+            vals.iter()
+                .flat_map(|&v| half::bf16::from_f32(v as f32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            D::Double,
+            vals.iter()
+                .flat_map(|&v| (v as f64).to_le_bytes())
+                .collect(),
+        ),
+        (
+            D::Int8,
+            vals.iter().flat_map(|&v| (v as i8).to_le_bytes()).collect(),
+        ),
+        (
+            D::Uint8,
+            vals.iter()
+                .flat_map(|&v| (v.unsigned_abs() as u8).to_le_bytes())
+                .collect(),
+        ),
+        (
+            D::Int16,
+            vals.iter()
+                .flat_map(|&v| (v as i16).to_le_bytes())
+                .collect(),
+        ),
+        (
+            D::Int32,
+            vals.iter()
+                .flat_map(|&v| (v as i32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            D::Int64,
+            vals.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+        ),
         (D::Bool, vals.iter().map(|&v| (v != 0) as u8).collect()),
     ];
     for (dt, bytes) in cases {
@@ -76,19 +128,48 @@ fn all_dtypes_model() -> (pb::ModelProto, Vec<(String, Vec<u8>)>) {
         let name = format!("{dt:?}").to_lowercase();
         for storage in ["raw", "typed"] {
             let tname = format!("{name}_{storage}");
-            let mut t = pb::TensorProto { name: Some(tname.clone()), dims: vec![2, 3], data_type: Some(dt as i32), ..Default::default() };
+            let mut t = pb::TensorProto {
+                name: Some(tname.clone()),
+                dims: vec![2, 3],
+                data_type: Some(dt as i32),
+                ..Default::default()
+            };
             if storage == "raw" {
                 t.raw_data = Some(bytes.clone().into());
             } else {
                 let elems = bytes.chunks(size);
                 match dt {
-                    D::Float => t.float_data = elems.map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-                    D::Double => t.double_data = elems.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                    D::Int64 => t.int64_data = elems.map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    D::Float => {
+                        t.float_data = elems
+                            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                            .collect()
+                    }
+                    D::Double => {
+                        t.double_data = elems
+                            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                            .collect()
+                    }
+                    D::Int64 => {
+                        t.int64_data = elems
+                            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                            .collect()
+                    }
                     D::Int8 => t.int32_data = elems.map(|c| c[0] as i8 as i32).collect(),
-                    D::Float16 | D::Bfloat16 => t.int32_data = elems.map(|c| u16::from_le_bytes([c[0], c[1]]) as i32).collect(),
-                    D::Int16 => t.int32_data = elems.map(|c| i16::from_le_bytes([c[0], c[1]]) as i32).collect(),
-                    D::Int32 => t.int32_data = elems.map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    D::Float16 | D::Bfloat16 => {
+                        t.int32_data = elems
+                            .map(|c| u16::from_le_bytes([c[0], c[1]]) as i32)
+                            .collect()
+                    }
+                    D::Int16 => {
+                        t.int32_data = elems
+                            .map(|c| i16::from_le_bytes([c[0], c[1]]) as i32)
+                            .collect()
+                    }
+                    D::Int32 => {
+                        t.int32_data = elems
+                            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                            .collect()
+                    }
                     _ => t.int32_data = elems.map(|c| c[0] as i32).collect(),
                 }
             }
@@ -96,7 +177,12 @@ fn all_dtypes_model() -> (pb::ModelProto, Vec<(String, Vec<u8>)>) {
             if dt == D::Bfloat16 {
                 // onnxruntime's Python API cannot return bfloat16 arrays: compare as float.
                 let mut cast = node("Cast", &[&tname], &[&out]);
-                cast.attribute.push(pb::AttributeProto { name: Some("to".into()), r#type: Some(pb::attribute_proto::AttributeType::Int as i32), i: Some(D::Float as i64), ..Default::default() });
+                cast.attribute.push(pb::AttributeProto {
+                    name: Some("to".into()),
+                    r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+                    i: Some(D::Float as i64),
+                    ..Default::default()
+                });
                 nodes.push(cast);
                 outputs.push(value_info(&out, D::Float as i32, &[2, 3]));
             } else {
@@ -107,7 +193,13 @@ fn all_dtypes_model() -> (pb::ModelProto, Vec<(String, Vec<u8>)>) {
             expected.push((tname, bytes.clone()));
         }
     }
-    let graph = pb::GraphProto { name: Some("dtypes".into()), node: nodes, initializer: inits, output: outputs, ..Default::default() };
+    let graph = pb::GraphProto {
+        name: Some("dtypes".into()),
+        node: nodes,
+        initializer: inits,
+        output: outputs,
+        ..Default::default()
+    };
     (model(graph, 17), expected)
 }
 
@@ -121,18 +213,45 @@ fn every_element_type_in_raw_and_typed_storage_reads_and_round_trips() {
     let doc = Document::open(&path).unwrap();
     let view = doc.to_model().unwrap();
     for (name, bytes) in &expected {
-        let t = view.main().tensors.iter().find(|t| &t.name == name).unwrap();
-        assert_eq!(t.data.as_deref(), Some(&bytes[..]), "{name}: dense little-endian view");
+        let t = view
+            .main()
+            .tensors
+            .iter()
+            .find(|t| &t.name == name)
+            .unwrap();
+        assert_eq!(
+            t.data.as_deref(),
+            Some(&bytes[..]),
+            "{name}: dense little-endian view"
+        );
     }
     // Inline, external and back: every element type survives, and onnxruntime agrees.
     let ext = dir.path().join("ext.onnx");
-    let opts = WriteOptions { external_data: ExternalDataMode::Into("ext.bin".into()), ..WriteOptions::default() };
+    let opts = WriteOptions {
+        external_data: ExternalDataMode::Into("ext.bin".into()),
+        ..WriteOptions::default()
+    };
     convert(&path, &ext, &opts).unwrap();
     let back = dir.path().join("back.onnx");
-    convert(&ext, &back, &WriteOptions { external_data: ExternalDataMode::Inline, ..WriteOptions::default() }).unwrap();
-    assert_eq!(fs::read(&back).unwrap(), fs::read(&path).unwrap(), "typed fields stay typed when nothing moved them");
+    convert(
+        &ext,
+        &back,
+        &WriteOptions {
+            external_data: ExternalDataMode::Inline,
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(&back).unwrap(),
+        fs::read(&path).unwrap(),
+        "typed fields stay typed when nothing moved them"
+    );
     for out in [&ext, &back] {
-        let r = interop(&["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()], None);
+        let r = interop(
+            &["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()],
+            None,
+        );
         assert!(r["checker_output"].is_null(), "{r}");
         assert_eq!(r["identical"], true, "{r}");
     }
@@ -160,7 +279,14 @@ fn if_model() -> pb::ModelProto {
     };
     let branch = |tag: &str, scale: f32| pb::GraphProto {
         name: Some(tag.into()),
-        node: vec![weight(&format!("w_{tag}"), scale), node("MatMul", &["x", &format!("w_{tag}")], &[&format!("y_{tag}")])],
+        node: vec![
+            weight(&format!("w_{tag}"), scale),
+            node(
+                "MatMul",
+                &["x", &format!("w_{tag}")],
+                &[&format!("y_{tag}")],
+            ),
+        ],
         output: vec![value_info(&format!("y_{tag}"), 1, &[1, 4])],
         ..Default::default()
     };
@@ -170,8 +296,18 @@ fn if_model() -> pb::ModelProto {
         input: vec!["cond".into()],
         output: vec!["y".into()],
         attribute: vec![
-            pb::AttributeProto { name: Some("then_branch".into()), r#type: Some(pb::attribute_proto::AttributeType::Graph as i32), g: Some(branch("then", 0.5)), ..Default::default() },
-            pb::AttributeProto { name: Some("else_branch".into()), r#type: Some(pb::attribute_proto::AttributeType::Graph as i32), g: Some(branch("else", -0.25)), ..Default::default() },
+            pb::AttributeProto {
+                name: Some("then_branch".into()),
+                r#type: Some(pb::attribute_proto::AttributeType::Graph as i32),
+                g: Some(branch("then", 0.5)),
+                ..Default::default()
+            },
+            pb::AttributeProto {
+                name: Some("else_branch".into()),
+                r#type: Some(pb::attribute_proto::AttributeType::Graph as i32),
+                g: Some(branch("else", -0.25)),
+                ..Default::default()
+            },
         ],
         ..Default::default()
     };
@@ -200,12 +336,23 @@ fn weights_in_nested_graphs_are_seen_and_kept() {
     let ext = dir.path().join("if_ext.onnx");
     // Constant-node tensors move to external data too (they are 64 bytes: force the threshold
     // by checking the inline path and the external path separately).
-    convert(&path, &ext, &WriteOptions { external_data: ExternalDataMode::Into("if.bin".into()), ..WriteOptions::default() }).unwrap();
+    convert(
+        &path,
+        &ext,
+        &WriteOptions {
+            external_data: ExternalDataMode::Into("if.bin".into()),
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap();
     let same = dir.path().join("if_same.onnx");
     convert(&path, &same, &WriteOptions::default()).unwrap();
     assert_eq!(fs::read(&same).unwrap(), fs::read(&path).unwrap());
     for out in [&ext, &same] {
-        let r = interop(&["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()], None);
+        let r = interop(
+            &["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()],
+            None,
+        );
         assert!(r["checker_input"].is_null(), "{r}");
         assert!(r["checker_output"].is_null(), "{r}");
         assert_eq!(r["identical"], true, "{r}");
@@ -231,48 +378,104 @@ fn external_data_over_2_gib_round_trips() {
     let f = fs::File::create(&data).unwrap();
     f.set_len(big + small).unwrap();
     use std::os::unix::fs::FileExt;
-    let marks: [(u64, f32); 4] = [(0, 1.5), (big - 4, -2.0), (big, 3.25), (big + small - 4, 4.0)];
+    let marks: [(u64, f32); 4] = [
+        (0, 1.5),
+        (big - 4, -2.0),
+        (big, 3.25),
+        (big + small - 4, 4.0),
+    ];
     for (off, v) in marks {
         f.write_all_at(&v.to_le_bytes(), off).unwrap();
     }
     drop(f);
-    let entry = |k: &str, v: String| pb::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    let entry = |k: &str, v: String| pb::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
     let ext = |name: &str, n: u64, offset: u64| pb::TensorProto {
         name: Some(name.into()),
         dims: vec![n as i64],
         data_type: Some(1),
         data_location: Some(1),
-        external_data: vec![entry("location", "big.bin".into()), entry("offset", offset.to_string()), entry("length", (n * 4).to_string())],
+        external_data: vec![
+            entry("location", "big.bin".into()),
+            entry("offset", offset.to_string()),
+            entry("length", (n * 4).to_string()),
+        ],
         ..Default::default()
     };
     let graph = pb::GraphProto {
         name: Some("big".into()),
-        node: vec![node("Identity", &["a"], &["ya"]), node("Identity", &["b"], &["yb"])],
+        node: vec![
+            node("Identity", &["a"], &["ya"]),
+            node("Identity", &["b"], &["yb"]),
+        ],
         initializer: vec![ext("a", big_n, 0), ext("b", small_n, big)],
-        output: vec![value_info("ya", 1, &[big_n as i64]), value_info("yb", 1, &[small_n as i64])],
+        output: vec![
+            value_info("ya", 1, &[big_n as i64]),
+            value_info("yb", 1, &[small_n as i64]),
+        ],
         ..Default::default()
     };
     let path = dir.path().join("big.onnx");
     fs::write(&path, model(graph, 17).encode_to_vec()).unwrap();
 
     let out = dir.path().join("out.onnx");
-    let opts = WriteOptions { verify: VerifyPolicy::Skip, ..WriteOptions::default() };
+    let opts = WriteOptions {
+        verify: VerifyPolicy::Skip,
+        ..WriteOptions::default()
+    };
     let report = convert(&path, &out, &opts).unwrap();
-    assert_eq!(report.output_bytes, fs::metadata(&out).unwrap().len() + fs::metadata(dir.path().join("out.onnx.data")).unwrap().len());
+    assert_eq!(
+        report.output_bytes,
+        fs::metadata(&out).unwrap().len()
+            + fs::metadata(dir.path().join("out.onnx.data"))
+                .unwrap()
+                .len()
+    );
 
     let written = Document::open(&out).unwrap();
     let view = written.to_model().unwrap();
     let b = view.main().tensors.iter().find(|t| t.name == "b").unwrap();
     let a = view.main().tensors.iter().find(|t| t.name == "a").unwrap();
-    let get = |t: &pare::model::Tensor, i: u64| f32::from_le_bytes(t.data.as_ref().unwrap()[i as usize..i as usize + 4].try_into().unwrap());
-    assert_eq!((get(a, 0), get(a, big - 4), get(b, 0), get(b, small - 4)), (1.5, -2.0, 3.25, 4.0));
-    let Document::Onnx(d) = &written else { panic!() };
+    let get = |t: &pare::model::Tensor, i: u64| {
+        f32::from_le_bytes(
+            t.data.as_ref().unwrap()[i as usize..i as usize + 4]
+                .try_into()
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        (get(a, 0), get(a, big - 4), get(b, 0), get(b, small - 4)),
+        (1.5, -2.0, 3.25, 4.0)
+    );
+    let Document::Onnx(d) = &written else {
+        panic!()
+    };
     let b_proto = &d.model.graph.as_ref().unwrap().initializer[1];
-    let offset: u64 = b_proto.external_data.iter().find(|e| e.key() == "offset").unwrap().value().parse().unwrap();
-    assert!(offset >= 1 << 31, "second tensor lies past 2 GiB ({offset})");
+    let offset: u64 = b_proto
+        .external_data
+        .iter()
+        .find(|e| e.key() == "offset")
+        .unwrap()
+        .value()
+        .parse()
+        .unwrap();
+    assert!(
+        offset >= 1 << 31,
+        "second tensor lies past 2 GiB ({offset})"
+    );
     // Inlining it would break protobuf's 2 GiB limit: refused with advice, nothing written.
     let inline = dir.path().join("inline.onnx");
-    let e = convert(&path, &inline, &WriteOptions { external_data: ExternalDataMode::Inline, ..opts }).unwrap_err();
+    let e = convert(
+        &path,
+        &inline,
+        &WriteOptions {
+            external_data: ExternalDataMode::Inline,
+            ..opts
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("--external-data"), "{e}");
     assert!(!inline.exists());
 }
@@ -284,18 +487,31 @@ fn tflite_offset_form_for_models_over_2_gib_is_read_and_written() {
     let dir = tmpdir();
     for name in ["mlp.tflite", "cnn_int8.tflite"] {
         let src = fixtures().join(name);
-        let Document::Tflite(mut doc) = Document::open(&src).unwrap() else { panic!() };
+        let Document::Tflite(mut doc) = Document::open(&src).unwrap() else {
+            panic!()
+        };
         doc.offset_form = true;
         let (bytes, summary) = doc.encode().unwrap();
         assert!(summary.offset_buffers > 0);
         let out = dir.path().join(name);
         fs::write(&out, &bytes).unwrap();
 
-        let Document::Tflite(back) = Document::open(&out).unwrap() else { panic!() };
+        let Document::Tflite(back) = Document::open(&out).unwrap() else {
+            panic!()
+        };
         assert!(back.offset_form);
-        assert_eq!(back.buffers, doc.buffers, "{name}: every payload read back from its offset");
-        let r = interop(&["tflite-pair", src.to_str().unwrap(), out.to_str().unwrap()], None);
-        assert!(r.get("litert_output_error").is_none(), "{name}: LiteRT refuses the offset form: {r}");
+        assert_eq!(
+            back.buffers, doc.buffers,
+            "{name}: every payload read back from its offset"
+        );
+        let r = interop(
+            &["tflite-pair", src.to_str().unwrap(), out.to_str().unwrap()],
+            None,
+        );
+        assert!(
+            r.get("litert_output_error").is_none(),
+            "{name}: LiteRT refuses the offset form: {r}"
+        );
         assert_eq!(r["identical"], true, "{r}");
         // And pare keeps the form when converting it.
         let again = dir.path().join(format!("again_{name}"));
@@ -313,7 +529,11 @@ fn convert_is_idempotent_on_every_fixture() {
         let twice = dir.path().join(format!("twice_{file}"));
         convert(&fixtures().join(file), &once, &WriteOptions::default()).unwrap();
         convert(&once, &twice, &WriteOptions::default()).unwrap();
-        assert_eq!(fs::read(&once).unwrap(), fs::read(&twice).unwrap(), "{file}");
+        assert_eq!(
+            fs::read(&once).unwrap(),
+            fs::read(&twice).unwrap(),
+            "{file}"
+        );
     }
 }
 

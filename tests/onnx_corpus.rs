@@ -11,7 +11,11 @@ use serde_json::json;
 fn round_trip(extra: &[&str], tag: &str) -> (usize, usize) {
     let dir = tmpdir();
     let corpus = onnx_corpus();
-    assert!(corpus.len() >= 140, "the onnx wheel ships ~149 backend test models, found {}", corpus.len());
+    assert!(
+        corpus.len() >= 140,
+        "the onnx wheel ships ~149 backend test models, found {}",
+        corpus.len()
+    );
     let mut pairs = Vec::new();
     let mut identical = 0;
     let mut unverified = Vec::new();
@@ -19,10 +23,22 @@ fn round_trip(extra: &[&str], tag: &str) -> (usize, usize) {
         let sub = dir.path().join(format!("{tag}{i}"));
         std::fs::create_dir(&sub).unwrap();
         let out = sub.join("model.onnx");
-        let mut args = vec!["convert", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"];
+        let mut args = vec![
+            "convert",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let o = run(&args);
-        assert_eq!(o.status.code(), Some(0), "{}: {}", model.display(), stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}: {}",
+            model.display(),
+            stderr(&o)
+        );
         let report = json(&o);
         if report["verification"]["verified"] != true {
             unverified.push(model.clone());
@@ -32,13 +48,19 @@ fn round_trip(extra: &[&str], tag: &str) -> (usize, usize) {
         }
         pairs.push(json!({"model": model, "output": out, "data": data}));
     }
-    let results = interop(&["onnx-pairs"], Some(&serde_json::to_string(&pairs).unwrap()));
+    let results = interop(
+        &["onnx-pairs"],
+        Some(&serde_json::to_string(&pairs).unwrap()),
+    );
     let mut ort_checked = 0;
     let mut failures = Vec::new();
     for r in results.as_array().unwrap() {
         let name = r["model"].as_str().unwrap();
         if r["checker_input"].is_null() && !r["checker_output"].is_null() {
-            failures.push(format!("{name}: onnx.checker accepts the input but not the output: {}", r["checker_output"]));
+            failures.push(format!(
+                "{name}: onnx.checker accepts the input but not the output: {}",
+                r["checker_output"]
+            ));
         }
         if let Some(e) = r.get("ort_output_error") {
             failures.push(format!("{name}: onnxruntime fails on the output only: {e}"));
@@ -46,11 +68,19 @@ fn round_trip(extra: &[&str], tag: &str) -> (usize, usize) {
         if r.get("ort_input_error").is_none() && r.get("ort_output_error").is_none() {
             ort_checked += 1;
             if r["identical"] != true {
-                failures.push(format!("{name}: outputs differ in onnxruntime (max abs diff {})", r["max_abs_diff"]));
+                failures.push(format!(
+                    "{name}: outputs differ in onnxruntime (max abs diff {})",
+                    r["max_abs_diff"]
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     eprintln!(
         "[{tag}] {} models: {identical} byte-identical, {ort_checked} compared in onnxruntime, {} not verifiable by tract",
         corpus.len(),
@@ -58,14 +88,20 @@ fn round_trip(extra: &[&str], tag: &str) -> (usize, usize) {
     );
     // onnxruntime cannot run some old-opset corpus models at all; they must at least come back
     // byte-identical when no option changes their layout.
-    assert!(ort_checked >= 100, "only {ort_checked} models could be compared in onnxruntime");
+    assert!(
+        ort_checked >= 100,
+        "only {ort_checked} models could be compared in onnxruntime"
+    );
     (identical, corpus.len())
 }
 
 #[test]
 fn every_corpus_model_round_trips_byte_identical() {
     let (identical, total) = round_trip(&[], "plain");
-    assert_eq!(identical, total, "convert without options must reproduce every corpus file exactly");
+    assert_eq!(
+        identical, total,
+        "convert without options must reproduce every corpus file exactly"
+    );
 }
 
 #[test]

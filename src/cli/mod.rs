@@ -99,7 +99,11 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return code;
         }
@@ -139,14 +143,27 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
-        Command::Convert { input, output, external_data, inline_data, write } => {
+        Command::Convert {
+            input,
+            output,
+            external_data,
+            inline_data,
+            write,
+        } => {
             let external_data = match (external_data, inline_data) {
-                (Some(name), _) if name.is_empty() => ExternalDataMode::Into(crate::onnx::write::default_data_file(output)),
+                (Some(name), _) if name.is_empty() => {
+                    ExternalDataMode::Into(crate::onnx::write::default_data_file(output))
+                }
                 (Some(name), _) => ExternalDataMode::Into(name.clone()),
                 (None, true) => ExternalDataMode::Inline,
                 (None, false) => ExternalDataMode::Keep,
             };
-            let opts = WriteOptions { external_data, verify: write.policy(), force: write.force, ..WriteOptions::default() };
+            let opts = WriteOptions {
+                external_data,
+                verify: write.policy(),
+                force: write.force,
+                ..WriteOptions::default()
+            };
             let report = crate::convert::convert(input, output, &opts)?;
             if cli.json {
                 print_json(&report)?;
@@ -160,10 +177,17 @@ fn run(cli: &Cli) -> Result<i32, Error> {
 }
 
 fn render_write(r: &WriteReport) {
-    eprintln!("wrote {} ({} bytes; input {} bytes)", r.files.join(", "), r.output_bytes, r.input_bytes);
+    eprintln!(
+        "wrote {} ({} bytes; input {} bytes)",
+        r.files.join(", "),
+        r.output_bytes,
+        r.input_bytes
+    );
     match &r.verification {
         None => eprintln!("verification skipped (--no-verify)"),
-        Some(v) if !v.verified => eprintln!("verified: false: {}", v.reason.as_deref().unwrap_or("")),
+        Some(v) if !v.verified => {
+            eprintln!("verified: false: {}", v.reason.as_deref().unwrap_or(""))
+        }
         Some(v) => {
             let identical = v.outputs.iter().filter(|o| o.identical).count();
             eprintln!(

@@ -101,7 +101,9 @@ impl Tensor {
     /// Number of elements, when the shape is fully known.
     pub fn numel(&self) -> Option<u64> {
         let shape = self.shape.as_ref()?;
-        shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.fixed()?))
+        shape
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(d.fixed()?))
     }
 
     pub fn fixed_shape(&self) -> Option<Vec<u64>> {

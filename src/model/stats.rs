@@ -39,11 +39,18 @@ pub fn weight_inputs(op: &str) -> Option<(&'static [usize], WeightKind)> {
 
 /// Ops that only widen a stored constant (narrow storage dequantized or cast at run time).
 pub fn is_widening(op: &str) -> bool {
-    matches!(op, "DequantizeLinear" | "Cast" | "DEQUANTIZE" | "DENSIFY" | "CAST")
+    matches!(
+        op,
+        "DequantizeLinear" | "Cast" | "DEQUANTIZE" | "DENSIFY" | "CAST"
+    )
 }
 
 /// The constant a value comes from: itself, or the stored input of a widening op.
-pub fn stored_constant(g: &Graph, producers: &HashMap<TensorId, usize>, id: TensorId) -> Option<TensorId> {
+pub fn stored_constant(
+    g: &Graph,
+    producers: &HashMap<TensorId, usize>,
+    id: TensorId,
+) -> Option<TensorId> {
     if g.tensors[id].is_const() {
         return Some(id);
     }
@@ -134,7 +141,13 @@ fn out_shape(g: &Graph, id: TensorId, inferred: &HashMap<String, Vec<u64>>) -> O
     Some(shape.iter().map(|d| d.fixed().unwrap_or(1)).collect())
 }
 
-fn layer_macs(g: &Graph, node: &Node, kind: WeightKind, w: &[u64], inferred: &HashMap<String, Vec<u64>>) -> Option<u64> {
+fn layer_macs(
+    g: &Graph,
+    node: &Node,
+    kind: WeightKind,
+    w: &[u64],
+    inferred: &HashMap<String, Vec<u64>>,
+) -> Option<u64> {
     let y = out_shape(g, *node.outputs.first()?, inferred)?;
     match kind {
         WeightKind::Conv { out_axis } => {
@@ -143,7 +156,11 @@ fn layer_macs(g: &Graph, node: &Node, kind: WeightKind, w: &[u64], inferred: &Ha
         }
         WeightKind::ConvTranspose { in_axis } => {
             let cin = *w.get(in_axis)?;
-            let x_id = if node.op == "TRANSPOSE_CONV" { node.inputs.get(2)? } else { node.inputs.first()? };
+            let x_id = if node.op == "TRANSPOSE_CONV" {
+                node.inputs.get(2)?
+            } else {
+                node.inputs.first()?
+            };
             let x = out_shape(g, (*x_id)?, inferred)?;
             (cin > 0).then(|| numel(w) / cin * numel(&x))
         }
@@ -156,7 +173,11 @@ fn layer_macs(g: &Graph, node: &Node, kind: WeightKind, w: &[u64], inferred: &Ha
 }
 
 /// MACs of a MatMul between two activations: numel(Y) × K.
-fn activation_matmul_macs(g: &Graph, node: &Node, inferred: &HashMap<String, Vec<u64>>) -> Option<u64> {
+fn activation_matmul_macs(
+    g: &Graph,
+    node: &Node,
+    inferred: &HashMap<String, Vec<u64>>,
+) -> Option<u64> {
     let a = out_shape(g, (*node.inputs.first()?)?, inferred)?;
     let y = out_shape(g, *node.outputs.first()?, inferred)?;
     Some(numel(&y) * a.last().copied()?)
@@ -164,25 +185,40 @@ fn activation_matmul_macs(g: &Graph, node: &Node, inferred: &HashMap<String, Vec
 
 /// Per-layer statistics of every weight-bearing node in every graph, plus totals over all
 /// parameters (each constant counted once, however many nodes share it).
-pub fn collect(graphs: &[Graph], inferred: &HashMap<String, Vec<u64>>) -> (Vec<LayerStats>, Totals) {
+pub fn collect(
+    graphs: &[Graph],
+    inferred: &HashMap<String, Vec<u64>>,
+) -> (Vec<LayerStats>, Totals) {
     let mut layers = Vec::new();
     let mut totals = Totals::default();
     for (gi, g) in graphs.iter().enumerate() {
         let prod = producers(g);
         for node in &g.nodes {
-            let Some((indices, kind)) = weight_inputs(&node.op) else { continue };
+            let Some((indices, kind)) = weight_inputs(&node.op) else {
+                continue;
+            };
             let mut found = false;
             for &i in indices {
-                let Some(Some(input)) = node.inputs.get(i) else { continue };
-                let Some(wid) = stored_constant(g, &prod, *input) else { continue };
+                let Some(Some(input)) = node.inputs.get(i) else {
+                    continue;
+                };
+                let Some(wid) = stored_constant(g, &prod, *input) else {
+                    continue;
+                };
                 let t = &g.tensors[wid];
-                let Some(shape) = t.fixed_shape() else { continue };
+                let Some(shape) = t.fixed_shape() else {
+                    continue;
+                };
                 if shape.len() < 2 {
                     continue;
                 }
                 let params = numel(&shape);
                 let nz = nonzeros(t);
-                let macs = if found { None } else { layer_macs(g, node, kind, &shape, inferred) };
+                let macs = if found {
+                    None
+                } else {
+                    layer_macs(g, node, kind, &shape, inferred)
+                };
                 if macs.is_none() && !found {
                     totals.layers_without_macs += 1;
                 }
@@ -196,7 +232,13 @@ pub fn collect(graphs: &[Graph], inferred: &HashMap<String, Vec<u64>>) -> (Vec<L
                     dtype: t.dtype,
                     params,
                     nonzeros: nz,
-                    sparsity: nz.map(|nz| if params == 0 { 0.0 } else { 1.0 - nz as f64 / params as f64 }),
+                    sparsity: nz.map(|nz| {
+                        if params == 0 {
+                            0.0
+                        } else {
+                            1.0 - nz as f64 / params as f64
+                        }
+                    }),
                     macs,
                 });
                 found = true;
@@ -214,10 +256,18 @@ pub fn collect(graphs: &[Graph], inferred: &HashMap<String, Vec<u64>>) -> (Vec<L
             if t.is_const() && is_parameter(t) {
                 let n = t.numel().unwrap_or(0);
                 totals.params += n;
-                totals.nonzero_params += if t.sparse { n } else { nonzeros(t).unwrap_or(n) };
+                totals.nonzero_params += if t.sparse {
+                    n
+                } else {
+                    nonzeros(t).unwrap_or(n)
+                };
             }
         }
     }
-    totals.sparsity = if totals.params == 0 { 0.0 } else { 1.0 - totals.nonzero_params as f64 / totals.params as f64 };
+    totals.sparsity = if totals.params == 0 {
+        0.0
+    } else {
+        1.0 - totals.nonzero_params as f64 / totals.params as f64
+    };
     (layers, totals)
 }

@@ -37,12 +37,19 @@ pub fn resolve_location(model_path: &Path, base_dir: &Path, location: &str) -> R
     let canon = joined.canonicalize().map_err(|e| {
         Error::malformed(
             model_path,
-            format!("external data file {} cannot be opened: {e}", joined.display()),
+            format!(
+                "external data file {} cannot be opened: {e}",
+                joined.display()
+            ),
         )
     })?;
-    let canon_base = base_dir.canonicalize().map_err(|e| Error::io(base_dir, e))?;
+    let canon_base = base_dir
+        .canonicalize()
+        .map_err(|e| Error::io(base_dir, e))?;
     if !canon.starts_with(&canon_base) {
-        return Err(refuse("leads outside the model's folder (through a symlink)"));
+        return Err(refuse(
+            "leads outside the model's folder (through a symlink)",
+        ));
     }
     Ok(canon)
 }
@@ -54,7 +61,12 @@ pub struct ExternalFiles {
 }
 
 impl ExternalFiles {
-    pub fn get_or_map(&mut self, model_path: &Path, base_dir: &Path, location: &str) -> Result<Bytes> {
+    pub fn get_or_map(
+        &mut self,
+        model_path: &Path,
+        base_dir: &Path,
+        location: &str,
+    ) -> Result<Bytes> {
         if let Some(b) = self.files.get(location) {
             return Ok(b.clone());
         }

@@ -38,7 +38,10 @@ impl OnnxDocument {
     pub fn from_bytes(path: &Path, bytes: Bytes) -> Result<Self> {
         let file_bytes = bytes.len() as u64;
         let model = pb::ModelProto::decode(bytes.clone()).map_err(|e| {
-            Error::malformed(path, format!("not a valid ONNX model (protobuf decoding failed: {e})"))
+            Error::malformed(
+                path,
+                format!("not a valid ONNX model (protobuf decoding failed: {e})"),
+            )
         })?;
         if model.graph.is_none() {
             return Err(Error::malformed(path, "not an ONNX model: it has no graph"));
@@ -94,7 +97,10 @@ impl OnnxDocument {
     pub fn payload(&self, t: &pb::TensorProto) -> Result<TensorPayload> {
         tensor::payload(t, &self.path, |loc| {
             self.external.get(loc).ok_or_else(|| {
-                Error::malformed(&self.path, format!("external data file {loc:?} was not mapped"))
+                Error::malformed(
+                    &self.path,
+                    format!("external data file {loc:?} was not mapped"),
+                )
             })
         })
     }

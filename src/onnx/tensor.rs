@@ -60,7 +60,10 @@ pub fn numel(t: &pb::TensorProto, path: &Path) -> Result<u64> {
             ));
         }
         acc.checked_mul(d as u64).ok_or_else(|| {
-            Error::malformed(path, format!("tensor {:?}: shape {:?} overflows", t.name(), t.dims))
+            Error::malformed(
+                path,
+                format!("tensor {:?}: shape {:?} overflows", t.name(), t.dims),
+            )
         })
     })
 }
@@ -88,22 +91,28 @@ pub fn payload(
             match external_field(t, key) {
                 None => Ok(None),
                 Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
-                    Error::malformed(path, format!("external tensor {name:?}: {key} {v:?} is not a number"))
+                    Error::malformed(
+                        path,
+                        format!("external tensor {name:?}: {key} {v:?} is not a number"),
+                    )
                 }),
             }
         };
         let offset = parse("offset")?.unwrap_or(0);
         let length = parse("length")?.unwrap_or(expected);
-        let end = offset.checked_add(length).filter(|&e| e <= file.len() as u64).ok_or_else(|| {
-            Error::malformed(
-                path,
-                format!(
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= file.len() as u64)
+            .ok_or_else(|| {
+                Error::malformed(
+                    path,
+                    format!(
                     "external tensor {name:?}: bytes {offset}..{} lie outside {loc:?} ({} bytes)",
                     offset.saturating_add(length),
                     file.len()
                 ),
-            )
-        })?;
+                )
+            })?;
         file.slice(offset as usize..end as usize)
     } else if let Some(raw) = &t.raw_data {
         raw.clone()
@@ -127,40 +136,68 @@ pub fn payload(
 fn typed_to_le(t: &pb::TensorProto, dtype: DType, n: u64, path: &Path) -> Result<Bytes> {
     let name = t.name();
     let count_err = |have: usize| {
-        Error::malformed(path, format!("tensor {name:?} has {have} values but its shape needs {n}"))
+        Error::malformed(
+            path,
+            format!("tensor {name:?} has {have} values but its shape needs {n}"),
+        )
     };
-    let mut out = Vec::with_capacity((n as usize).saturating_mul(dtype.size().unwrap_or(1)).min(1 << 30));
+    let mut out = Vec::with_capacity(
+        (n as usize)
+            .saturating_mul(dtype.size().unwrap_or(1))
+            .min(1 << 30),
+    );
     match dtype {
         DType::F32 => {
             check_len(t.float_data.len(), n).map_err(count_err)?;
-            t.float_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.float_data
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::Complex64 => {
             check_len(t.float_data.len(), n * 2).map_err(count_err)?;
-            t.float_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.float_data
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::F64 => {
             check_len(t.double_data.len(), n).map_err(count_err)?;
-            t.double_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.double_data
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::Complex128 => {
             check_len(t.double_data.len(), n * 2).map_err(count_err)?;
-            t.double_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.double_data
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::I64 => {
             check_len(t.int64_data.len(), n).map_err(count_err)?;
-            t.int64_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.int64_data
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::U32 => {
             check_len(t.uint64_data.len(), n).map_err(count_err)?;
-            t.uint64_data.iter().for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes()));
+            t.uint64_data
+                .iter()
+                .for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes()));
         }
         DType::U64 => {
             check_len(t.uint64_data.len(), n).map_err(count_err)?;
-            t.uint64_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.uint64_data
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         // The spec stores every narrower integer and the 16-bit floats' bit patterns in int32_data.
-        DType::I32 | DType::I16 | DType::U16 | DType::I8 | DType::U8 | DType::Bool | DType::F16 | DType::BF16 => {
+        DType::I32
+        | DType::I16
+        | DType::U16
+        | DType::I8
+        | DType::U8
+        | DType::Bool
+        | DType::F16
+        | DType::BF16 => {
             check_len(t.int32_data.len(), n).map_err(count_err)?;
             let size = dtype.size().unwrap();
             for &v in &t.int32_data {
@@ -296,7 +333,10 @@ pub fn for_each_tensor_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(&mut pb
         }
     }
     for ti in &mut model.training_info {
-        for g in [&mut ti.initialization, &mut ti.algorithm].into_iter().flatten() {
+        for g in [&mut ti.initialization, &mut ti.algorithm]
+            .into_iter()
+            .flatten()
+        {
             graph(g, f);
         }
     }

@@ -30,7 +30,11 @@ pub fn build(doc: &OnnxDocument) -> Result<Model> {
             .collect(),
         external_data_files: doc.external_locations(),
     };
-    Ok(Model { format: crate::model::Format::Onnx, info, graphs })
+    Ok(Model {
+        format: crate::model::Format::Onnx,
+        info,
+        graphs,
+    })
 }
 
 struct Builder<'a> {
@@ -60,7 +64,9 @@ impl Builder<'_> {
 
     fn declare(&mut self, vi: &pb::ValueInfoProto) -> TensorId {
         let id = self.id(vi.name());
-        if let Some(pb::type_proto::Value::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        if let Some(pb::type_proto::Value::TensorType(tt)) =
+            vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+        {
             let t = &mut self.g.tensors[id];
             if tt.elem_type.is_some() {
                 t.dtype = dtype_from_onnx(tt.elem_type());
@@ -77,7 +83,12 @@ impl Builder<'_> {
         let payload = self.doc.payload(tp)?;
         let t = &mut self.g.tensors[id];
         t.dtype = dtype_from_onnx(tp.data_type());
-        t.shape = Some(tp.dims.iter().map(|&d| Dim::Fixed(d.max(0) as u64)).collect());
+        t.shape = Some(
+            tp.dims
+                .iter()
+                .map(|&d| Dim::Fixed(d.max(0) as u64))
+                .collect(),
+        );
         match payload {
             TensorPayload::Dense(b) => {
                 t.stored_bytes = b.len() as u64;
@@ -91,7 +102,9 @@ impl Builder<'_> {
 
 fn dim_from_onnx(d: &pb::tensor_shape_proto::Dimension) -> Dim {
     match &d.value {
-        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => Dim::Fixed(*v as u64),
+        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => {
+            Dim::Fixed(*v as u64)
+        }
         Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Dynamic(p.clone()),
         _ => Dim::Dynamic(String::new()),
     }
@@ -100,7 +113,14 @@ fn dim_from_onnx(d: &pb::tensor_shape_proto::Dimension) -> Dim {
 fn build_graph(doc: &OnnxDocument, g: &pb::GraphProto, graphs: &mut Vec<Graph>) -> Result<usize> {
     let index = graphs.len();
     graphs.push(Graph::default());
-    let mut b = Builder { doc, g: Graph { name: g.name().to_string(), ..Graph::default() }, ids: HashMap::new() };
+    let mut b = Builder {
+        doc,
+        g: Graph {
+            name: g.name().to_string(),
+            ..Graph::default()
+        },
+        ids: HashMap::new(),
+    };
 
     let initializer_names: std::collections::HashSet<&str> =
         g.initializer.iter().map(|t| t.name()).collect();
@@ -120,10 +140,18 @@ fn build_graph(doc: &OnnxDocument, g: &pb::GraphProto, graphs: &mut Vec<Graph>) 
             let id = b.id(v.name());
             let t = &mut b.g.tensors[id];
             t.dtype = dtype_from_onnx(v.data_type());
-            t.shape = Some(s.dims.iter().map(|&d| Dim::Fixed(d.max(0) as u64)).collect());
+            t.shape = Some(
+                s.dims
+                    .iter()
+                    .map(|&d| Dim::Fixed(d.max(0) as u64))
+                    .collect(),
+            );
             t.sparse = true;
             t.stored_bytes = v.raw_data.as_ref().map_or(0, |r| r.len() as u64)
-                + s.indices.as_ref().and_then(|i| i.raw_data.as_ref()).map_or(0, |r| r.len() as u64);
+                + s.indices
+                    .as_ref()
+                    .and_then(|i| i.raw_data.as_ref())
+                    .map_or(0, |r| r.len() as u64);
         }
     }
     for vi in g.value_info.iter().chain(&g.output) {
@@ -138,11 +166,20 @@ fn build_graph(doc: &OnnxDocument, g: &pb::GraphProto, graphs: &mut Vec<Graph>) 
         let inputs: Vec<Option<TensorId>> = n
             .input
             .iter()
-            .map(|name| if name.is_empty() { None } else { Some(b.id(name)) })
+            .map(|name| {
+                if name.is_empty() {
+                    None
+                } else {
+                    Some(b.id(name))
+                }
+            })
             .collect();
         let outputs: Vec<TensorId> = n.output.iter().map(|name| b.id(name)).collect();
         if n.op_type() == "Constant" && n.domain().is_empty() {
-            if let (Some(out), Some(t)) = (n.output.first(), n.attribute.iter().find_map(|a| a.t.as_ref())) {
+            if let (Some(out), Some(t)) = (
+                n.output.first(),
+                n.attribute.iter().find_map(|a| a.t.as_ref()),
+            ) {
                 b.constant(out, t)?;
             }
         }
@@ -150,16 +187,30 @@ fn build_graph(doc: &OnnxDocument, g: &pb::GraphProto, graphs: &mut Vec<Graph>) 
         for a in &n.attribute {
             match a.name() {
                 "group" => attrs.group = Some(a.i().max(1) as u64),
-                "kernel_shape" => attrs.kernel = Some(a.ints.iter().map(|&v| v.max(0) as u64).collect()),
-                "strides" => attrs.strides = Some(a.ints.iter().map(|&v| v.max(0) as u64).collect()),
+                "kernel_shape" => {
+                    attrs.kernel = Some(a.ints.iter().map(|&v| v.max(0) as u64).collect())
+                }
+                "strides" => {
+                    attrs.strides = Some(a.ints.iter().map(|&v| v.max(0) as u64).collect())
+                }
                 "axis" => attrs.axis = Some(a.i()),
                 "transB" => attrs.trans_b = a.i() != 0,
                 _ => {}
             }
         }
         // Exporters often leave nodes unnamed; the first output's name identifies them.
-        let name = if n.name().is_empty() { n.output.first().cloned().unwrap_or_default() } else { n.name().to_string() };
-        b.g.nodes.push(Node { name, op: n.op_type().to_string(), inputs, outputs, attrs });
+        let name = if n.name().is_empty() {
+            n.output.first().cloned().unwrap_or_default()
+        } else {
+            n.name().to_string()
+        };
+        b.g.nodes.push(Node {
+            name,
+            op: n.op_type().to_string(),
+            inputs,
+            outputs,
+            attrs,
+        });
     }
     graphs[index] = b.g;
     // Nested bodies (If/Loop/Scan) become graphs of their own after their parent.

@@ -44,13 +44,22 @@ pub struct WriteSummary {
 
 /// The default external data file name for an output path: `model.onnx` → `model.onnx.data`.
 pub fn default_data_file(out: &Path) -> String {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model.onnx".into());
     format!("{name}.data")
 }
 
 /// Encodes `doc.model` (already edited by the caller) to `out`, with data placement per `mode`.
 /// Files are staged in `pending`; nothing is visible at `out` until the caller commits.
-pub fn write(doc: &OnnxDocument, model: &pb::ModelProto, out: &Path, mode: &ExternalDataMode, pending: &mut Staging) -> Result<WriteSummary> {
+pub fn write(
+    doc: &OnnxDocument,
+    model: &pb::ModelProto,
+    out: &Path,
+    mode: &ExternalDataMode,
+    pending: &mut Staging,
+) -> Result<WriteSummary> {
     let mut model = model.clone();
     let data_file = match mode {
         ExternalDataMode::Inline => None,
@@ -83,11 +92,17 @@ pub fn write(doc: &OnnxDocument, model: &pb::ModelProto, out: &Path, mode: &Exte
                 return;
             }
         };
-        let TensorPayload::Dense(bytes) = payload else { return };
+        let TensorPayload::Dense(bytes) = payload else {
+            return;
+        };
         let go_external = data_file.is_some()
             && (was_external || (move_all && bytes.len() >= EXTERNAL_THRESHOLD));
         if go_external {
-            let align = if bytes.len() >= LARGE_TENSOR { LARGE_ALIGN } else { SMALL_ALIGN };
+            let align = if bytes.len() >= LARGE_TENSOR {
+                LARGE_ALIGN
+            } else {
+                SMALL_ALIGN
+            };
             let offset = cursor.div_ceil(align) * align;
             cursor = offset + bytes.len() as u64;
             set_external(t, data_file.as_deref().unwrap(), offset, bytes.len() as u64);
@@ -109,7 +124,10 @@ pub fn write(doc: &OnnxDocument, model: &pb::ModelProto, out: &Path, mode: &Exte
         )));
     }
 
-    let mut summary = WriteSummary { model_bytes: encoded_len, ..Default::default() };
+    let mut summary = WriteSummary {
+        model_bytes: encoded_len,
+        ..Default::default()
+    };
     if let Some(name) = data_file.as_ref().filter(|_| !chunks.is_empty()) {
         let dest = out.with_file_name(name);
         summary.external_data_file = Some(name.clone());
@@ -126,8 +144,13 @@ pub fn write(doc: &OnnxDocument, model: &pb::ModelProto, out: &Path, mode: &Exte
             Ok(())
         })?;
     }
-    let encoded = model.encode_to_vec();
-    pending.write_with(out, |w| w.write_all(&encoded))?;
+    pending.write_with(out, |w| {
+        let mut sink = WriteBuf::new(w);
+        model
+            .encode(&mut sink)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        sink.finish()
+    })?;
     Ok(summary)
 }
 
@@ -139,7 +162,10 @@ fn set_external(t: &mut pb::TensorProto, location: &str, offset: u64, length: u6
     t.double_data.clear();
     t.uint64_data.clear();
     t.data_location = Some(DataLocation::External as i32);
-    let entry = |k: &str, v: String| pb::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    let entry = |k: &str, v: String| pb::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
     t.external_data = vec![
         entry("location", location.to_string()),
         entry("offset", offset.to_string()),
@@ -156,4 +182,86 @@ fn check_data_file_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Streams prost's encoder into a `Write` through a 1 MiB buffer, so a model is never held
+/// encoded in memory as a whole. `BufMut` cannot fail, so the first I/O error is kept and
+/// returned by [`WriteBuf::finish`].
+struct WriteBuf<'a> {
+    w: &'a mut dyn std::io::Write,
+    buf: Vec<u8>,
+    err: Option<std::io::Error>,
+}
+
+const WRITE_CHUNK: usize = 1 << 20;
+
+impl<'a> WriteBuf<'a> {
+    fn new(w: &'a mut dyn std::io::Write) -> Self {
+        WriteBuf {
+            w,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+            err: None,
+        }
+    }
+
+    fn flush_buf(&mut self) {
+        if self.err.is_none() {
+            if let Err(e) = self.w.write_all(&self.buf) {
+                self.err = Some(e);
+            }
+        }
+        self.buf.clear();
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.flush_buf();
+        self.err.map_or(Ok(()), Err)
+    }
+}
+
+// Safety: `chunk_mut` hands out the spare capacity of `buf`, and `advance_mut` only extends
+// `buf` over bytes the encoder has written into it.
+unsafe impl bytes::BufMut for WriteBuf<'_> {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX - self.buf.len()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let len = self.buf.len() + cnt;
+        assert!(len <= self.buf.capacity());
+        unsafe { self.buf.set_len(len) };
+        if self.buf.len() == self.buf.capacity() {
+            self.flush_buf();
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush_buf();
+        }
+        bytes::buf::UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        // Large payloads (raw_data) go straight to the writer instead of through the buffer.
+        if src.len() >= WRITE_CHUNK {
+            self.flush_buf();
+            if self.err.is_none() {
+                if let Err(e) = self.w.write_all(src) {
+                    self.err = Some(e);
+                }
+            }
+        } else {
+            let mut rest = src;
+            while !rest.is_empty() {
+                let room = self.buf.capacity() - self.buf.len();
+                let n = room.min(rest.len());
+                self.buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if self.buf.len() == self.buf.capacity() {
+                    self.flush_buf();
+                }
+            }
+        }
+    }
 }

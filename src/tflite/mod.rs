@@ -39,7 +39,10 @@ pub fn has_identifier(bytes: &[u8]) -> bool {
 impl TfliteDocument {
     pub fn from_bytes(path: &Path, bytes: Bytes) -> Result<Self> {
         if !has_identifier(&bytes) {
-            return Err(Error::malformed(path, "not a TFLite model (no TFL3 file identifier)"));
+            return Err(Error::malformed(
+                path,
+                "not a TFLite model (no TFL3 file identifier)",
+            ));
         }
         let opts = flatbuffers::VerifierOptions {
             max_depth: 128,
@@ -55,7 +58,14 @@ impl TfliteDocument {
             return Err(Error::malformed(path, "TFLite model has no subgraph"));
         }
         let (model, buffers, offset_form) = unpack(path, &root, &bytes)?;
-        let doc = TfliteDocument { path: path.to_path_buf(), model, buffers, offset_form, file_bytes: bytes.len() as u64, source: bytes.clone() };
+        let doc = TfliteDocument {
+            path: path.to_path_buf(),
+            model,
+            buffers,
+            offset_form,
+            file_bytes: bytes.len() as u64,
+            source: bytes.clone(),
+        };
         doc.check_references()?;
         Ok(doc)
     }
@@ -81,14 +91,22 @@ impl TfliteDocument {
             let tensor_ok = |i: &i32| *i == -1 || (*i >= 0 && (*i as usize) < ntensors);
             for list in [&sg.inputs, &sg.outputs].into_iter().flatten() {
                 if let Some(i) = list.iter().find(|i| !tensor_ok(i)) {
-                    return bad(format!("subgraph {si} lists tensor {i} as input/output but has {ntensors} tensors"));
+                    return bad(format!(
+                        "subgraph {si} lists tensor {i} as input/output but has {ntensors} tensors"
+                    ));
                 }
             }
             for (oi, op) in sg.operators.iter().flatten().enumerate() {
                 if op.opcode_index as usize >= nops {
-                    return bad(format!("subgraph {si} operator {oi} uses opcode {} but the model has {nops}", op.opcode_index));
+                    return bad(format!(
+                        "subgraph {si} operator {oi} uses opcode {} but the model has {nops}",
+                        op.opcode_index
+                    ));
                 }
-                for list in [&op.inputs, &op.outputs, &op.intermediates].into_iter().flatten() {
+                for list in [&op.inputs, &op.outputs, &op.intermediates]
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(i) = list.iter().find(|i| !tensor_ok(i)) {
                         return bad(format!("subgraph {si} operator {oi} refers to tensor {i} but the subgraph has {ntensors}"));
                     }
@@ -97,12 +115,18 @@ impl TfliteDocument {
         }
         for sig in self.model.signature_defs.iter().flatten() {
             if sig.subgraph_index as usize >= nsub {
-                return bad(format!("signature {:?} refers to subgraph {} of {nsub}", sig.signature_key, sig.subgraph_index));
+                return bad(format!(
+                    "signature {:?} refers to subgraph {} of {nsub}",
+                    sig.signature_key, sig.subgraph_index
+                ));
             }
         }
         for m in self.model.metadata.iter().flatten() {
             if m.buffer as usize >= nbuf {
-                return bad(format!("metadata {:?} refers to buffer {} of {nbuf}", m.name, m.buffer));
+                return bad(format!(
+                    "metadata {:?} refers to buffer {} of {nbuf}",
+                    m.name, m.buffer
+                ));
             }
         }
         Ok(())
@@ -135,11 +159,17 @@ pub fn op_name(code: &fb::OperatorCodeT) -> String {
     if b == fb::BuiltinOperator::CUSTOM {
         return code.custom_code.clone().unwrap_or_else(|| "CUSTOM".into());
     }
-    b.variant_name().map(str::to_string).unwrap_or_else(|| format!("BUILTIN_{}", b.0))
+    b.variant_name()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("BUILTIN_{}", b.0))
 }
 
 /// `ModelT::unpack` without copying buffer payloads: they become slices of `file`.
-fn unpack(path: &Path, m: &fb::Model, file: &Bytes) -> Result<(fb::ModelT, Vec<Option<Bytes>>, bool)> {
+fn unpack(
+    path: &Path,
+    m: &fb::Model,
+    file: &Bytes,
+) -> Result<(fb::ModelT, Vec<Option<Bytes>>, bool)> {
     let base = file.as_ptr() as usize;
     let mut payloads = Vec::new();
     let mut buffers = Vec::new();
@@ -152,31 +182,52 @@ fn unpack(path: &Path, m: &fb::Model, file: &Bytes) -> Result<(fb::ModelT, Vec<O
             Some(file.slice(start..start + bytes.len()))
         } else if offset > 1 {
             offset_form = true;
-            let end = offset.checked_add(size).filter(|&e| e <= file.len() as u64).ok_or_else(|| {
-                Error::malformed(
-                    path,
-                    format!("buffer {i} claims bytes {offset}..{} but the file has {}", offset.saturating_add(size), file.len()),
-                )
-            })?;
+            let end = offset
+                .checked_add(size)
+                .filter(|&e| e <= file.len() as u64)
+                .ok_or_else(|| {
+                    Error::malformed(
+                        path,
+                        format!(
+                            "buffer {i} claims bytes {offset}..{} but the file has {}",
+                            offset.saturating_add(size),
+                            file.len()
+                        ),
+                    )
+                })?;
             Some(file.slice(offset as usize..end as usize))
         } else {
             None
         };
         payloads.push(payload);
         // Offsets are recomputed on write; the payload carries the data.
-        buffers.push(fb::BufferT { data: None, offset: 0, size: 0 });
+        buffers.push(fb::BufferT {
+            data: None,
+            offset: 0,
+            size: 0,
+        });
     }
     let model = fb::ModelT {
         version: m.version(),
-        operator_codes: m.operator_codes().map(|x| x.iter().map(|t| t.unpack()).collect()),
-        subgraphs: m.subgraphs().map(|x| x.iter().map(|t| t.unpack()).collect()),
+        operator_codes: m
+            .operator_codes()
+            .map(|x| x.iter().map(|t| t.unpack()).collect()),
+        subgraphs: m
+            .subgraphs()
+            .map(|x| x.iter().map(|t| t.unpack()).collect()),
         description: m.description().map(str::to_string),
         buffers: m.buffers().map(|_| buffers),
         metadata_buffer: m.metadata_buffer().map(|x| x.into_iter().collect()),
         metadata: m.metadata().map(|x| x.iter().map(|t| t.unpack()).collect()),
-        signature_defs: m.signature_defs().map(|x| x.iter().map(|t| t.unpack()).collect()),
-        external_buffer_groups: m.external_buffer_groups().map(|x| x.iter().map(|t| t.unpack()).collect()),
-        external_buffers: m.external_buffers().map(|x| x.iter().map(|t| t.unpack()).collect()),
+        signature_defs: m
+            .signature_defs()
+            .map(|x| x.iter().map(|t| t.unpack()).collect()),
+        external_buffer_groups: m
+            .external_buffer_groups()
+            .map(|x| x.iter().map(|t| t.unpack()).collect()),
+        external_buffers: m
+            .external_buffers()
+            .map(|x| x.iter().map(|t| t.unpack()).collect()),
     };
     Ok((model, payloads, offset_form))
 }

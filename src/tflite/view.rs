@@ -33,16 +33,30 @@ pub fn build(doc: &TfliteDocument) -> Result<Model> {
     let codes = m.operator_codes.as_deref().unwrap_or(&[]);
     let mut graphs = Vec::new();
     for (si, sg) in m.subgraphs.iter().flatten().enumerate() {
-        let mut g = Graph { name: sg.name.clone().unwrap_or_else(|| format!("subgraph{si}")), ..Graph::default() };
+        let mut g = Graph {
+            name: sg.name.clone().unwrap_or_else(|| format!("subgraph{si}")),
+            ..Graph::default()
+        };
         for t in sg.tensors.iter().flatten() {
             g.tensors.push(tensor(doc, t));
         }
-        let ids = |v: &Option<Vec<i32>>| -> Vec<usize> { v.iter().flatten().filter(|&&i| i >= 0).map(|&i| i as usize).collect() };
+        let ids = |v: &Option<Vec<i32>>| -> Vec<usize> {
+            v.iter()
+                .flatten()
+                .filter(|&&i| i >= 0)
+                .map(|&i| i as usize)
+                .collect()
+        };
         g.inputs = ids(&sg.inputs);
         g.outputs = ids(&sg.outputs);
         for (oi, op) in sg.operators.iter().flatten().enumerate() {
             let code = &codes[op.opcode_index as usize];
-            let inputs = op.inputs.iter().flatten().map(|&i| if i < 0 { None } else { Some(i as usize) }).collect();
+            let inputs = op
+                .inputs
+                .iter()
+                .flatten()
+                .map(|&i| if i < 0 { None } else { Some(i as usize) })
+                .collect();
             let outputs: Vec<usize> = ids(&op.outputs);
             // TFLite operators have no names; the first output tensor's name identifies them.
             let name = outputs
@@ -50,16 +64,32 @@ pub fn build(doc: &TfliteDocument) -> Result<Model> {
                 .map(|&o| g.tensors[o].name.clone())
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| format!("op{oi}"));
-            g.nodes.push(Node { name, op: op_name(code), inputs, outputs, attrs: attrs(&op.builtin_options) });
+            g.nodes.push(Node {
+                name,
+                op: op_name(code),
+                inputs,
+                outputs,
+                attrs: attrs(&op.builtin_options),
+            });
         }
         graphs.push(g);
     }
-    let metadata: Vec<String> = m.metadata.iter().flatten().map(|md| md.name.clone().unwrap_or_default()).collect();
-    let min_runtime_version = m.metadata.iter().flatten().find(|md| md.name.as_deref() == Some("min_runtime_version")).and_then(|md| {
-        let b = doc.buffers.get(md.buffer as usize)?.as_ref()?;
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        Some(String::from_utf8_lossy(&b[..end]).into_owned())
-    });
+    let metadata: Vec<String> = m
+        .metadata
+        .iter()
+        .flatten()
+        .map(|md| md.name.clone().unwrap_or_default())
+        .collect();
+    let min_runtime_version = m
+        .metadata
+        .iter()
+        .flatten()
+        .find(|md| md.name.as_deref() == Some("min_runtime_version"))
+        .and_then(|md| {
+            let b = doc.buffers.get(md.buffer as usize)?.as_ref()?;
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            Some(String::from_utf8_lossy(&b[..end]).into_owned())
+        });
     let info = FormatInfo::Tflite {
         schema_version: m.version,
         description: m.description.clone().unwrap_or_default(),
@@ -68,17 +98,48 @@ pub fn build(doc: &TfliteDocument) -> Result<Model> {
         buffers: doc.buffers.len(),
         min_runtime_version,
         metadata,
-        signatures: m.signature_defs.iter().flatten().map(|s| s.signature_key.clone().unwrap_or_default()).collect(),
-        offset_buffers: if doc.offset_form { doc.buffers.iter().filter(|b| b.as_ref().is_some_and(|b| !b.is_empty())).count() } else { 0 },
+        signatures: m
+            .signature_defs
+            .iter()
+            .flatten()
+            .map(|s| s.signature_key.clone().unwrap_or_default())
+            .collect(),
+        offset_buffers: if doc.offset_form {
+            doc.buffers
+                .iter()
+                .filter(|b| b.as_ref().is_some_and(|b| !b.is_empty()))
+                .count()
+        } else {
+            0
+        },
     };
-    Ok(Model { format: crate::model::Format::Tflite, info, graphs })
+    Ok(Model {
+        format: crate::model::Format::Tflite,
+        info,
+        graphs,
+    })
 }
 
 fn tensor(doc: &TfliteDocument, t: &fb::TensorT) -> Tensor {
-    let payload = doc.buffers.get(t.buffer as usize).cloned().flatten().filter(|b| !b.is_empty() && t.buffer != 0);
+    let payload = doc
+        .buffers
+        .get(t.buffer as usize)
+        .cloned()
+        .flatten()
+        .filter(|b| !b.is_empty() && t.buffer != 0);
     let dims = t.shape_signature.as_ref().or(t.shape.as_ref());
     let shape = match dims {
-        Some(d) => Some(d.iter().map(|&v| if v < 0 { Dim::Dynamic(String::new()) } else { Dim::Fixed(v as u64) }).collect()),
+        Some(d) => Some(
+            d.iter()
+                .map(|&v| {
+                    if v < 0 {
+                        Dim::Dynamic(String::new())
+                    } else {
+                        Dim::Fixed(v as u64)
+                    }
+                })
+                .collect(),
+        ),
         // An absent shape means a scalar when has_rank is set, an unknown rank otherwise.
         None if t.has_rank => Some(vec![]),
         None => None,
@@ -90,7 +151,11 @@ fn tensor(doc: &TfliteDocument, t: &fb::TensorT) -> Tensor {
         }
         let zero_point = q.zero_point.clone().unwrap_or_else(|| vec![0; scale.len()]);
         let axis = (scale.len() > 1).then_some(q.quantized_dimension.max(0) as usize);
-        Some(Quant { scale, zero_point, axis })
+        Some(Quant {
+            scale,
+            zero_point,
+            axis,
+        })
     });
     let sparse = t.sparsity.is_some() && payload.is_some();
     Tensor {
@@ -107,7 +172,9 @@ fn tensor(doc: &TfliteDocument, t: &fb::TensorT) -> Tensor {
 fn attrs(o: &fb::BuiltinOptionsT) -> Attrs {
     let mut a = Attrs::default();
     match o {
-        fb::BuiltinOptionsT::Conv2DOptions(c) => a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64]),
+        fb::BuiltinOptionsT::Conv2DOptions(c) => {
+            a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64])
+        }
         fb::BuiltinOptionsT::DepthwiseConv2DOptions(c) => {
             a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64]);
             a.depth_multiplier = Some(c.depth_multiplier.max(0) as u64);

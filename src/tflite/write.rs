@@ -53,7 +53,10 @@ pub fn encode(doc: &TfliteDocument) -> Result<(Vec<u8>, WriteSummary)> {
         let root = pack_model(&mut fbb, doc, None);
         fbb.finish(root, Some(std::str::from_utf8(FILE_IDENTIFIER).unwrap()));
         let data = fbb.finished_data().to_vec();
-        let summary = WriteSummary { model_bytes: data.len() as u64, offset_buffers: 0 };
+        let summary = WriteSummary {
+            model_bytes: data.len() as u64,
+            offset_buffers: 0,
+        };
         return Ok((data, summary));
     }
 
@@ -65,7 +68,10 @@ pub fn encode(doc: &TfliteDocument) -> Result<(Vec<u8>, WriteSummary)> {
         .collect();
     // First pass with placeholder offsets to learn the flatbuffer's size; every offset is a
     // non-default u64, so the second pass has the same layout.
-    let placeholder: Vec<u64> = external.iter().map(|&e| if e { u64::MAX } else { 0 }).collect();
+    let placeholder: Vec<u64> = external
+        .iter()
+        .map(|&e| if e { u64::MAX } else { 0 })
+        .collect();
     let mut fbb = FlatBufferBuilder::new();
     let root = pack_model(&mut fbb, doc, Some(&placeholder));
     fbb.finish(root, Some(std::str::from_utf8(FILE_IDENTIFIER).unwrap()));
@@ -83,7 +89,9 @@ pub fn encode(doc: &TfliteDocument) -> Result<(Vec<u8>, WriteSummary)> {
     let root = pack_model(&mut fbb, doc, Some(&offsets));
     fbb.finish(root, Some(std::str::from_utf8(FILE_IDENTIFIER).unwrap()));
     if fbb.finished_data().len() as u64 != fb_len {
-        return Err(Error::Usage("internal error: TFLite offset-form layout changed between passes".into()));
+        return Err(Error::Usage(
+            "internal error: TFLite offset-form layout changed between passes".into(),
+        ));
     }
     let mut out = Vec::with_capacity(cursor as usize);
     out.extend_from_slice(fbb.finished_data());
@@ -96,7 +104,10 @@ pub fn encode(doc: &TfliteDocument) -> Result<(Vec<u8>, WriteSummary)> {
         }
     }
     out.resize(cursor as usize, 0);
-    let summary = WriteSummary { model_bytes: out.len() as u64, offset_buffers: n };
+    let summary = WriteSummary {
+        model_bytes: out.len() as u64,
+        offset_buffers: n,
+    };
     Ok((out, summary))
 }
 
@@ -113,19 +124,48 @@ fn tensor_buffer_set(doc: &TfliteDocument) -> Vec<bool> {
     set
 }
 
-fn pack_buffer<'b>(fbb: &mut FlatBufferBuilder<'b>, payload: Option<&Bytes>, offset: Option<u64>) -> WIPOffset<fb::Buffer<'b>> {
+fn pack_buffer<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    payload: Option<&Bytes>,
+    offset: Option<u64>,
+) -> WIPOffset<fb::Buffer<'b>> {
     match (payload, offset) {
-        (Some(p), Some(off)) if off != 0 => fb::Buffer::create(fbb, &fb::BufferArgs { data: None, offset: off, size: p.len() as u64 }),
+        (Some(p), Some(off)) if off != 0 => fb::Buffer::create(
+            fbb,
+            &fb::BufferArgs {
+                data: None,
+                offset: off,
+                size: p.len() as u64,
+            },
+        ),
         (Some(p), _) => {
             let data = fbb.create_vector(as_aligned(p));
-            fb::Buffer::create(fbb, &fb::BufferArgs { data: Some(data), offset: 0, size: 0 })
+            fb::Buffer::create(
+                fbb,
+                &fb::BufferArgs {
+                    data: Some(data),
+                    offset: 0,
+                    size: 0,
+                },
+            )
         }
-        (None, _) => fb::Buffer::create(fbb, &fb::BufferArgs { data: None, offset: 0, size: 0 }),
+        (None, _) => fb::Buffer::create(
+            fbb,
+            &fb::BufferArgs {
+                data: None,
+                offset: 0,
+                size: 0,
+            },
+        ),
     }
 }
 
 /// `ModelT::pack` with buffers packed by [`pack_buffer`].
-fn pack_model<'b>(fbb: &mut FlatBufferBuilder<'b>, doc: &TfliteDocument, offsets: Option<&[u64]>) -> WIPOffset<fb::Model<'b>> {
+fn pack_model<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    doc: &TfliteDocument,
+    offsets: Option<&[u64]>,
+) -> WIPOffset<fb::Model<'b>> {
     let m = &doc.model;
     // Buffers first: the builder writes back to front, so they end up at the end of the file,
     // after the graph structure, as TensorFlow's converter lays them out.

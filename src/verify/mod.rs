@@ -19,9 +19,20 @@ use tract_onnx::tract_hir::internal::DimLike;
 /// A concrete shape for an ONNX input fact: known dims kept, unknown ones (and an unknown
 /// rank's dims) set to 1.
 pub(crate) fn concrete_input_shape(fact: &InferenceFact) -> TVec<usize> {
-    let rank = fact.shape.rank().concretize().map(|r| r.max(0) as usize).unwrap_or(0);
+    let rank = fact
+        .shape
+        .rank()
+        .concretize()
+        .map(|r| r.max(0) as usize)
+        .unwrap_or(0);
     (0..rank)
-        .map(|ax| fact.shape.dim(ax).and_then(|d| d.concretize()).and_then(|d| d.to_usize().ok()).unwrap_or(1))
+        .map(|ax| {
+            fact.shape
+                .dim(ax)
+                .and_then(|d| d.concretize())
+                .and_then(|d| d.to_usize().ok())
+                .unwrap_or(1)
+        })
         .collect()
 }
 
@@ -48,7 +59,13 @@ impl Verification {
     }
 
     fn unverified(reason: String) -> Self {
-        Verification { verified: false, reason: Some(reason), seed: DEFAULT_SEED, inputs: vec![], outputs: vec![] }
+        Verification {
+            verified: false,
+            reason: Some(reason),
+            seed: DEFAULT_SEED,
+            inputs: vec![],
+            outputs: vec![],
+        }
     }
 }
 
@@ -82,12 +99,19 @@ static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 
 /// Runs `f`, turning a panic into an error carrying the panic's message. The default panic
 /// hook is silenced meanwhile, so a tract panic does not spray a backtrace over pare's output.
-pub fn isolated<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> std::result::Result<T, String> {
+pub fn isolated<T>(
+    what: &str,
+    f: impl FnOnce() -> TractResult<T>,
+) -> std::result::Result<T, String> {
     isolated_with(what, |m| m, f)
 }
 
 /// [`isolated`], with `describe` rewriting tract's error message for the user.
-fn isolated_with<T>(what: &str, describe: impl FnOnce(String) -> String, f: impl FnOnce() -> TractResult<T>) -> std::result::Result<T, String> {
+fn isolated_with<T>(
+    what: &str,
+    describe: impl FnOnce(String) -> String,
+    f: impl FnOnce() -> TractResult<T>,
+) -> std::result::Result<T, String> {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
         let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
@@ -97,7 +121,10 @@ fn isolated_with<T>(what: &str, describe: impl FnOnce(String) -> String, f: impl
         } else {
             "unknown panic".to_string()
         };
-        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let loc = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         *PANIC_MESSAGE.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{msg}{loc}"));
     }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -106,7 +133,11 @@ fn isolated_with<T>(what: &str, describe: impl FnOnce(String) -> String, f: impl
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {}", describe(error_chain(&e)))),
         Err(_) => {
-            let msg = PANIC_MESSAGE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+            let msg = PANIC_MESSAGE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default();
             Err(format!("{what}: tract panicked ({msg})"))
         }
     }
@@ -114,14 +145,25 @@ fn isolated_with<T>(what: &str, describe: impl FnOnce(String) -> String, f: impl
 
 /// tract's error chain on one line (its messages embed multi-line Debug dumps).
 fn error_chain(e: &TractError) -> String {
-    let parts: Vec<String> = e.chain().map(|c| c.to_string().split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let parts: Vec<String> = e
+        .chain()
+        .map(|c| {
+            c.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
     parts.join(": ")
 }
 
 /// tract-tflite reports an untranslatable operator by dumping it; name the op and the node
 /// instead (TFLite operators are known by their first output tensor), keeping tract's reason.
 fn describe_tflite_failure(doc: &crate::tflite::TfliteDocument, msg: String) -> String {
-    let Some(rest) = msg.split_once("Translating proto-op from Tflite into tract op: Operator {").map(|(_, r)| r) else {
+    let Some(rest) = msg
+        .split_once("Translating proto-op from Tflite into tract op: Operator {")
+        .map(|(_, r)| r)
+    else {
         return msg;
     };
     let opcode = rest
@@ -149,7 +191,9 @@ fn describe_tflite_failure(doc: &crate::tflite::TfliteDocument, msg: String) -> 
 /// (relative to the model's folder): no inlined copy of the weights, no 2 GiB protobuf limit.
 pub(crate) fn onnx_inference_model(d: &crate::onnx::OnnxDocument) -> TractResult<InferenceModel> {
     if d.external_locations().is_empty() {
-        let bytes = d.inlined_bytes().map_err(|e| TractError::msg(e.to_string()))?;
+        let bytes = d
+            .inlined_bytes()
+            .map_err(|e| TractError::msg(e.to_string()))?;
         tract_onnx::onnx().model_for_read(&mut &bytes[..])
     } else {
         tract_onnx::onnx().model_for_path(&d.path)
@@ -160,30 +204,37 @@ impl Runner {
     /// Loads a document into tract. Dynamic input dimensions are fixed to 1.
     pub fn load(doc: &Document) -> std::result::Result<Runner, String> {
         match doc {
-            Document::Onnx(d) => {
-                isolated("tract could not load the ONNX model", || {
-                    let mut model = onnx_inference_model(d)?;
-                    for i in 0..model.inputs.len() {
-                        let fact = model.input_fact(i)?.clone();
-                        let dt = fact.datum_type().unwrap_or(f32::datum_type());
-                        let shape = concrete_input_shape(&fact);
-                        model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
-                    }
-                    let typed = model.into_optimized()?;
-                    Runner::from_typed(typed)
-                })
-            }
+            Document::Onnx(d) => isolated("tract could not load the ONNX model", || {
+                let mut model = onnx_inference_model(d)?;
+                for i in 0..model.inputs.len() {
+                    let fact = model.input_fact(i)?.clone();
+                    let dt = fact.datum_type().unwrap_or(f32::datum_type());
+                    let shape = concrete_input_shape(&fact);
+                    model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
+                }
+                let typed = model.into_optimized()?;
+                Runner::from_typed(typed)
+            }),
             Document::Tflite(d) => {
                 let bytes = d.source.clone();
-                isolated_with("tract could not load the TFLite model", |msg| describe_tflite_failure(d, msg), || {
-                    let mut model = tract_tflite::tflite().model_for_read(&mut &bytes[..])?;
-                    for i in 0..model.inputs.len() {
-                        let fact = model.input_fact(i)?.clone();
-                        let shape: TVec<usize> = fact.shape.iter().map(|d| d.to_usize().unwrap_or(1)).collect();
-                        model.set_input_fact(i, TypedFact::dt_shape(fact.datum_type, &*shape))?;
-                    }
-                    Runner::from_typed(model.into_optimized()?)
-                })
+                isolated_with(
+                    "tract could not load the TFLite model",
+                    |msg| describe_tflite_failure(d, msg),
+                    || {
+                        let mut model = tract_tflite::tflite().model_for_read(&mut &bytes[..])?;
+                        for i in 0..model.inputs.len() {
+                            let fact = model.input_fact(i)?.clone();
+                            let shape: TVec<usize> = fact
+                                .shape
+                                .iter()
+                                .map(|d| d.to_usize().unwrap_or(1))
+                                .collect();
+                            model
+                                .set_input_fact(i, TypedFact::dt_shape(fact.datum_type, &*shape))?;
+                        }
+                        Runner::from_typed(model.into_optimized()?)
+                    },
+                )
             }
         }
     }
@@ -197,12 +248,25 @@ impl Runner {
                 .shape
                 .as_concrete()
                 .map(|s| s.to_vec())
-                .ok_or_else(|| TractError::msg(format!("input {i} has a shape tract cannot make concrete: {:?}", fact.shape)))?;
-            inputs.push(InputSpec { index: i, dtype: format!("{:?}", fact.datum_type), shape });
+                .ok_or_else(|| {
+                    TractError::msg(format!(
+                        "input {i} has a shape tract cannot make concrete: {:?}",
+                        fact.shape
+                    ))
+                })?;
+            inputs.push(InputSpec {
+                index: i,
+                dtype: format!("{:?}", fact.datum_type),
+                shape,
+            });
             input_dts.push(fact.datum_type);
         }
         let plan = model.into_runnable()?;
-        Ok(Runner { plan, inputs, input_dts })
+        Ok(Runner {
+            plan,
+            inputs,
+            input_dts,
+        })
     }
 
     /// Seeded random inputs: floats uniform in [-1, 1), 8-bit integers over their full range,
@@ -218,7 +282,9 @@ impl Runner {
 
     pub fn run(&self, inputs: TVec<Tensor>) -> std::result::Result<TVec<Tensor>, String> {
         isolated("tract could not run the model", || {
-            let out = self.plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
+            let out = self
+                .plan
+                .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
             Ok(out.into_iter().map(|v| v.into_tensor()).collect())
         })
     }
@@ -232,9 +298,16 @@ fn random_tensor(rng: &mut impl Rng, dt: DatumType, shape: &[usize]) -> TractRes
             let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             Tensor::from_shape(shape, &v)?.cast_to_dt(unq)?.into_owned()
         }
-        DatumType::I8 => Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<i8>()).collect::<Vec<_>>())?,
-        DatumType::U8 => Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<u8>()).collect::<Vec<_>>())?,
-        DatumType::Bool => Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<bool>()).collect::<Vec<_>>())?,
+        DatumType::I8 => {
+            Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<i8>()).collect::<Vec<_>>())?
+        }
+        DatumType::U8 => {
+            Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<u8>()).collect::<Vec<_>>())?
+        }
+        DatumType::Bool => Tensor::from_shape(
+            shape,
+            &(0..n).map(|_| rng.gen::<bool>()).collect::<Vec<_>>(),
+        )?,
         _ => {
             let v: Vec<i64> = (0..n).map(|_| rng.gen_range(0..4i64)).collect();
             Tensor::from_shape(shape, &v)?.cast_to_dt(unq)?.into_owned()
@@ -259,7 +332,13 @@ pub fn agreement(index: usize, a: &Tensor, b: &Tensor) -> OutputAgreement {
             t.clone()
         };
         let c = plain.cast_to::<f64>().ok()?;
-        Some(c.to_plain_array_view::<f64>().ok()?.iter().copied().collect())
+        Some(
+            c.to_plain_array_view::<f64>()
+                .ok()?
+                .iter()
+                .copied()
+                .collect(),
+        )
     };
     let (mut max, mut sum, mut dot, mut na, mut nb) = (0f64, 0f64, 0f64, 0f64, 0f64);
     let mut n = 0usize;
@@ -278,13 +357,23 @@ pub fn agreement(index: usize, a: &Tensor, b: &Tensor) -> OutputAgreement {
             max = f64::INFINITY;
         }
     }
-    let cosine = if na == 0.0 && nb == 0.0 { 1.0 } else if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na.sqrt() * nb.sqrt()) };
+    let cosine = if na == 0.0 && nb == 0.0 {
+        1.0
+    } else if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    };
     OutputAgreement {
         index,
         shape: a.shape().to_vec(),
         identical,
         max_abs_diff: if identical { 0.0 } else { max },
-        mean_abs_diff: if identical || n == 0 { 0.0 } else { sum / n as f64 },
+        mean_abs_diff: if identical || n == 0 {
+            0.0
+        } else {
+            sum / n as f64
+        },
         cosine: if identical { 1.0 } else { cosine },
     }
 }
@@ -318,8 +407,23 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
         Err(e) => return Ok(Verification::unverified(format!("written model: {e}"))),
     };
     if out_a.len() != out_b.len() {
-        return Ok(Verification::unverified(format!("output count differs: {} vs {}", out_a.len(), out_b.len())));
+        return Ok(Verification::unverified(format!(
+            "output count differs: {} vs {}",
+            out_a.len(),
+            out_b.len()
+        )));
     }
-    let outputs = out_a.iter().zip(&out_b).enumerate().map(|(i, (x, y))| agreement(i, x, y)).collect();
-    Ok(Verification { verified: true, reason: None, seed, inputs: a.inputs.clone(), outputs })
+    let outputs = out_a
+        .iter()
+        .zip(&out_b)
+        .enumerate()
+        .map(|(i, (x, y))| agreement(i, x, y))
+        .collect();
+    Ok(Verification {
+        verified: true,
+        reason: None,
+        seed,
+        inputs: a.inputs.clone(),
+        outputs,
+    })
 }

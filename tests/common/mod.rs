@@ -31,7 +31,13 @@ pub fn stdout(o: &Output) -> String {
 }
 
 pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
 }
 
 /// The Python interpreter of the interop environment (onnx, onnxruntime, LiteRT), created on
@@ -70,8 +76,13 @@ pub fn interop(args: &[&str], stdin: Option<&str>) -> serde_json::Value {
         drop(child.stdin.take());
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "interop.py {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("interop.py output is not JSON: {e}"))
+    assert!(
+        out.status.success(),
+        "interop.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("interop.py output is not JSON: {e}"))
 }
 
 /// Every model of the ONNX backend test corpus shipped in the onnx wheel, with its
@@ -81,7 +92,12 @@ pub fn onnx_corpus() -> Vec<(PathBuf, Option<PathBuf>)> {
     list.as_array()
         .unwrap()
         .iter()
-        .map(|x| (PathBuf::from(x["model"].as_str().unwrap()), x["data"].as_str().map(PathBuf::from)))
+        .map(|x| {
+            (
+                PathBuf::from(x["model"].as_str().unwrap()),
+                x["data"].as_str().map(PathBuf::from),
+            )
+        })
         .collect()
 }
 
@@ -95,7 +111,8 @@ pub fn corpus_model(rel: &str) -> PathBuf {
 
 /// Fixture model files listed in fixtures/manifest.json.
 pub fn fixture_models() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("fixtures/manifest.json");
+    let text =
+        std::fs::read_to_string(fixtures().join("manifest.json")).expect("fixtures/manifest.json");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["models"].as_array().expect("manifest.models").clone()
 }
