@@ -3,12 +3,15 @@
 //! tract is a dependency we do not control and it panics on some valid files, so every call
 //! into it goes through [`isolated`]: a panic becomes an ordinary "could not verify" result.
 
+mod lower;
 mod shapes;
 
+pub use lower::{lower_tflite, Lowering};
 pub use shapes::onnx_value_shapes;
 
 use crate::document::Document;
 use crate::error::Result;
+use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::sync::Mutex;
@@ -48,6 +51,10 @@ pub struct Verification {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub seed: u64,
+    /// Rewrites applied to a validation copy so that tract can run the model (the written
+    /// file is never lowered); empty when tract ran the file as it is.
+    #[serde(skip_serializing_if = "Lowering::is_empty")]
+    pub lowered: Lowering,
     pub inputs: Vec<InputSpec>,
     pub outputs: Vec<OutputAgreement>,
 }
@@ -63,6 +70,7 @@ impl Verification {
             verified: false,
             reason: Some(reason),
             seed: DEFAULT_SEED,
+            lowered: Lowering::default(),
             inputs: vec![],
             outputs: vec![],
         }
@@ -93,6 +101,8 @@ pub struct Runner {
     plan: Plan,
     pub inputs: Vec<InputSpec>,
     input_dts: Vec<DatumType>,
+    /// Rewrites of the validation copy tract runs (TFLite), see [`lower_tflite`].
+    pub lowered: Lowering,
 }
 
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
@@ -216,11 +226,15 @@ impl Runner {
                 Runner::from_typed(typed)
             }),
             Document::Tflite(d) => {
-                let bytes = d.source.clone();
-                isolated_with(
-                    "tract could not load the TFLite model",
-                    |msg| describe_tflite_failure(d, msg),
-                    || {
+                let (lowered_doc, lowered) = lower_tflite(d);
+                let bytes = if lowered.is_empty() {
+                    d.source.clone()
+                } else {
+                    Bytes::from(lowered_doc.encode().map_err(|e| e.to_string())?.0)
+                };
+                let describe = |msg| describe_tflite_failure(&lowered_doc, msg);
+                let mut runner =
+                    isolated_with("tract could not load the TFLite model", describe, || {
                         let mut model = tract_tflite::tflite().model_for_read(&mut &bytes[..])?;
                         for i in 0..model.inputs.len() {
                             let fact = model.input_fact(i)?.clone();
@@ -233,8 +247,9 @@ impl Runner {
                                 .set_input_fact(i, TypedFact::dt_shape(fact.datum_type, &*shape))?;
                         }
                         Runner::from_typed(model.into_optimized()?)
-                    },
-                )
+                    })?;
+                runner.lowered = lowered;
+                Ok(runner)
             }
         }
     }
@@ -266,6 +281,7 @@ impl Runner {
             plan,
             inputs,
             input_dts,
+            lowered: Lowering::default(),
         })
     }
 
@@ -423,6 +439,7 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
         verified: true,
         reason: None,
         seed,
+        lowered: a.lowered.clone(),
         inputs: a.inputs.clone(),
         outputs,
     })

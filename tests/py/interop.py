@@ -179,6 +179,14 @@ def tflite_pair(orig, out):
     return res
 
 
+def tflite_run(model, raw, dtype, shape):
+    """Runs LiteRT on one input given as raw little-endian bytes; returns outputs as float lists."""
+    it = _litert(model)
+    x = np.fromfile(raw, dtype=np.dtype(dtype)).reshape([int(d) for d in shape.split(",")])
+    outs = _tflite_run(it, [x])
+    return {"outputs": [o.astype(np.float64).ravel().tolist() for o in outs], "shapes": [list(o.shape) for o in outs]}
+
+
 # ---------------------------------------------------------------- corpus
 def onnx_corpus_list():
     """Every model of the ONNX backend test corpus shipped in the onnx wheel, with its data dir."""
@@ -204,6 +212,11 @@ def main():
     c.add_argument("orig")
     c.add_argument("out")
     sub.add_parser("onnx-corpus-list")
+    d = sub.add_parser("tflite-run")
+    d.add_argument("model")
+    d.add_argument("raw")
+    d.add_argument("dtype")
+    d.add_argument("shape")
     args = p.parse_args()
     if args.cmd == "onnx-pair":
         r = onnx_pair(args.orig, args.out, args.data)
@@ -211,6 +224,8 @@ def main():
         r = [onnx_pair(x["model"], x["output"], x.get("data")) for x in json.load(sys.stdin)]
     elif args.cmd == "tflite-pair":
         r = tflite_pair(args.orig, args.out)
+    elif args.cmd == "tflite-run":
+        r = tflite_run(args.model, args.raw, args.dtype, args.shape)
     else:
         r = onnx_corpus_list()
     json.dump(r, sys.stdout, allow_nan=False)
