@@ -29,8 +29,8 @@ fn tflite_fixtures() -> Vec<std::path::PathBuf> {
     v
 }
 
-/// The first test sample of the digits split, in the layout and type the model takes.
-fn fixture_input(model: &std::path::Path, runner: &Runner) -> Option<TVec<Tensor>> {
+/// Test sample `sample` of the digits split, in the layout and type the model takes.
+fn fixture_input(model: &std::path::Path, runner: &Runner, sample: usize) -> Option<TVec<Tensor>> {
     let spec = &runner.inputs[0];
     let layout = if spec.shape.len() == 2 {
         "flat"
@@ -42,7 +42,7 @@ fn fixture_input(model: &std::path::Path, runner: &Runner) -> Option<TVec<Tensor
     if spec.shape.iter().product::<usize>() != per_sample {
         return None;
     }
-    let sample = &data[..per_sample];
+    let sample = &data[sample * per_sample..(sample + 1) * per_sample];
     let t = if spec.dtype.contains("I8") {
         // Full-integer fixtures: scale 1/255, zero point -128 (fixtures/manifest.json).
         let Document::Tflite(d) = Document::open(model).unwrap() else {
@@ -77,7 +77,9 @@ fn litert_computes_the_same_on_the_lowered_copy() {
             panic!()
         };
         let (copy, report) = lower_tflite(&doc);
-        if report.is_empty() {
+        // Int8 models emulated in float take float inputs: LiteRT cannot run the copy on the
+        // original's int8 inputs. Their meaning is checked against LiteRT through tract below.
+        if report.is_empty() || report.boundary.is_some() {
             continue;
         }
         lowered_any += 1;
@@ -112,72 +114,104 @@ fn tract_on_the_lowered_copy_agrees_with_litert_on_the_original() {
     let mut compared = Vec::new();
     for src in tflite_fixtures() {
         let doc = Document::open(&src).unwrap();
-        let Ok(runner) = Runner::load(&doc) else {
-            continue;
-        };
-        // Real samples from the held-out digits set (the domain the model was trained on),
-        // quantized with the model's input parameters for int8 models; seeded random inputs
-        // for models without fixture data.
-        let inputs = fixture_input(&src, &runner)
-            .unwrap_or_else(|| runner.random_inputs(DEFAULT_SEED).unwrap());
-        assert_eq!(inputs.len(), 1);
-        let x = &inputs[0];
-        let raw = dir.path().join("x.bin");
-        fs::write(&raw, x.as_bytes()).unwrap();
-        let dtype = match x.datum_type().unquantized() {
-            DatumType::F32 => "float32",
-            DatumType::I8 => "int8",
-            DatumType::U8 => "uint8",
-            dt => panic!("{}: input type {dt:?}", src.display()),
-        };
-        let shape: Vec<String> = x.shape().iter().map(|d| d.to_string()).collect();
-        let litert = interop(
-            &[
-                "tflite-run",
-                src.to_str().unwrap(),
-                raw.to_str().unwrap(),
-                dtype,
-                &shape.join(","),
-            ],
-            None,
-        );
-        let ours = runner.run(inputs).unwrap();
-        for (i, t) in ours.iter().enumerate() {
-            let mut t = t.clone();
-            if t.datum_type().is_quantized() {
-                unsafe { t.set_datum_type(t.datum_type().unquantized()) };
+        let runner = Runner::load(&doc).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        let (mut within_one, mut exact, mut total, mut worst_float) =
+            (0usize, 0usize, 0usize, 0f64);
+        for sample in 0..8 {
+            // Real samples from the held-out digits set (the domain the model was trained
+            // on), quantized with the model's input parameters for int8 models; seeded random
+            // inputs for models without fixture data.
+            let inputs = fixture_input(&src, &runner, sample)
+                .unwrap_or_else(|| runner.random_inputs(DEFAULT_SEED + sample as u64).unwrap());
+            let x = &inputs[0];
+            let raw = dir.path().join("x.bin");
+            fs::write(&raw, x.as_bytes()).unwrap();
+            let dtype = match x.datum_type().unquantized() {
+                DatumType::F32 => "float32",
+                DatumType::I8 => "int8",
+                DatumType::U8 => "uint8",
+                dt => panic!("{}: input type {dt:?}", src.display()),
+            };
+            let shape: Vec<String> = x.shape().iter().map(|d| d.to_string()).collect();
+            let litert = interop(
+                &[
+                    "tflite-run",
+                    src.to_str().unwrap(),
+                    raw.to_str().unwrap(),
+                    dtype,
+                    &shape.join(","),
+                ],
+                None,
+            );
+            let ours = runner.run(inputs).unwrap();
+            for (i, t) in ours.iter().enumerate() {
+                let quantized = t.datum_type().is_quantized();
+                let mut t = t.clone();
+                if quantized {
+                    unsafe { t.set_datum_type(t.datum_type().unquantized()) };
+                }
+                let got: Vec<f64> = t
+                    .cast_to::<f64>()
+                    .unwrap()
+                    .to_plain_array_view::<f64>()
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect();
+                let want: Vec<f64> = litert["outputs"][i]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                assert_eq!(got.len(), want.len());
+                if quantized {
+                    // Values are integers in quantization steps.
+                    for (a, b) in got.iter().zip(&want) {
+                        total += 1;
+                        exact += (a == b) as usize;
+                        within_one += ((a - b).abs() <= 1.0) as usize;
+                    }
+                } else {
+                    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f64, f64::max);
+                    worst_float = worst_float.max(worst / scale);
+                }
             }
-            let got: Vec<f64> = t
-                .cast_to::<f64>()
-                .unwrap()
-                .to_plain_array_view::<f64>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect();
-            let want: Vec<f64> = litert["outputs"][i]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            assert_eq!(got.len(), want.len());
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f64, f64::max);
+        }
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        if total > 0 {
+            let (e, w) = (
+                exact as f64 / total as f64,
+                within_one as f64 / total as f64,
+            );
+            eprintln!("{name}: int8 outputs vs LiteRT: {:.1}% exact, {:.1}% within one step ({total} values)", e * 100.0, w * 100.0);
             assert!(
-                worst <= 1e-4 * scale,
-                "{}: output {i}: tract vs LiteRT max abs diff {worst} (scale {scale})",
-                src.display()
+                w >= 0.95,
+                "{name}: only {:.1}% of int8 outputs within one quantization step of LiteRT",
+                w * 100.0
+            );
+        } else {
+            eprintln!("{name}: float outputs vs LiteRT: max relative diff {worst_float:.2e}");
+            assert!(
+                worst_float <= 1e-4,
+                "{name}: tract vs LiteRT relative diff {worst_float:e}"
             );
         }
-        compared.push(src.file_name().unwrap().to_string_lossy().into_owned());
+        compared.push(name);
     }
-    eprintln!("tract agrees with LiteRT on: {compared:?}");
-    for must in ["cnn.tflite", "mlp.tflite", "mobilenet.tflite"] {
+    for must in [
+        "cnn.tflite",
+        "mlp.tflite",
+        "mobilenet.tflite",
+        "cnn_int8.tflite",
+        "mlp_int8.tflite",
+        "mobilenet_int8.tflite",
+    ] {
         assert!(
             compared.iter().any(|c| c == must),
             "tract must validate {must}; compared {compared:?}"

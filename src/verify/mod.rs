@@ -6,7 +6,7 @@
 mod lower;
 mod shapes;
 
-pub use lower::{lower_tflite, Lowering};
+pub use lower::{lower_tflite, BoundaryQuant, Int8Boundary, Lowering};
 pub use shapes::onnx_value_shapes;
 
 use crate::document::Document;
@@ -248,6 +248,17 @@ impl Runner {
                         }
                         Runner::from_typed(model.into_optimized()?)
                     })?;
+                // An int8 model emulated in float still takes and gives int8 values from the
+                // outside: same random inputs and comparable outputs as the original.
+                if let Some(b) = &lowered.boundary {
+                    for (i, q) in b.inputs.iter().enumerate() {
+                        if let (Some(q), Some(spec)) = (q, runner.inputs.get_mut(i)) {
+                            let dt = quantized_dt(q);
+                            spec.dtype = format!("{dt:?}");
+                            runner.input_dts[i] = dt;
+                        }
+                    }
+                }
                 runner.lowered = lowered;
                 Ok(runner)
             }
@@ -297,13 +308,78 @@ impl Runner {
     }
 
     pub fn run(&self, inputs: TVec<Tensor>) -> std::result::Result<TVec<Tensor>, String> {
+        let boundary = self.lowered.boundary.as_ref();
         isolated("tract could not run the model", || {
+            let inputs = inputs
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(i, t)| match boundary.and_then(|b| b.inputs.get(i).copied().flatten()) {
+                        Some(q) => dequantize_tensor(&t, q),
+                        None => Ok(t),
+                    },
+                )
+                .collect::<TractResult<TVec<Tensor>>>()?;
             let out = self
                 .plan
                 .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
-            Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+            out.into_iter()
+                .enumerate()
+                .map(
+                    |(i, v)| match boundary.and_then(|b| b.outputs.get(i).copied().flatten()) {
+                        Some(q) => quantize_tensor(&v.into_tensor(), q),
+                        None => Ok(v.into_tensor()),
+                    },
+                )
+                .collect()
         })
     }
+}
+
+fn quantized_dt(q: &BoundaryQuant) -> DatumType {
+    let qp = QParams::ZpScale {
+        zero_point: q.zero_point as i32,
+        scale: q.scale,
+    };
+    match (q.min, q.max) {
+        (0, 255) => DatumType::QU8(qp),
+        (-128, 127) => DatumType::QI8(qp),
+        _ => DatumType::I16,
+    }
+}
+
+/// Real values of a quantized tensor, as float32.
+fn dequantize_tensor(t: &Tensor, q: BoundaryQuant) -> TractResult<Tensor> {
+    let mut plain = t.clone();
+    if plain.datum_type().is_quantized() {
+        unsafe { plain.set_datum_type(plain.datum_type().unquantized()) };
+    }
+    let ints = plain.cast_to::<i64>()?;
+    let v: Vec<f32> = ints
+        .to_plain_array_view::<i64>()?
+        .iter()
+        .map(|&x| q.scale * (x - q.zero_point) as f32)
+        .collect();
+    Tensor::from_shape(t.shape(), &v)
+}
+
+/// Quantizes float values onto `q` (round half away from zero, saturating), in the original
+/// model's output type.
+fn quantize_tensor(t: &Tensor, q: BoundaryQuant) -> TractResult<Tensor> {
+    let f = t.cast_to::<f32>()?;
+    let ints: Vec<i64> = f
+        .to_plain_array_view::<f32>()?
+        .iter()
+        .map(|&x| ((x / q.scale).round() as i64 + q.zero_point).clamp(q.min, q.max))
+        .collect();
+    let dt = quantized_dt(&q);
+    let mut out = Tensor::from_shape(t.shape(), &ints)?
+        .cast_to_dt(dt.unquantized())?
+        .into_owned();
+    if dt.is_quantized() {
+        unsafe { out.set_datum_type(dt) };
+    }
+    Ok(out)
 }
 
 fn random_tensor(rng: &mut impl Rng, dt: DatumType, shape: &[usize]) -> TractResult<Tensor> {

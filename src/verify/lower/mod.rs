@@ -11,7 +11,12 @@
 //! - `MEAN` over H,W of an NHWC tensor (global average pooling) becomes `AVERAGE_POOL_2D` with a
 //!   full-size filter: tract 0.23.9 computes some MEANs wrongly (the mobilenet fixture's
 //!   squeeze-and-excitation pool came out as [1, 0, 0, …] where LiteRT gives [0.72, 0.42, …]).
+//! - Quantized (int8/uint8/int16) graphs are emulated in float, see [`int8`].
 //! - Buffers stored after the flatbuffer (the >2 GiB form, which tract cannot read) go inline.
+
+mod int8;
+
+pub use int8::{BoundaryQuant, Int8Boundary};
 
 use crate::tflite::{builtin_of, TfliteDocument};
 use crate::tflite_gen::tflite as fb;
@@ -24,6 +29,10 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Lowering {
     pub rewrites: BTreeMap<String, usize>,
+    /// For an int8 model emulated in float: how to dequantize its inputs and requantize its
+    /// outputs at the boundary (tract-tflite cannot cast inside the graph).
+    #[serde(skip)]
+    pub boundary: Option<Int8Boundary>,
 }
 
 impl Lowering {
@@ -37,10 +46,10 @@ impl Lowering {
 }
 
 /// A constant value during folding: little-endian bytes with its type and shape.
-struct Const {
-    dtype: fb::TensorType,
-    shape: Vec<i32>,
-    data: Vec<u8>,
+pub(super) struct Const {
+    pub(super) dtype: fb::TensorType,
+    pub(super) shape: Vec<i32>,
+    pub(super) data: Vec<u8>,
 }
 
 /// Returns the validation copy of `doc` and what was rewritten.
@@ -59,12 +68,13 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
             break;
         }
     }
+    report.boundary = int8::emulate(&mut d, &mut report);
     mean_to_average_pool(&mut d, &mut report);
     (d, report)
 }
 
 /// Index of the operator code for `builtin`, added if the model has none.
-fn opcode_for(d: &mut TfliteDocument, builtin: fb::BuiltinOperator) -> u32 {
+pub(super) fn opcode_for(d: &mut TfliteDocument, builtin: fb::BuiltinOperator) -> u32 {
     let codes = d.model.operator_codes.get_or_insert_with(Vec::new);
     if let Some(i) = codes.iter().position(|c| builtin_of(c) == builtin) {
         return i as u32;
@@ -198,7 +208,7 @@ fn mean_to_average_pool(d: &mut TfliteDocument, report: &mut Lowering) {
     }
 }
 
-fn tensor_const(d: &TfliteDocument, t: &fb::TensorT) -> Option<Const> {
+pub(super) fn tensor_const(d: &TfliteDocument, t: &fb::TensorT) -> Option<Const> {
     if t.buffer == 0 || t.sparsity.is_some() {
         return None;
     }
@@ -219,7 +229,7 @@ fn tensor_const(d: &TfliteDocument, t: &fb::TensorT) -> Option<Const> {
 
 /// Static shape of a tensor as the validation copy runs it (the file's `shape`, where dynamic
 /// dimensions already hold the size the converter fixed, usually 1).
-fn static_shape(t: &fb::TensorT) -> Option<Vec<i32>> {
+pub(super) fn static_shape(t: &fb::TensorT) -> Option<Vec<i32>> {
     let s = t.shape.as_ref()?;
     s.iter().all(|&x| x >= 0).then(|| s.clone())
 }
@@ -295,7 +305,7 @@ fn fold_one(d: &mut TfliteDocument, report: &mut Lowering) -> bool {
 }
 
 /// Gives tensor `index` of subgraph 0 a new buffer holding `value`.
-fn make_constant(d: &mut TfliteDocument, index: usize, value: Const) {
+pub(super) fn make_constant(d: &mut TfliteDocument, index: usize, value: Const) {
     let buffers = d.model.buffers.get_or_insert_with(Vec::new);
     buffers.push(fb::BufferT::default());
     d.buffers.push(Some(Bytes::from(value.data)));
@@ -312,7 +322,7 @@ fn make_constant(d: &mut TfliteDocument, index: usize, value: Const) {
 }
 
 /// real = scale × (q − zero_point), per tensor or along `quantized_dimension`; float16 widened.
-fn dequantize(
+pub(super) fn dequantize(
     c: &Const,
     q: Option<&fb::QuantizationParametersT>,
     out: &fb::TensorT,
@@ -326,13 +336,21 @@ fn dequantize(
             .chunks_exact(2)
             .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        fb::TensorType::INT8 | fb::TensorType::UINT8 | fb::TensorType::INT16 => {
+        fb::TensorType::INT8
+        | fb::TensorType::UINT8
+        | fb::TensorType::INT16
+        | fb::TensorType::INT32 => {
             let q = q?;
             let scale = q.scale.as_deref().filter(|s| !s.is_empty())?;
             let zero = q.zero_point.clone().unwrap_or_else(|| vec![0; scale.len()]);
             let raw: Vec<i64> = match c.dtype {
                 fb::TensorType::INT8 => c.data.iter().map(|&b| b as i8 as i64).collect(),
                 fb::TensorType::UINT8 => c.data.iter().map(|&b| b as i64).collect(),
+                fb::TensorType::INT32 => c
+                    .data
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                    .collect(),
                 _ => c
                     .data
                     .chunks_exact(2)
