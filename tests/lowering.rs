@@ -15,8 +15,10 @@ fn tflite_fixtures() -> Vec<std::path::PathBuf> {
         .filter(|m| m["format"] == "tflite")
         .map(|m| fixtures().join(m["file"].as_str().unwrap()))
         .collect();
-    let extra = fixtures().join("extra");
-    if let Ok(entries) = fs::read_dir(&extra) {
+    for extra in [fixtures().join("extra"), fixtures().join("ops")] {
+        let Ok(entries) = fs::read_dir(&extra) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "tflite") && !p.to_string_lossy().contains("flex")

@@ -12,9 +12,13 @@
 //!   full-size filter: tract 0.23.9 computes some MEANs wrongly (the mobilenet fixture's
 //!   squeeze-and-excitation pool came out as [1, 0, 0, …] where LiteRT gives [0.72, 0.42, …]).
 //! - Quantized (int8/uint8/int16) graphs are emulated in float, see [`int8`].
+//! - `PRELU` becomes `MAXIMUM(x, 0) + α·MINIMUM(x, 0)`; `STRIDED_SLICE` with shrink/new-axis
+//!   masks on activations becomes a mask-free slice plus `RESHAPE`; an omitted (`-1`) bias
+//!   becomes an explicit zero bias, where tract would panic (see [`ops`]).
 //! - Buffers stored after the flatbuffer (the >2 GiB form, which tract cannot read) go inline.
 
 mod int8;
+mod ops;
 
 pub use int8::{BoundaryQuant, Int8Boundary};
 
@@ -70,6 +74,9 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
     }
     report.boundary = int8::emulate(&mut d, &mut report);
     mean_to_average_pool(&mut d, &mut report);
+    ops::prelu(&mut d, &mut report);
+    ops::strided_slice_masks(&mut d, &mut report);
+    ops::explicit_zero_bias(&mut d, &mut report);
     (d, report)
 }
 
@@ -390,7 +397,7 @@ pub(super) fn dequantize(
     })
 }
 
-fn ints(c: &Const) -> Option<Vec<i64>> {
+pub(super) fn ints(c: &Const) -> Option<Vec<i64>> {
     match c.dtype {
         fb::TensorType::INT32 => Some(
             c.data

@@ -1,0 +1,385 @@
+//! Rewrites of single ops tract-tflite refuses into equivalent ops it runs.
+
+use super::{ints, make_constant, opcode_for, static_shape, tensor_const, Const, Lowering};
+use crate::tflite::{builtin_of, TfliteDocument};
+use crate::tflite_gen::tflite as fb;
+
+fn ops_len(d: &TfliteDocument) -> usize {
+    d.model.subgraphs.as_ref().unwrap()[0]
+        .operators
+        .as_ref()
+        .map_or(0, |o| o.len())
+}
+
+fn builtin_at(d: &TfliteDocument, i: usize) -> fb::BuiltinOperator {
+    let op = &d.model.subgraphs.as_ref().unwrap()[0]
+        .operators
+        .as_ref()
+        .unwrap()[i];
+    builtin_of(&d.model.operator_codes.as_ref().unwrap()[op.opcode_index as usize])
+}
+
+fn push_tensor(d: &mut TfliteDocument, t: fb::TensorT) -> usize {
+    let ts = d.model.subgraphs.as_mut().unwrap()[0]
+        .tensors
+        .as_mut()
+        .unwrap();
+    ts.push(t);
+    ts.len() - 1
+}
+
+fn int32_const(d: &mut TfliteDocument, name: String, values: &[i32]) -> usize {
+    let i = push_tensor(
+        d,
+        fb::TensorT {
+            name: Some(name),
+            type_: fb::TensorType::INT32,
+            has_rank: true,
+            ..Default::default()
+        },
+    );
+    let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    make_constant(
+        d,
+        i,
+        Const {
+            dtype: fb::TensorType::INT32,
+            shape: vec![values.len() as i32],
+            data,
+        },
+    );
+    i
+}
+
+fn float_activation_like(
+    d: &TfliteDocument,
+    like: usize,
+    tag: &str,
+    shape: Option<Vec<i32>>,
+) -> fb::TensorT {
+    let t = &d.model.subgraphs.as_ref().unwrap()[0]
+        .tensors
+        .as_ref()
+        .unwrap()[like];
+    fb::TensorT {
+        name: Some(format!("{}/pare_{tag}", t.name.as_deref().unwrap_or(""))),
+        type_: t.type_,
+        shape: shape.or_else(|| t.shape.clone()),
+        has_rank: true,
+        ..Default::default()
+    }
+}
+
+fn op(code: u32, inputs: Vec<usize>, output: usize, options: fb::BuiltinOptionsT) -> fb::OperatorT {
+    fb::OperatorT {
+        opcode_index: code,
+        inputs: Some(inputs.into_iter().map(|i| i as i32).collect()),
+        outputs: Some(vec![output as i32]),
+        builtin_options: options,
+        ..Default::default()
+    }
+}
+
+/// `PRELU(x, α)` → `MAXIMUM(x, 0) + α · MINIMUM(x, 0)` (float graphs; int8 ones are emulated
+/// in float before this runs).
+pub(super) fn prelu(d: &mut TfliteDocument, report: &mut Lowering) {
+    let mut i = 0;
+    while i < ops_len(d) {
+        if builtin_at(d, i) != fb::BuiltinOperator::PRELU {
+            i += 1;
+            continue;
+        }
+        let o = d.model.subgraphs.as_ref().unwrap()[0]
+            .operators
+            .as_ref()
+            .unwrap()[i]
+            .clone();
+        let (ins, outs) = (o.inputs.unwrap_or_default(), o.outputs.unwrap_or_default());
+        let y = outs[0] as usize;
+        if ins.len() != 2
+            || d.model.subgraphs.as_ref().unwrap()[0]
+                .tensors
+                .as_ref()
+                .unwrap()[y]
+                .type_
+                != fb::TensorType::FLOAT32
+        {
+            i += 1;
+            continue;
+        }
+        let (x, alpha) = (ins[0] as usize, ins[1] as usize);
+        let zero = push_tensor(
+            d,
+            fb::TensorT {
+                name: Some("pare_zero".into()),
+                type_: fb::TensorType::FLOAT32,
+                has_rank: true,
+                shape: Some(vec![]),
+                ..Default::default()
+            },
+        );
+        make_constant(
+            d,
+            zero,
+            Const {
+                dtype: fb::TensorType::FLOAT32,
+                shape: vec![],
+                data: 0f32.to_le_bytes().to_vec(),
+            },
+        );
+        let pos = push_tensor(d, float_activation_like(d, y, "prelu_pos", None));
+        let neg = push_tensor(d, float_activation_like(d, y, "prelu_neg", None));
+        let scaled = push_tensor(d, float_activation_like(d, y, "prelu_scaled", None));
+        let (max, min) = (
+            opcode_for(d, fb::BuiltinOperator::MAXIMUM),
+            opcode_for(d, fb::BuiltinOperator::MINIMUM),
+        );
+        let (mul, add) = (
+            opcode_for(d, fb::BuiltinOperator::MUL),
+            opcode_for(d, fb::BuiltinOperator::ADD),
+        );
+        let mm = || fb::BuiltinOptionsT::MaximumMinimumOptions(Box::default());
+        let new = vec![
+            op(max, vec![x, zero], pos, mm()),
+            op(min, vec![x, zero], neg, mm()),
+            op(
+                mul,
+                vec![neg, alpha],
+                scaled,
+                fb::BuiltinOptionsT::MulOptions(Box::default()),
+            ),
+            op(
+                add,
+                vec![pos, scaled],
+                y,
+                fb::BuiltinOptionsT::AddOptions(Box::default()),
+            ),
+        ];
+        let n = new.len();
+        let list = d.model.subgraphs.as_mut().unwrap()[0]
+            .operators
+            .as_mut()
+            .unwrap();
+        list.splice(i..i + 1, new);
+        report.count("PRELU as MAXIMUM/MINIMUM/MUL/ADD");
+        i += n;
+    }
+}
+
+/// Output length of one sliced dimension, with TensorFlow's clamping rules.
+fn slice_len(n: i64, b: i64, e: i64, s: i64, begin_masked: bool, end_masked: bool) -> i64 {
+    let norm = |v: i64| if v < 0 { v + n } else { v };
+    if s > 0 {
+        let start = if begin_masked { 0 } else { norm(b).clamp(0, n) };
+        let stop = if end_masked { n } else { norm(e).clamp(0, n) };
+        ((stop - start).max(0) + s - 1) / s
+    } else {
+        let start = if begin_masked {
+            n - 1
+        } else {
+            norm(b).clamp(-1, n - 1)
+        };
+        let stop = if end_masked {
+            -1
+        } else {
+            norm(e).clamp(-1, n - 1)
+        };
+        ((start - stop).max(0) + (-s) - 1) / (-s)
+    }
+}
+
+/// `STRIDED_SLICE` with `shrink_axis_mask` / `new_axis_mask` on an activation → the same slice
+/// without those masks (a shrunk axis becomes a slice of length 1, a new axis is dropped from
+/// the spec) followed by a `RESHAPE` to the original output shape.
+pub(super) fn strided_slice_masks(d: &mut TfliteDocument, report: &mut Lowering) {
+    let mut i = 0;
+    while i < ops_len(d) {
+        if builtin_at(d, i) != fb::BuiltinOperator::STRIDED_SLICE {
+            i += 1;
+            continue;
+        }
+        let o = d.model.subgraphs.as_ref().unwrap()[0]
+            .operators
+            .as_ref()
+            .unwrap()[i]
+            .clone();
+        let fb::BuiltinOptionsT::StridedSliceOptions(opts) = &o.builtin_options else {
+            i += 1;
+            continue;
+        };
+        if (opts.shrink_axis_mask == 0 && opts.new_axis_mask == 0)
+            || opts.ellipsis_mask != 0
+            || opts.offset
+        {
+            i += 1;
+            continue;
+        }
+        let (ins, outs) = (
+            o.inputs.clone().unwrap_or_default(),
+            o.outputs.clone().unwrap_or_default(),
+        );
+        let tensors = d.model.subgraphs.as_ref().unwrap()[0]
+            .tensors
+            .as_ref()
+            .unwrap();
+        let spec = (|| {
+            let x = static_shape(&tensors[ins[0] as usize])?;
+            let out_shape = static_shape(&tensors[outs[0] as usize])?;
+            let b = ints(&tensor_const(d, &tensors[*ins.get(1)? as usize])?)?;
+            let e = ints(&tensor_const(d, &tensors[*ins.get(2)? as usize])?)?;
+            let s = ints(&tensor_const(d, &tensors[*ins.get(3)? as usize])?)?;
+            (b.len() == e.len() && e.len() == s.len()).then_some((x, out_shape, b, e, s))
+        })();
+        let Some((x, out_shape, b, e, s)) = spec else {
+            i += 1;
+            continue;
+        };
+        let (mut nb, mut ne, mut ns, mut bmask, mut emask, mut mid_shape) =
+            (vec![], vec![], vec![], 0i32, 0i32, vec![]);
+        let mut dim = 0usize;
+        for j in 0..b.len() {
+            if opts.new_axis_mask >> j & 1 == 1 {
+                continue;
+            }
+            let Some(&n) = x.get(dim) else { break };
+            let n = n as i64;
+            let k = nb.len();
+            if opts.shrink_axis_mask >> j & 1 == 1 {
+                let start = if b[j] < 0 { b[j] + n } else { b[j] };
+                nb.push(start as i32);
+                ne.push((start + 1) as i32);
+                ns.push(1);
+                mid_shape.push(1);
+            } else {
+                let (bm, em) = (opts.begin_mask >> j & 1 == 1, opts.end_mask >> j & 1 == 1);
+                nb.push(b[j] as i32);
+                ne.push(e[j] as i32);
+                ns.push(s[j] as i32);
+                bmask |= (bm as i32) << k;
+                emask |= (em as i32) << k;
+                mid_shape.push(slice_len(n, b[j], e[j], s[j], bm, em) as i32);
+            }
+            dim += 1;
+        }
+        mid_shape.extend(x[dim.min(x.len())..].iter().copied());
+        let name = format!(
+            "{}/pare_slice",
+            d.model.subgraphs.as_ref().unwrap()[0]
+                .tensors
+                .as_ref()
+                .unwrap()[outs[0] as usize]
+                .name
+                .as_deref()
+                .unwrap_or("")
+        );
+        let (bt, et, st) = (
+            int32_const(d, format!("{name}_begin"), &nb),
+            int32_const(d, format!("{name}_end"), &ne),
+            int32_const(d, format!("{name}_strides"), &ns),
+        );
+        let shape_t = int32_const(d, format!("{name}_shape"), &out_shape);
+        let mid = push_tensor(
+            d,
+            float_activation_like(d, outs[0] as usize, "slice", Some(mid_shape)),
+        );
+        let reshape = opcode_for(d, fb::BuiltinOperator::RESHAPE);
+        let slice_opts = fb::StridedSliceOptionsT {
+            begin_mask: bmask,
+            end_mask: emask,
+            ..Default::default()
+        };
+        let new = vec![
+            op(
+                o.opcode_index,
+                vec![ins[0] as usize, bt, et, st],
+                mid,
+                fb::BuiltinOptionsT::StridedSliceOptions(Box::new(slice_opts)),
+            ),
+            op(
+                reshape,
+                vec![mid, shape_t],
+                outs[0] as usize,
+                fb::BuiltinOptionsT::ReshapeOptions(Box::new(fb::ReshapeOptionsT {
+                    new_shape: Some(out_shape.clone()),
+                })),
+            ),
+        ];
+        let list = d.model.subgraphs.as_mut().unwrap()[0]
+            .operators
+            .as_mut()
+            .unwrap();
+        list.splice(i..i + 1, new);
+        report.count("STRIDED_SLICE masks as STRIDED_SLICE + RESHAPE");
+        i += 2;
+    }
+}
+
+/// Ops whose optional bias (input 2, or 3 for TRANSPOSE_CONV) may be omitted as `-1`, with the
+/// weight axis that holds the output channels. tract-tflite 0.23.9 indexes the tensor list
+/// with the `-1` and panics (seen on Keras Dense layers with `use_bias=False`, and in exports
+/// of DenseNet and MobileNetV2).
+fn bias_slot(op: fb::BuiltinOperator) -> Option<(usize, usize)> {
+    match op {
+        fb::BuiltinOperator::FULLY_CONNECTED | fb::BuiltinOperator::CONV_2D => Some((2, 0)),
+        fb::BuiltinOperator::DEPTHWISE_CONV_2D => Some((2, 3)),
+        fb::BuiltinOperator::TRANSPOSE_CONV => Some((3, 0)),
+        _ => None,
+    }
+}
+
+/// An omitted bias becomes an explicit float32 zero bias (float graphs; int8 ones are
+/// emulated in float before this runs).
+pub(super) fn explicit_zero_bias(d: &mut TfliteDocument, report: &mut Lowering) {
+    for i in 0..ops_len(d) {
+        let Some((slot, out_axis)) = bias_slot(builtin_at(d, i)) else {
+            continue;
+        };
+        let o = &d.model.subgraphs.as_ref().unwrap()[0]
+            .operators
+            .as_ref()
+            .unwrap()[i];
+        let ins = o.inputs.clone().unwrap_or_default();
+        if ins.get(slot).is_some_and(|&b| b >= 0) || ins.len() < 2 {
+            continue;
+        }
+        let tensors = d.model.subgraphs.as_ref().unwrap()[0]
+            .tensors
+            .as_ref()
+            .unwrap();
+        let w = &tensors[ins[1] as usize];
+        let out_t = &tensors[o.outputs.as_ref().unwrap()[0] as usize];
+        let Some(&channels) = w.shape.as_ref().and_then(|s| s.get(out_axis)) else {
+            continue;
+        };
+        if out_t.type_ != fb::TensorType::FLOAT32 || channels <= 0 {
+            continue;
+        }
+        let name = format!("{}/pare_zero_bias", out_t.name.as_deref().unwrap_or(""));
+        let bias = push_tensor(
+            d,
+            fb::TensorT {
+                name: Some(name),
+                type_: fb::TensorType::FLOAT32,
+                has_rank: true,
+                ..Default::default()
+            },
+        );
+        make_constant(
+            d,
+            bias,
+            Const {
+                dtype: fb::TensorType::FLOAT32,
+                shape: vec![channels],
+                data: vec![0u8; channels as usize * 4],
+            },
+        );
+        let o = &mut d.model.subgraphs.as_mut().unwrap()[0]
+            .operators
+            .as_mut()
+            .unwrap()[i];
+        let ins = o.inputs.as_mut().unwrap();
+        ins.resize(slot + 1, -1);
+        ins[slot] = bias as i32;
+        report.count("explicit zero bias for an omitted one");
+    }
+}
