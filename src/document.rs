@@ -6,6 +6,8 @@ use crate::onnx::OnnxDocument;
 use crate::tflite::TfliteDocument;
 use std::path::Path;
 
+// The variants are both large; one Document exists per open file, so boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Document {
     Onnx(OnnxDocument),

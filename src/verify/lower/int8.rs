@@ -52,7 +52,8 @@ fn activation_quant(d: &TfliteDocument, t: &fb::TensorT) -> Option<BoundaryQuant
     }
     let q = t.quantization.as_deref()?;
     let scale = q.scale.as_deref()?;
-    if scale.len() != 1 || !(scale[0] > 0.0) {
+    // Also rejects a NaN scale.
+    if scale.len() != 1 || scale[0].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return None;
     }
     let zero_point = q

@@ -19,6 +19,29 @@ fn builtin_at(d: &TfliteDocument, i: usize) -> fb::BuiltinOperator {
     builtin_of(&d.model.operator_codes.as_ref().unwrap()[op.opcode_index as usize])
 }
 
+/// Calls `rewrite` on every operator of subgraph 0 that is a `builtin`. `rewrite` returns how
+/// many operators now stand where the one it was given stood (`None`: left alone), so that
+/// newly inserted operators are not visited again.
+pub(super) fn rewrite_ops(
+    d: &mut TfliteDocument,
+    builtin: fb::BuiltinOperator,
+    mut rewrite: impl FnMut(&mut TfliteDocument, usize, fb::OperatorT) -> Option<usize>,
+) {
+    let mut i = 0;
+    while i < ops_len(d) {
+        if builtin_at(d, i) != builtin {
+            i += 1;
+            continue;
+        }
+        let op = d.model.subgraphs.as_ref().unwrap()[0]
+            .operators
+            .as_ref()
+            .unwrap()[i]
+            .clone();
+        i += rewrite(d, i, op).unwrap_or(1);
+    }
+}
+
 fn push_tensor(d: &mut TfliteDocument, t: fb::TensorT) -> usize {
     let ts = d.model.subgraphs.as_mut().unwrap()[0]
         .tensors
@@ -83,19 +106,9 @@ fn op(code: u32, inputs: Vec<usize>, output: usize, options: fb::BuiltinOptionsT
 /// `PRELU(x, α)` → `MAXIMUM(x, 0) + α · MINIMUM(x, 0)` (float graphs; int8 ones are emulated
 /// in float before this runs).
 pub(super) fn prelu(d: &mut TfliteDocument, report: &mut Lowering) {
-    let mut i = 0;
-    while i < ops_len(d) {
-        if builtin_at(d, i) != fb::BuiltinOperator::PRELU {
-            i += 1;
-            continue;
-        }
-        let o = d.model.subgraphs.as_ref().unwrap()[0]
-            .operators
-            .as_ref()
-            .unwrap()[i]
-            .clone();
+    rewrite_ops(d, fb::BuiltinOperator::PRELU, |d, i, o| {
         let (ins, outs) = (o.inputs.unwrap_or_default(), o.outputs.unwrap_or_default());
-        let y = outs[0] as usize;
+        let y = *outs.first()? as usize;
         if ins.len() != 2
             || d.model.subgraphs.as_ref().unwrap()[0]
                 .tensors
@@ -104,8 +117,7 @@ pub(super) fn prelu(d: &mut TfliteDocument, report: &mut Lowering) {
                 .type_
                 != fb::TensorType::FLOAT32
         {
-            i += 1;
-            continue;
+            return None;
         }
         let (x, alpha) = (ins[0] as usize, ins[1] as usize);
         let zero = push_tensor(
@@ -156,14 +168,14 @@ pub(super) fn prelu(d: &mut TfliteDocument, report: &mut Lowering) {
             ),
         ];
         let n = new.len();
-        let list = d.model.subgraphs.as_mut().unwrap()[0]
+        d.model.subgraphs.as_mut().unwrap()[0]
             .operators
             .as_mut()
-            .unwrap();
-        list.splice(i..i + 1, new);
+            .unwrap()
+            .splice(i..i + 1, new);
         report.count("PRELU as MAXIMUM/MINIMUM/MUL/ADD");
-        i += n;
-    }
+        Some(n)
+    });
 }
 
 /// Output length of one sliced dimension, with TensorFlow's clamping rules.
@@ -192,27 +204,15 @@ fn slice_len(n: i64, b: i64, e: i64, s: i64, begin_masked: bool, end_masked: boo
 /// without those masks (a shrunk axis becomes a slice of length 1, a new axis is dropped from
 /// the spec) followed by a `RESHAPE` to the original output shape.
 pub(super) fn strided_slice_masks(d: &mut TfliteDocument, report: &mut Lowering) {
-    let mut i = 0;
-    while i < ops_len(d) {
-        if builtin_at(d, i) != fb::BuiltinOperator::STRIDED_SLICE {
-            i += 1;
-            continue;
-        }
-        let o = d.model.subgraphs.as_ref().unwrap()[0]
-            .operators
-            .as_ref()
-            .unwrap()[i]
-            .clone();
+    rewrite_ops(d, fb::BuiltinOperator::STRIDED_SLICE, |d, i, o| {
         let fb::BuiltinOptionsT::StridedSliceOptions(opts) = &o.builtin_options else {
-            i += 1;
-            continue;
+            return None;
         };
         if (opts.shrink_axis_mask == 0 && opts.new_axis_mask == 0)
             || opts.ellipsis_mask != 0
             || opts.offset
         {
-            i += 1;
-            continue;
+            return None;
         }
         let (ins, outs) = (
             o.inputs.clone().unwrap_or_default(),
@@ -230,10 +230,7 @@ pub(super) fn strided_slice_masks(d: &mut TfliteDocument, report: &mut Lowering)
             let s = ints(&tensor_const(d, &tensors[*ins.get(3)? as usize])?)?;
             (b.len() == e.len() && e.len() == s.len()).then_some((x, out_shape, b, e, s))
         })();
-        let Some((x, out_shape, b, e, s)) = spec else {
-            i += 1;
-            continue;
-        };
+        let (x, out_shape, b, e, s) = spec?;
         let (mut nb, mut ne, mut ns, mut bmask, mut emask, mut mid_shape) =
             (vec![], vec![], vec![], 0i32, 0i32, vec![]);
         let mut dim = 0usize;
@@ -304,14 +301,14 @@ pub(super) fn strided_slice_masks(d: &mut TfliteDocument, report: &mut Lowering)
                 })),
             ),
         ];
-        let list = d.model.subgraphs.as_mut().unwrap()[0]
+        d.model.subgraphs.as_mut().unwrap()[0]
             .operators
             .as_mut()
-            .unwrap();
-        list.splice(i..i + 1, new);
+            .unwrap()
+            .splice(i..i + 1, new);
         report.count("STRIDED_SLICE masks as STRIDED_SLICE + RESHAPE");
-        i += 2;
-    }
+        Some(2)
+    });
 }
 
 /// Ops whose optional bias (input 2, or 3 for TRANSPOSE_CONV) may be omitted as `-1`, with the
