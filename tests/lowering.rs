@@ -110,100 +110,136 @@ fn litert_computes_the_same_on_the_lowered_copy() {
     );
 }
 
+/// How tract (on the lowered copy) and LiteRT (on the file) agree over several inputs.
+#[derive(Default, Debug)]
+pub struct Agreement {
+    /// Quantized outputs: values compared, equal, within one quantization step.
+    pub int_total: usize,
+    pub int_exact: usize,
+    pub int_within_one: usize,
+    /// Float outputs: largest difference relative to the output's largest magnitude.
+    pub float_worst_relative: f64,
+}
+
+impl Agreement {
+    pub fn ok(&self) -> bool {
+        self.float_worst_relative <= 1e-4
+            && (self.int_total == 0 || self.int_within_one as f64 >= 0.95 * self.int_total as f64)
+    }
+
+    pub fn describe(&self) -> String {
+        if self.int_total > 0 {
+            format!(
+                "int8 outputs: {:.1}% exact, {:.1}% within one step ({} values)",
+                100.0 * self.int_exact as f64 / self.int_total as f64,
+                100.0 * self.int_within_one as f64 / self.int_total as f64,
+                self.int_total
+            )
+        } else {
+            format!(
+                "float outputs: max relative diff {:.2e}",
+                self.float_worst_relative
+            )
+        }
+    }
+}
+
+/// Runs `runner` (tract on the lowered copy of `src`) and LiteRT (on `src`) on the inputs
+/// `input(k)` for k in 0..n, and measures their agreement.
+pub fn agree_with_litert(
+    src: &std::path::Path,
+    runner: &Runner,
+    n: usize,
+    input: impl Fn(usize) -> TVec<Tensor>,
+) -> Agreement {
+    let dir = tmpdir();
+    let mut a = Agreement::default();
+    for k in 0..n {
+        let inputs = input(k);
+        let x = &inputs[0];
+        let raw = dir.path().join("x.bin");
+        fs::write(&raw, x.as_bytes()).unwrap();
+        let dtype = match x.datum_type().unquantized() {
+            DatumType::F32 => "float32",
+            DatumType::I8 => "int8",
+            DatumType::U8 => "uint8",
+            dt => panic!("{}: input type {dt:?}", src.display()),
+        };
+        let shape: Vec<String> = x.shape().iter().map(|d| d.to_string()).collect();
+        let litert = interop(
+            &[
+                "tflite-run",
+                src.to_str().unwrap(),
+                raw.to_str().unwrap(),
+                dtype,
+                &shape.join(","),
+            ],
+            None,
+        );
+        let ours = runner
+            .run(inputs)
+            .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        for (i, t) in ours.iter().enumerate() {
+            let quantized = t.datum_type().is_quantized();
+            let mut t = t.clone();
+            if quantized {
+                unsafe { t.set_datum_type(t.datum_type().unquantized()) };
+            }
+            let got: Vec<f64> = t
+                .cast_to::<f64>()
+                .unwrap()
+                .to_plain_array_view::<f64>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect();
+            let want: Vec<f64> = litert["outputs"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.len(), want.len(), "{}: output {i} size", src.display());
+            if quantized {
+                // Values are integers in quantization steps.
+                for (p, q) in got.iter().zip(&want) {
+                    a.int_total += 1;
+                    a.int_exact += (p == q) as usize;
+                    a.int_within_one += ((p - q).abs() <= 1.0) as usize;
+                }
+            } else {
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f64, f64::max);
+                a.float_worst_relative = a.float_worst_relative.max(worst / scale);
+            }
+        }
+    }
+    a
+}
+
 #[test]
 fn tract_on_the_lowered_copy_agrees_with_litert_on_the_original() {
-    let dir = tmpdir();
     let mut compared = Vec::new();
     for src in tflite_fixtures() {
         let doc = Document::open(&src).unwrap();
         let runner = Runner::load(&doc).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-        let (mut within_one, mut exact, mut total, mut worst_float) =
-            (0usize, 0usize, 0usize, 0f64);
-        for sample in 0..8 {
-            // Real samples from the held-out digits set (the domain the model was trained
-            // on), quantized with the model's input parameters for int8 models; seeded random
-            // inputs for models without fixture data.
-            let inputs = fixture_input(&src, &runner, sample)
-                .unwrap_or_else(|| runner.random_inputs(DEFAULT_SEED + sample as u64).unwrap());
-            let x = &inputs[0];
-            let raw = dir.path().join("x.bin");
-            fs::write(&raw, x.as_bytes()).unwrap();
-            let dtype = match x.datum_type().unquantized() {
-                DatumType::F32 => "float32",
-                DatumType::I8 => "int8",
-                DatumType::U8 => "uint8",
-                dt => panic!("{}: input type {dt:?}", src.display()),
-            };
-            let shape: Vec<String> = x.shape().iter().map(|d| d.to_string()).collect();
-            let litert = interop(
-                &[
-                    "tflite-run",
-                    src.to_str().unwrap(),
-                    raw.to_str().unwrap(),
-                    dtype,
-                    &shape.join(","),
-                ],
-                None,
-            );
-            let ours = runner.run(inputs).unwrap();
-            for (i, t) in ours.iter().enumerate() {
-                let quantized = t.datum_type().is_quantized();
-                let mut t = t.clone();
-                if quantized {
-                    unsafe { t.set_datum_type(t.datum_type().unquantized()) };
-                }
-                let got: Vec<f64> = t
-                    .cast_to::<f64>()
-                    .unwrap()
-                    .to_plain_array_view::<f64>()
-                    .unwrap()
-                    .iter()
-                    .copied()
-                    .collect();
-                let want: Vec<f64> = litert["outputs"][i]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap())
-                    .collect();
-                assert_eq!(got.len(), want.len());
-                if quantized {
-                    // Values are integers in quantization steps.
-                    for (a, b) in got.iter().zip(&want) {
-                        total += 1;
-                        exact += (a == b) as usize;
-                        within_one += ((a - b).abs() <= 1.0) as usize;
-                    }
-                } else {
-                    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f64, f64::max);
-                    worst_float = worst_float.max(worst / scale);
-                }
-            }
-        }
+        // Real samples from the held-out digits set (the domain the models were trained on),
+        // quantized with the model's input parameters for int8 models.
+        let a = agree_with_litert(&src, &runner, 8, |k| {
+            fixture_input(&src, &runner, k)
+                .unwrap_or_else(|| runner.random_inputs(DEFAULT_SEED + k as u64).unwrap())
+        });
         let name = src.file_name().unwrap().to_string_lossy().into_owned();
-        if total > 0 {
-            let (e, w) = (
-                exact as f64 / total as f64,
-                within_one as f64 / total as f64,
-            );
-            eprintln!("{name}: int8 outputs vs LiteRT: {:.1}% exact, {:.1}% within one step ({total} values)", e * 100.0, w * 100.0);
-            assert!(
-                w >= 0.95,
-                "{name}: only {:.1}% of int8 outputs within one quantization step of LiteRT",
-                w * 100.0
-            );
-        } else {
-            eprintln!("{name}: float outputs vs LiteRT: max relative diff {worst_float:.2e}");
-            assert!(
-                worst_float <= 1e-4,
-                "{name}: tract vs LiteRT relative diff {worst_float:e}"
-            );
-        }
+        eprintln!("{name}: {}", a.describe());
+        assert!(
+            a.ok(),
+            "{name}: tract disagrees with LiteRT: {}",
+            a.describe()
+        );
         compared.push(name);
     }
     for must in [
@@ -213,6 +249,8 @@ fn tract_on_the_lowered_copy_agrees_with_litert_on_the_original() {
         "cnn_int8.tflite",
         "mlp_int8.tflite",
         "mobilenet_int8.tflite",
+        "ops.tflite",
+        "ops_int8.tflite",
     ] {
         assert!(
             compared.iter().any(|c| c == must),
