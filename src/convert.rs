@@ -20,6 +20,18 @@ pub enum VerifyPolicy {
     Require,
 }
 
+/// Receives the stages of long work (a CLI shows them as a spinner; libraries may ignore them).
+pub trait Progress {
+    fn stage(&self, what: &str);
+}
+
+/// Progress that goes nowhere.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn stage(&self, _: &str) {}
+}
+
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
     pub external_data: ExternalDataMode,
@@ -64,12 +76,13 @@ fn protected_inputs(doc: &Document) -> Vec<PathBuf> {
 /// Writes `edited` (a document derived from `original`) to `output`, then checks it.
 /// `expect_identical` makes any output difference an error (for conversions, which must not
 /// change what the model computes).
-pub fn write_checked(
+pub fn write_checked_with_progress(
     original: &Document,
     edited: &Document,
     output: &Path,
     opts: &WriteOptions,
     expect_identical: bool,
+    progress: &dyn Progress,
 ) -> Result<WriteReport> {
     let protected = protected_inputs(original);
     let protected_refs: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
@@ -81,6 +94,7 @@ pub fn write_checked(
         )));
     }
 
+    progress.stage("writing");
     let mut staging = Staging::beside(output)?;
     match edited {
         Document::Onnx(d) => {
@@ -109,10 +123,12 @@ pub fn write_checked(
 
     // Read the staged files back exactly as a user would: this proves they parse, and the
     // check below runs on what is on disk, not on what we meant to write.
+    progress.stage("reading back");
     let staged = Document::open(&staging.staged_path(output))?;
     let verification = match opts.verify {
         VerifyPolicy::Skip => None,
         VerifyPolicy::Check | VerifyPolicy::Require => {
+            progress.stage("verifying in tract");
             Some(verify::compare(original, &staged, opts.seed)?)
         }
     };
@@ -166,8 +182,30 @@ pub fn write_checked(
     })
 }
 
+/// [`write_checked_with_progress`] without progress reporting.
+pub fn write_checked(
+    original: &Document,
+    edited: &Document,
+    output: &Path,
+    opts: &WriteOptions,
+    expect_identical: bool,
+) -> Result<WriteReport> {
+    write_checked_with_progress(original, edited, output, opts, expect_identical, &Silent)
+}
+
 /// `pare convert`: re-serialize without changing the model's meaning.
 pub fn convert(input: &Path, output: &Path, opts: &WriteOptions) -> Result<WriteReport> {
+    convert_with_progress(input, output, opts, &Silent)
+}
+
+/// [`convert`], reporting its stages to `progress`.
+pub fn convert_with_progress(
+    input: &Path,
+    output: &Path,
+    opts: &WriteOptions,
+    progress: &dyn Progress,
+) -> Result<WriteReport> {
+    progress.stage("reading");
     let doc = Document::open(input)?;
-    write_checked(&doc, &doc, output, opts, true)
+    write_checked_with_progress(&doc, &doc, output, opts, true, progress)
 }

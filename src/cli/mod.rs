@@ -164,7 +164,10 @@ fn run(cli: &Cli) -> Result<i32, Error> {
                 force: write.force,
                 ..WriteOptions::default()
             };
-            let report = crate::convert::convert(input, output, &opts)?;
+            let spinner = Spinner::new(cli.quiet);
+            let report = crate::convert::convert_with_progress(input, output, &opts, &spinner);
+            spinner.finish();
+            let report = report?;
             if cli.json {
                 print_json(&report)?;
             }
@@ -173,6 +176,32 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
+    }
+}
+
+/// A spinner on stderr naming the current stage: drawn only on a terminal (indicatif hides it
+/// when stderr is a pipe or a file, as in CI) and never with --quiet.
+struct Spinner(indicatif::ProgressBar);
+
+impl Spinner {
+    fn new(quiet: bool) -> Self {
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Spinner(bar)
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl crate::convert::Progress for Spinner {
+    fn stage(&self, what: &str) {
+        self.0.set_message(what.to_string());
     }
 }
 
