@@ -520,6 +520,38 @@ fn tflite_offset_form_for_models_over_2_gib_is_read_and_written() {
     }
 }
 
+/// Regression: the flatbuffer verifier's size bound once refused every TFLite file over ~1 MB.
+#[test]
+fn multi_megabyte_tflite_files_are_read() {
+    let dir = tmpdir();
+    let Document::Tflite(mut doc) = Document::open(&fixtures().join("mlp.tflite")).unwrap() else {
+        panic!()
+    };
+    // Make every weight buffer 64 times larger (unused bytes after the real data).
+    for b in doc.buffers.iter_mut().flatten() {
+        if b.len() > 1000 {
+            let mut v = b.to_vec();
+            v.resize(v.len() * 64, 0);
+            *b = v.into();
+        }
+    }
+    let (bytes, _) = doc.encode().unwrap();
+    assert!(bytes.len() > 4 << 20, "{} bytes", bytes.len());
+    // The verifier's apparent size exceeds the file's length: a bound at the file length (the
+    // old setting) refuses this valid file.
+    let old = flatbuffers::VerifierOptions {
+        max_apparent_size: bytes.len(),
+        ..Default::default()
+    };
+    assert!(pare::tflite_gen::tflite::root_as_model_with_opts(&old, &bytes).is_err());
+    let path = dir.path().join("big.tflite");
+    fs::write(&path, &bytes).unwrap();
+    let Document::Tflite(back) = Document::open(&path).unwrap() else {
+        panic!()
+    };
+    assert_eq!(back.buffers, doc.buffers);
+}
+
 #[test]
 fn convert_is_idempotent_on_every_fixture() {
     let dir = tmpdir();
