@@ -1,0 +1,118 @@
+//! tract validation on real TFLite exports: Keras application families (random weights) as
+//! float32, float16-weight and full-int8 files, built by TensorFlow's converter through
+//! scripts/tflite-corpus.sh (the corpus is generated, not committed). Every file must load in
+//! tract through pare's validation copy and agree with LiteRT on the same inputs.
+
+mod common;
+
+use common::litert::agree_with_litert;
+use common::*;
+use pare::verify::{Runner, DEFAULT_SEED};
+use pare::Document;
+use std::process::Command;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::DimLike;
+
+/// What a user gets from tract-tflite alone: load the file as it is, optimize, run once.
+fn plain_tract(bytes: &[u8]) -> Result<(), String> {
+    pare::verify::isolated("tract-tflite on the file as it is", || {
+        let model = tract_tflite::tflite()
+            .model_for_read(&mut &bytes[..])?
+            .into_optimized()?
+            .into_runnable()?;
+        let inputs: TVec<TValue> = model
+            .model()
+            .input_outlets()?
+            .iter()
+            .map(|o| {
+                let fact = model.model().outlet_fact(*o)?;
+                let shape: Vec<usize> = fact
+                    .shape
+                    .iter()
+                    .map(|d| d.to_usize().unwrap_or(1))
+                    .collect();
+                Ok(Tensor::zero_dt(fact.datum_type, &shape)?.into_tvalue())
+            })
+            .collect::<TractResult<_>>()?;
+        model.run(inputs)?;
+        Ok(())
+    })
+}
+
+fn corpus() -> std::path::PathBuf {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/tflite-corpus.sh"))
+        .output()
+        .expect("running scripts/tflite-corpus.sh");
+    assert!(
+        out.status.success(),
+        "could not build the Keras TFLite corpus: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[test]
+fn tract_validates_every_keras_export_and_agrees_with_litert() {
+    let dir = corpus();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tflite"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "the corpus has {} files", files.len());
+    let mut failures = Vec::new();
+    let mut plain_ok = 0;
+    for src in &files {
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        match plain_tract(&std::fs::read(src).unwrap()) {
+            Ok(()) => plain_ok += 1,
+            Err(e) => eprintln!(
+                "{name}: tract-tflite alone fails: {}",
+                e.chars().take(200).collect::<String>()
+            ),
+        }
+        let doc = Document::open(src).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let runner = match Runner::load(&doc) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{name}: NOT VALIDATED: {e}");
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let a = agree_with_litert(src, &runner, 2, |k| {
+            runner.random_inputs(DEFAULT_SEED + k as u64).unwrap()
+        });
+        let rewrites: Vec<String> = runner
+            .lowered
+            .rewrites
+            .iter()
+            .map(|(k, v)| format!("{k} ×{v}"))
+            .collect();
+        eprintln!(
+            "{name}: {} | lowered: {}",
+            a.describe(),
+            rewrites.join(", ")
+        );
+        if !a.ok() {
+            failures.push(format!(
+                "{name}: tract disagrees with LiteRT: {}",
+                a.describe()
+            ));
+        }
+    }
+    eprintln!(
+        "tract-tflite alone loads and runs {plain_ok} of {} files; through pare's validation copy {} validate and agree with LiteRT",
+        files.len(),
+        files.len() - failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} files:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
