@@ -27,7 +27,9 @@ pub mod exit {
     about = "Make trained ONNX and TFLite models smaller after export",
     long_about = "pare reads ONNX (.onnx, with external data) and TFLite (.tflite, float and int8) model files, \
 and writes them back losslessly. Every model it writes is loaded and run in tract on seeded random inputs \
-and compared with the original before the command reports success.\n\n\
+and compared with the original before the command reports success. TFLite models run in tract \
+through a validation copy that rewrites what tract cannot run as it is (constant DEQUANTIZE, int8 \
+kernels emulated in float, PRELU, masked STRIDED_SLICE, …); the written file is never rewritten.\n\n\
 Exit codes: 0 success, 1 error (unreadable or invalid input, I/O), 2 usage (bad flags, refused output path), \
 3 verification failed (with --require-verified, or outputs changed by a conversion); nothing is written on failure."
 )]

@@ -94,7 +94,8 @@ impl Builder<'_> {
                 t.stored_bytes = b.len() as u64;
                 t.data = Some(b);
             }
-            TensorPayload::Opaque => t.sparse = false,
+            // Strings and sub-byte types: carried through in the document, no dense view.
+            TensorPayload::Opaque => {}
         }
         Ok(id)
     }

@@ -12,22 +12,28 @@ pub struct Agreement {
     pub int_total: usize,
     pub int_exact: usize,
     pub int_within_one: usize,
+    /// Largest difference of a quantized output, in quantization steps.
+    pub int_worst_steps: f64,
     /// Float outputs: largest difference relative to the output's largest magnitude.
     pub float_worst_relative: f64,
 }
 
 impl Agreement {
     pub fn ok(&self) -> bool {
+        // Float: within 1e-4 relative. Int8: within one quantization step on most values (the
+        // bar the validation issue sets: integer kernels round with fixed-point multipliers,
+        // float emulation does not, and deep nets can amplify single-step differences).
         self.float_worst_relative <= 1e-4
-            && (self.int_total == 0 || self.int_within_one as f64 >= 0.95 * self.int_total as f64)
+            && (self.int_total == 0 || self.int_within_one as f64 >= 0.9 * self.int_total as f64)
     }
 
     pub fn describe(&self) -> String {
         if self.int_total > 0 {
             format!(
-                "int8 outputs: {:.1}% exact, {:.1}% within one step ({} values)",
+                "int8 outputs: {:.1}% exact, {:.1}% within one step, worst {} steps ({} values)",
                 100.0 * self.int_exact as f64 / self.int_total as f64,
                 100.0 * self.int_within_one as f64 / self.int_total as f64,
+                self.int_worst_steps,
                 self.int_total
             )
         } else {
@@ -101,6 +107,7 @@ pub fn agree_with_litert(
                     a.int_total += 1;
                     a.int_exact += (p == q) as usize;
                     a.int_within_one += ((p - q).abs() <= 1.0) as usize;
+                    a.int_worst_steps = a.int_worst_steps.max((p - q).abs());
                 }
             } else {
                 let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
