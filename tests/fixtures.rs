@@ -134,6 +134,20 @@ fn every_tflite_fixture_round_trips_in_litert_with_metadata_and_aligned_buffers(
             input.display(),
             stderr(&o)
         );
+        // tract verifies every fixture, int8 included, through the validation copy.
+        let v = &json(&o)["verification"];
+        assert_eq!(v["verified"], true, "{}: {v}", input.display());
+        assert_eq!(v["outputs"][0]["identical"], true, "{}", input.display());
+        if m["variant"] == "int8" {
+            assert!(
+                v["lowered"]["rewrites"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .any(|k| k.starts_with("int8 emulation")),
+                "{v}"
+            );
+        }
 
         let r = interop(
             &[
