@@ -120,22 +120,9 @@ fn every_tflite_fixture_round_trips_in_litert_with_metadata_and_aligned_buffers(
     for m in fixture_models().iter().filter(|m| m["format"] == "tflite") {
         let input = fixtures().join(m["file"].as_str().unwrap());
         let out = dir.path().join(m["file"].as_str().unwrap());
-        let o = run(&[
-            "convert",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--json",
-        ]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}: {}",
-            input.display(),
-            stderr(&o)
-        );
+        let report = convert_json(&input, &out, &[]);
         // tract verifies every fixture, int8 included, through the validation copy.
-        let v = &json(&o)["verification"];
+        let v = &report["verification"];
         assert_eq!(v["verified"], true, "{}: {v}", input.display());
         assert_eq!(v["outputs"][0]["identical"], true, "{}", input.display());
         if m["variant"] == "int8" {
@@ -206,22 +193,9 @@ fn onnx_fixtures_round_trip_byte_identical_and_in_onnxruntime() {
     for m in fixture_models().iter().filter(|m| m["format"] == "onnx") {
         let input = fixtures().join(m["file"].as_str().unwrap());
         let out = dir.path().join(m["file"].as_str().unwrap());
-        let o = run(&[
-            "convert",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--json",
-        ]);
+        let report = convert_json(&input, &out, &[]);
         assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}: {}",
-            input.display(),
-            stderr(&o)
-        );
-        assert_eq!(
-            json(&o)["verification"]["verified"],
+            report["verification"]["verified"],
             true,
             "tract runs the ONNX fixtures"
         );

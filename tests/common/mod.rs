@@ -156,3 +156,24 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (shape, data)
 }
+
+/// Runs `pare convert INPUT -o OUT --json EXTRA…`, asserts it succeeded, returns the report.
+pub fn convert_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "convert",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}: {}",
+        input.display(),
+        stderr(&o)
+    );
+    json(&o)
+}
