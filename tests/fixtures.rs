@@ -195,8 +195,7 @@ fn onnx_fixtures_round_trip_byte_identical_and_in_onnxruntime() {
         let out = dir.path().join(m["file"].as_str().unwrap());
         let report = convert_json(&input, &out, &[]);
         assert_eq!(
-            report["verification"]["verified"],
-            true,
+            report["verification"]["verified"], true,
             "tract runs the ONNX fixtures"
         );
         assert_eq!(fs::read(&out).unwrap(), fs::read(&input).unwrap());

@@ -23,23 +23,7 @@ fn round_trip(extra: &[&str], tag: &str) -> (usize, usize) {
         let sub = dir.path().join(format!("{tag}{i}"));
         std::fs::create_dir(&sub).unwrap();
         let out = sub.join("model.onnx");
-        let mut args = vec![
-            "convert",
-            model.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let o = run(&args);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}: {}",
-            model.display(),
-            stderr(&o)
-        );
-        let report = json(&o);
+        let report = convert_json(model, &out, extra);
         if report["verification"]["verified"] != true {
             unverified.push(model.clone());
         }

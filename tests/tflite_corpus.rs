@@ -9,7 +9,6 @@ use common::litert::agree_with_litert;
 use common::*;
 use pare::verify::{Runner, DEFAULT_SEED};
 use pare::Document;
-use std::process::Command;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::DimLike;
 
@@ -40,16 +39,7 @@ fn plain_tract(bytes: &[u8]) -> Result<(), String> {
 }
 
 fn corpus() -> std::path::PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/tflite-corpus.sh"))
-        .output()
-        .expect("running scripts/tflite-corpus.sh");
-    assert!(
-        out.status.success(),
-        "could not build the Keras TFLite corpus: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    setup_script("scripts/tflite-corpus.sh", "build the Keras TFLite corpus")
 }
 
 #[test]

@@ -47,18 +47,22 @@ pub fn json(o: &Output) -> serde_json::Value {
 /// rather than skipping.
 pub fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/pyenv.sh"))
-            .output()
-            .expect("running scripts/pyenv.sh");
-        assert!(
-            out.status.success(),
-            "could not create the Python test environment (scripts/pyenv.sh): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
+    PY.get_or_init(|| setup_script("scripts/pyenv.sh", "create the Python test environment"))
+}
+
+/// Runs a setup script that prints a path on stdout (environments, generated corpora) and
+/// returns that path. A failing setup fails the test loudly; nothing is skipped.
+pub fn setup_script(script: &str, what: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(root().join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "could not {what} ({script}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// Runs tests/py/interop.py with `args`, feeding `stdin`, and parses its JSON answer.
