@@ -64,6 +64,15 @@ impl Document {
         }
     }
 
+    /// A copy with the data of some constants replaced, keyed by [`crate::model::Tensor::handle`].
+    /// The new data must have the tensor's type and element count.
+    pub fn with_tensor_data(&self, edits: &std::collections::HashMap<usize, bytes::Bytes>) -> Self {
+        match self {
+            Document::Onnx(d) => Document::Onnx(d.with_tensor_data(edits)),
+            Document::Tflite(d) => Document::Tflite(d.with_tensor_data(edits)),
+        }
+    }
+
     pub fn to_model(&self) -> Result<Model> {
         match self {
             Document::Onnx(d) => d.to_model(),

@@ -128,7 +128,7 @@ fn human_count(n: u64) -> String {
 }
 
 /// Keeps the end of a long name (the distinctive part of exporter-generated names).
-fn ellipsize(name: &str, width: usize) -> String {
+pub fn ellipsize(name: &str, width: usize) -> String {
     let n = name.chars().count();
     if n <= width {
         return name.to_string();

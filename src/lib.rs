@@ -35,6 +35,7 @@ pub mod io;
 pub mod model;
 pub mod onnx;
 pub mod output;
+pub mod prune;
 pub mod tflite;
 pub mod verify;
 

@@ -91,6 +91,11 @@ pub struct Tensor {
     pub sparse: bool,
     /// Bytes the constant occupies in the file.
     pub stored_bytes: u64,
+    /// Where the constant's data lives in the document, for edits: the ONNX TensorProto's
+    /// position in `onnx::tensor::for_each_tensor` order, or the TFLite buffer index. Two views
+    /// of one stored tensor (a shared buffer, an ONNX initializer seen from a nested graph)
+    /// have the same handle.
+    pub handle: Option<usize>,
 }
 
 impl Tensor {
@@ -130,7 +135,7 @@ pub struct Attrs {
     pub kernel: Option<Vec<u64>>,
     pub strides: Option<Vec<u64>>,
     pub axis: Option<i64>,
-    /// TFLite FULLY_CONNECTED keeps the input's leading dims; Gemm transposes.
+    /// Gemm `transB`, TFLite BATCH_MATMUL `adj_y`: the weight is stored [N, K].
     pub trans_b: bool,
     pub depth_multiplier: Option<u64>,
 }

@@ -191,6 +191,8 @@ pub fn collect(
 ) -> (Vec<LayerStats>, Totals) {
     let mut layers = Vec::new();
     let mut totals = Totals::default();
+    // A constant seen from several graphs (an ONNX initializer used inside an If body) counts once.
+    let mut counted = std::collections::HashSet::new();
     for (gi, g) in graphs.iter().enumerate() {
         let prod = producers(g);
         for node in &g.nodes {
@@ -253,7 +255,7 @@ pub fn collect(
             }
         }
         for t in &g.tensors {
-            if t.is_const() && is_parameter(t) {
+            if t.is_const() && is_parameter(t) && t.handle.is_none_or(|h| counted.insert(h)) {
                 let n = t.numel().unwrap_or(0);
                 totals.params += n;
                 totals.nonzero_params += if t.sparse {

@@ -132,4 +132,23 @@ impl OnnxDocument {
     pub fn to_model(&self) -> Result<crate::model::Model> {
         view::build(self)
     }
+
+    /// A copy of the document with the data of some tensors replaced, by handle (see
+    /// [`crate::model::Tensor::handle`]). Replaced tensors keep their name, type and dims; their
+    /// data becomes `raw_data` (the writer moves it back to external data as the output asks).
+    /// Every other tensor, and everything else in the model, is untouched.
+    pub fn with_tensor_data(
+        &self,
+        edits: &std::collections::HashMap<usize, Bytes>,
+    ) -> OnnxDocument {
+        let mut doc = self.clone();
+        let mut ordinal = 0usize;
+        tensor::for_each_tensor_mut(&mut doc.model, &mut |t| {
+            if let Some(b) = edits.get(&ordinal) {
+                tensor::set_raw(t, b.clone());
+            }
+            ordinal += 1;
+        });
+        doc
+    }
 }

@@ -11,7 +11,19 @@ pub fn build(doc: &OnnxDocument) -> Result<Model> {
     let m = &doc.model;
     let mut graphs = Vec::new();
     let main = m.graph.as_ref().expect("checked when read");
-    build_graph(doc, main, &mut graphs)?;
+    // Handles: each TensorProto's position in for_each_tensor order, found by address (the
+    // document is borrowed immutably throughout, so addresses are stable).
+    let mut handles = HashMap::new();
+    let mut next = 0usize;
+    super::tensor::for_each_tensor(m, &mut |t| {
+        handles.insert(t as *const pb::TensorProto, next);
+        next += 1;
+    });
+    let cx = Context {
+        doc,
+        handles: &handles,
+    };
+    build_graph(&cx, main, &HashMap::new(), &mut graphs)?;
     let info = FormatInfo::Onnx {
         ir_version: m.ir_version(),
         opsets: m
@@ -37,8 +49,13 @@ pub fn build(doc: &OnnxDocument) -> Result<Model> {
     })
 }
 
-struct Builder<'a> {
+struct Context<'a> {
     doc: &'a OnnxDocument,
+    handles: &'a HashMap<*const pb::TensorProto, usize>,
+}
+
+struct Builder<'a> {
+    cx: &'a Context<'a>,
     g: Graph,
     ids: HashMap<String, TensorId>,
 }
@@ -57,6 +74,7 @@ impl Builder<'_> {
             data: None,
             sparse: false,
             stored_bytes: 0,
+            handle: None,
         });
         self.ids.insert(name.to_string(), id);
         id
@@ -80,8 +98,14 @@ impl Builder<'_> {
 
     fn constant(&mut self, name: &str, tp: &pb::TensorProto) -> Result<TensorId> {
         let id = self.id(name);
-        let payload = self.doc.payload(tp)?;
+        let payload = self.cx.doc.payload(tp)?;
+        let handle = self
+            .cx
+            .handles
+            .get(&(tp as *const pb::TensorProto))
+            .copied();
         let t = &mut self.g.tensors[id];
+        t.handle = handle;
         t.dtype = dtype_from_onnx(tp.data_type());
         t.shape = Some(
             tp.dims
@@ -111,11 +135,18 @@ fn dim_from_onnx(d: &pb::tensor_shape_proto::Dimension) -> Dim {
     }
 }
 
-fn build_graph(doc: &OnnxDocument, g: &pb::GraphProto, graphs: &mut Vec<Graph>) -> Result<usize> {
+/// Builds graph `g` and, after it, its nested bodies. `outer` holds the constants of the
+/// enclosing scopes: a body may use them by name (ONNX scoping), and then sees them as its own.
+fn build_graph(
+    cx: &Context,
+    g: &pb::GraphProto,
+    outer: &HashMap<String, Tensor>,
+    graphs: &mut Vec<Graph>,
+) -> Result<usize> {
     let index = graphs.len();
     graphs.push(Graph::default());
     let mut b = Builder {
-        doc,
+        cx,
         g: Graph {
             name: g.name().to_string(),
             ..Graph::default()
@@ -213,14 +244,122 @@ fn build_graph(doc: &OnnxDocument, g: &pb::GraphProto, graphs: &mut Vec<Graph>) 
             attrs,
         });
     }
+    // Names used here but defined nowhere in this graph come from an enclosing scope.
+    let mut defined: std::collections::HashSet<TensorId> = b.g.inputs.iter().copied().collect();
+    defined.extend(b.g.nodes.iter().flat_map(|n| n.outputs.iter().copied()));
+    for (id, t) in b.g.tensors.iter_mut().enumerate() {
+        if !t.is_const() && !defined.contains(&id) {
+            if let Some(o) = outer.get(&t.name) {
+                *t = o.clone();
+            }
+        }
+    }
+    attach_weight_quantization(&mut b.g);
+    let mut scope = outer.clone();
+    for t in b.g.tensors.iter().filter(|t| t.is_const()) {
+        scope.insert(t.name.clone(), t.clone());
+    }
     graphs[index] = b.g;
     // Nested bodies (If/Loop/Scan) become graphs of their own after their parent.
     for n in &g.node {
         for a in &n.attribute {
             for sub in a.g.iter().chain(&a.graphs) {
-                build_graph(doc, sub, graphs)?;
+                build_graph(cx, sub, &scope, graphs)?;
             }
         }
     }
     Ok(index)
+}
+
+/// ONNX keeps a quantized weight's scale and zero point on the node that uses it
+/// (DequantizeLinear, QLinearConv, …), not on the tensor. Copy them onto the stored tensor
+/// so that zeros are counted (and pruned) against the right zero point.
+fn attach_weight_quantization(g: &mut Graph) {
+    // (weight input, scale input, zero-point input, default axis) per op.
+    let mut found: Vec<(TensorId, crate::model::Quant)> = Vec::new();
+    for n in &g.nodes {
+        let (w, s, z, axis) = match n.op.as_str() {
+            "DequantizeLinear" => (0, 1, 2, n.attrs.axis.unwrap_or(1)),
+            "QLinearConv" => (3, 4, 5, 0),
+            "QLinearMatMul" => (3, 4, 5, -1),
+            "ConvInteger" => (1, usize::MAX, 3, 0),
+            "MatMulInteger" => (1, usize::MAX, 3, -1),
+            _ => continue,
+        };
+        let get = |i: usize| n.inputs.get(i).copied().flatten().map(|id| &g.tensors[id]);
+        let Some(wt) = get(w) else { continue };
+        if !wt.is_const() || wt.quant.is_some() {
+            continue;
+        }
+        let scale = match get(s) {
+            Some(t) => match t.data.as_ref().and_then(|d| decode_f32(t.dtype, d)) {
+                Some(v) => v,
+                None => continue,
+            },
+            None => vec![1.0],
+        };
+        let zero_point = match get(z) {
+            Some(t) => match t.data.as_ref().and_then(|d| decode_int(t.dtype, d)) {
+                Some(v) => v,
+                None => continue,
+            },
+            None => vec![0; scale.len()],
+        };
+        let rank = wt.shape.as_ref().map_or(0, |s| s.len()) as i64;
+        let per_axis = scale.len() > 1 || zero_point.len() > 1;
+        let axis = if axis < 0 { axis + rank } else { axis };
+        if per_axis && !(0..rank).contains(&axis) {
+            continue;
+        }
+        let wid = n.inputs[w].expect("checked");
+        found.push((
+            wid,
+            crate::model::Quant {
+                scale,
+                zero_point,
+                axis: per_axis.then_some(axis as usize),
+            },
+        ));
+    }
+    for (id, q) in found {
+        g.tensors[id].quant.get_or_insert(q);
+    }
+}
+
+fn decode_f32(dtype: DType, d: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        DType::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => d
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+fn decode_int(dtype: DType, d: &[u8]) -> Option<Vec<i64>> {
+    Some(match dtype {
+        DType::I8 => d.iter().map(|&b| b as i8 as i64).collect(),
+        DType::U8 => d.iter().map(|&b| b as i64).collect(),
+        DType::I16 => d
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
+            .collect(),
+        DType::U16 => d
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
+            .collect(),
+        DType::I32 => d
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        _ => return None,
+    })
 }

@@ -141,6 +141,21 @@ impl TfliteDocument {
         builtin_of(code)
     }
 
+    /// A copy of the document with some buffers' payloads replaced, by buffer index (the
+    /// handle of [`crate::model::Tensor`]). Everything else is untouched.
+    pub fn with_tensor_data(
+        &self,
+        edits: &std::collections::HashMap<usize, Bytes>,
+    ) -> TfliteDocument {
+        let mut doc = self.clone();
+        for (&i, b) in edits {
+            if let Some(slot) = doc.buffers.get_mut(i) {
+                *slot = Some(b.clone());
+            }
+        }
+        doc
+    }
+
     pub fn to_model(&self) -> Result<crate::model::Model> {
         view::build(self)
     }

@@ -164,6 +164,7 @@ fn tensor(doc: &TfliteDocument, t: &fb::TensorT) -> Tensor {
         shape,
         quant,
         stored_bytes: payload.as_ref().map_or(0, |b| b.len() as u64),
+        handle: payload.as_ref().map(|_| t.buffer as usize),
         data: if sparse { None } else { payload },
         sparse,
     }
@@ -180,6 +181,7 @@ fn attrs(o: &fb::BuiltinOptionsT) -> Attrs {
             a.depth_multiplier = Some(c.depth_multiplier.max(0) as u64);
         }
         fb::BuiltinOptionsT::ConcatenationOptions(c) => a.axis = Some(c.axis as i64),
+        fb::BuiltinOptionsT::BatchMatMulOptions(c) => a.trans_b = c.adj_y,
         _ => {}
     }
     a

@@ -1,0 +1,1021 @@
+//! Magnitude pruning: zero the weights closest to zero, per layer, globally or by LAMP score,
+//! unstructured, N:M or in blocks, in every weight's stored type.
+//!
+//! The algorithm works on the format-neutral [`Model`] view: it finds the weight tensors of
+//! weight-bearing ops (through widening DequantizeLinear / Cast / DEQUANTIZE nodes, in every
+//! subgraph), scores their elements by real magnitude, selects what to prune, and hands back
+//! new payloads keyed by each tensor's storage handle. The document applies them; nothing else
+//! in the file changes.
+
+pub mod config;
+mod select;
+mod values;
+
+use crate::convert::{Progress, Silent, WriteOptions, WriteReport};
+use crate::document::Document;
+use crate::error::{Error, Result};
+use crate::model::stats::{self, WeightKind};
+use crate::model::{DType, Graph, Model, Quant, TensorId};
+use bytes::Bytes;
+use regex::Regex;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use values::Codec;
+
+/// Version of the JSON report (`pare prune --json`, `--report`).
+pub const REPORT_SCHEMA: &str = "pare.prune/1";
+
+/// Tensors with fewer elements are left alone unless `--min-params` says otherwise.
+pub const DEFAULT_MIN_PARAMS: u64 = 128;
+
+/// Default cap for `--scope global` and `lamp`: no tensor loses more than this fraction.
+pub const DEFAULT_MAX_LAYER_SPARSITY: f64 = 0.98;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every eligible tensor reaches the sparsity on its own.
+    Layer,
+    /// One magnitude threshold over all eligible tensors (capped per tensor).
+    Global,
+    /// One threshold over layer-adaptive magnitude scores (Lee et al., ICLR 2021).
+    Lamp,
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "layer" => Ok(Scope::Layer),
+            "global" => Ok(Scope::Global),
+            "lamp" => Ok(Scope::Lamp),
+            _ => Err(format!(
+                "unknown scope {s:?}: expected layer, global or lamp"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Layer => "layer",
+            Scope::Global => "global",
+            Scope::Lamp => "lamp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    Unstructured,
+    /// Keep the `n` largest of every `m` consecutive weights along the input-channel axis.
+    NOfM {
+        n: usize,
+        m: usize,
+    },
+    /// Whole `rows` × `cols` blocks (rows along output channels, columns along input
+    /// channels), scored by their L2 norm.
+    Block {
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl FromStr for Pattern {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!("invalid pattern {s:?}: expected unstructured, N:M (e.g. 2:4) or block:RxC (e.g. block:4x1)")
+        };
+        if s == "unstructured" {
+            return Ok(Pattern::Unstructured);
+        }
+        if let Some(b) = s.strip_prefix("block:") {
+            let (r, c) = b.split_once(['x', 'X']).ok_or_else(bad)?;
+            let rows: usize = r.parse().map_err(|_| bad())?;
+            let cols: usize = c.parse().map_err(|_| bad())?;
+            if rows == 0 || cols == 0 || rows * cols < 2 || rows > 256 || cols > 256 {
+                return Err(format!(
+                    "invalid pattern {s:?}: a block needs at least 2 elements and sides of at most 256"
+                ));
+            }
+            return Ok(Pattern::Block { rows, cols });
+        }
+        if let Some((n, m)) = s.split_once(':') {
+            let n: usize = n.parse().map_err(|_| bad())?;
+            let m: usize = m.parse().map_err(|_| bad())?;
+            if n == 0 || n >= m || m > 64 {
+                return Err(format!(
+                    "invalid pattern {s:?}: N:M needs 0 < N < M ≤ 64 (2:4 keeps 2 of every 4)"
+                ));
+            }
+            return Ok(Pattern::NOfM { n, m });
+        }
+        Err(bad())
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Unstructured => f.write_str("unstructured"),
+            Pattern::NOfM { n, m } => write!(f, "{n}:{m}"),
+            Pattern::Block { rows, cols } => write!(f, "block:{rows}x{cols}"),
+        }
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A per-layer rule from the config file.
+#[derive(Debug, Clone)]
+pub struct LayerRule {
+    /// Where it was defined, for messages.
+    pub source: String,
+    pub regex: Regex,
+    pub sparsity: Option<f64>,
+    pub pattern: Option<Pattern>,
+    pub skip: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Fraction of each tensor's (or, with a global scope, all eligible tensors') weights to
+    /// zero, in [0, 1). Not needed with an N:M pattern, whose sparsity is 1 − N/M.
+    pub sparsity: Option<f64>,
+    pub scope: Scope,
+    pub pattern: Pattern,
+    pub min_params: u64,
+    pub max_layer_sparsity: f64,
+    /// When not empty, only weights whose tensor or node name matches one of these.
+    pub include: Vec<Regex>,
+    pub exclude: Vec<Regex>,
+    pub rules: Vec<LayerRule>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            sparsity: None,
+            scope: Scope::Layer,
+            pattern: Pattern::Unstructured,
+            min_params: DEFAULT_MIN_PARAMS,
+            max_layer_sparsity: DEFAULT_MAX_LAYER_SPARSITY,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+pub fn check_sparsity(s: f64) -> std::result::Result<(), String> {
+    if (0.0..1.0).contains(&s) {
+        Ok(())
+    } else {
+        Err(format!("sparsity {s} is outside [0, 1)"))
+    }
+}
+
+impl PruneOptions {
+    /// Checks the combination of settings; every failure is a usage error.
+    pub fn validate(&self) -> Result<()> {
+        let usage = |m: String| Err(Error::Usage(m));
+        if let Some(s) = self.sparsity {
+            check_sparsity(s).or_else(|e| usage(format!("--sparsity: {e}")))?;
+        }
+        if !(self.max_layer_sparsity > 0.0 && self.max_layer_sparsity < 1.0) {
+            return usage(format!(
+                "--max-layer-sparsity {} is outside (0, 1)",
+                self.max_layer_sparsity
+            ));
+        }
+        match self.pattern {
+            Pattern::NOfM { n, m } => {
+                if self.scope != Scope::Layer {
+                    return usage(format!(
+                        "--pattern {n}:{m} fixes every group's sparsity at {:.4}; --scope {} does not apply to it",
+                        1.0 - n as f64 / m as f64,
+                        self.scope
+                    ));
+                }
+                if let Some(s) = self.sparsity {
+                    let implied = 1.0 - n as f64 / m as f64;
+                    if (s - implied).abs() > 1e-9 {
+                        return usage(format!(
+                            "--pattern {n}:{m} prunes exactly {implied} of the weights; drop --sparsity {s} (or set it to {implied})"
+                        ));
+                    }
+                }
+            }
+            _ => {
+                if self.sparsity.is_none() {
+                    let covered = !self.rules.is_empty()
+                        && self.rules.iter().all(|r| {
+                            r.skip
+                                || r.sparsity.is_some()
+                                || matches!(r.pattern, Some(Pattern::NOfM { .. }))
+                        });
+                    if !covered {
+                        return usage(
+                            "give --sparsity S (or `sparsity` in the config file), or an N:M pattern".into(),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One weight tensor pare can prune, with everything that uses it.
+#[derive(Debug, Clone)]
+struct Candidate {
+    handle: usize,
+    graph: usize,
+    name: String,
+    nodes: Vec<String>,
+    ops: Vec<String>,
+    /// The widening op between the stored tensor and its consumer, if any.
+    via: Option<String>,
+    dtype: DType,
+    shape: Vec<u64>,
+    quant: Option<Quant>,
+    data: Bytes,
+    /// Output- and input-channel axes of the weight (for N:M groups and blocks).
+    out_axis: usize,
+    in_axis: Option<usize>,
+}
+
+impl Candidate {
+    fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    fn matches(&self, r: &Regex) -> bool {
+        r.is_match(&self.name) || self.nodes.iter().any(|n| r.is_match(n))
+    }
+}
+
+/// A weight pare found and left alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedWeight {
+    pub name: String,
+    pub nodes: Vec<String>,
+    pub ops: Vec<String>,
+    pub params: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerResult {
+    pub graph: usize,
+    /// The weight tensor's name.
+    pub name: String,
+    /// The nodes that use it (one entry per node; a shared weight is pruned once).
+    pub nodes: Vec<String>,
+    pub ops: Vec<String>,
+    /// The widening op in front of the consumer (DequantizeLinear, Cast, DEQUANTIZE), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_via: Option<String>,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub params: u64,
+    pub pattern: Pattern,
+    /// The sparsity asked of this tensor (`None` when a global or LAMP threshold decided it).
+    pub target: Option<f64>,
+    pub zeros_before: u64,
+    pub zeros_after: u64,
+    pub sparsity_before: f64,
+    pub sparsity_after: f64,
+    /// The largest magnitude (block norm for blocks) that was pruned, in real units
+    /// (dequantized for quantized weights); `None` when nothing was or for N:M.
+    pub threshold: Option<f64>,
+    /// The config rule that set this tensor's sparsity or pattern.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub sparsity: Option<f64>,
+    pub scope: Scope,
+    pub pattern: Pattern,
+    pub min_params: u64,
+    pub max_layer_sparsity: f64,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub rules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneTotals {
+    pub layers: usize,
+    /// Parameters in the pruned tensors.
+    pub eligible_params: u64,
+    pub eligible_sparsity_before: f64,
+    pub eligible_sparsity_after: f64,
+    /// Every parameter of the model (weights, biases, normalization), each counted once.
+    pub model_params: u64,
+    pub model_sparsity_before: f64,
+    pub model_sparsity_after: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub schema: &'static str,
+    pub settings: Settings,
+    pub layers: Vec<LayerResult>,
+    pub skipped: Vec<SkippedWeight>,
+    pub warnings: Vec<String>,
+    pub totals: PruneTotals,
+    /// The written files and their verification against the original; absent for a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write: Option<WriteReport>,
+}
+
+/// The outcome of pruning in memory: new payloads by storage handle, and the report.
+pub struct Plan {
+    pub edits: HashMap<usize, Bytes>,
+    pub report: PruneReport,
+}
+
+/// Axes of a weight for its consumer: (output-channel axis, input-channel axis).
+fn layout(op: &str, input: usize, trans_b: bool, rank: usize) -> (usize, Option<usize>) {
+    let last = rank - 1;
+    let before = rank - 2;
+    match op {
+        "Conv" | "ConvInteger" | "QLinearConv" => (0, Some(1)),
+        "ConvTranspose" => (1, Some(0)),
+        "CONV_2D" | "TRANSPOSE_CONV" => (0, Some(last)),
+        "CONV_3D" => (last, Some(before)),
+        // Depthwise kernels have no input-channel reduction.
+        "DEPTHWISE_CONV_2D" => (last, None),
+        "FULLY_CONNECTED" => (0, Some(1)),
+        "LSTM" | "GRU" | "RNN" => (before, Some(last)),
+        "UNIDIRECTIONAL_SEQUENCE_LSTM" | "BIDIRECTIONAL_SEQUENCE_LSTM" => (0, Some(last)),
+        "Gemm" if input == 1 && trans_b => (0, Some(1)),
+        "Gemm" if input == 1 => (1, Some(0)),
+        "BATCH_MATMUL" if input == 1 && trans_b => (before, Some(last)),
+        "MatMul" | "MatMulInteger" | "BATCH_MATMUL" if input == 1 => (last, Some(before)),
+        "QLinearMatMul" if input == 3 => (last, Some(before)),
+        // A constant first operand [.., M, K].
+        _ => (before, Some(last)),
+    }
+}
+
+/// Finds every weight of every weight-bearing node in every graph, deduplicated by storage.
+fn discover(model: &Model) -> (Vec<Candidate>, Vec<SkippedWeight>) {
+    let mut cands: Vec<Candidate> = Vec::new();
+    let mut by_handle: HashMap<usize, usize> = HashMap::new();
+    let mut skipped: Vec<SkippedWeight> = Vec::new();
+    let mut skipped_names: HashMap<(usize, String), usize> = HashMap::new();
+    for (gi, g) in model.graphs.iter().enumerate() {
+        let prod = stats::producers(g);
+        for node in &g.nodes {
+            let Some((indices, kind)) = stats::weight_inputs(&node.op) else {
+                continue;
+            };
+            for &i in indices {
+                let Some(Some(input)) = node.inputs.get(i) else {
+                    continue;
+                };
+                let Some(wid) = stats::stored_constant(g, &prod, *input) else {
+                    continue;
+                };
+                let via = (wid != *input).then(|| g.nodes[prod[input]].op.clone());
+                add_weight(
+                    g,
+                    gi,
+                    node,
+                    i,
+                    wid,
+                    via,
+                    &mut cands,
+                    &mut by_handle,
+                    &mut skipped,
+                    &mut skipped_names,
+                );
+                if matches!(kind, WeightKind::Dense) {
+                    break;
+                }
+            }
+        }
+    }
+    (cands, skipped)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_weight(
+    g: &Graph,
+    gi: usize,
+    node: &crate::model::Node,
+    input: usize,
+    wid: TensorId,
+    via: Option<String>,
+    cands: &mut Vec<Candidate>,
+    by_handle: &mut HashMap<usize, usize>,
+    skipped: &mut Vec<SkippedWeight>,
+    skipped_names: &mut HashMap<(usize, String), usize>,
+) {
+    let t = &g.tensors[wid];
+    let params = t.numel().unwrap_or(0);
+    let mut skip = |reason: String| {
+        let key = (gi, t.name.clone());
+        if let Some(&i) = skipped_names.get(&key) {
+            let s: &mut SkippedWeight = &mut skipped[i];
+            s.nodes.push(node.name.clone());
+            s.ops.push(node.op.clone());
+        } else {
+            skipped_names.insert(key, skipped.len());
+            skipped.push(SkippedWeight {
+                name: t.name.clone(),
+                nodes: vec![node.name.clone()],
+                ops: vec![node.op.clone()],
+                params,
+                reason,
+            });
+        }
+    };
+    let (Some(handle), Some(data)) = (t.handle, t.data.clone()) else {
+        skip(if t.sparse {
+            "stored sparse; pare does not prune sparse-stored weights yet".into()
+        } else {
+            format!(
+                "stored as {}, which pare cannot read as dense values",
+                t.dtype
+            )
+        });
+        return;
+    };
+    if let Some(&ci) = by_handle.get(&handle) {
+        let c = &mut cands[ci];
+        c.nodes.push(node.name.clone());
+        c.ops.push(node.op.clone());
+        return;
+    }
+    let Some(shape) = t.fixed_shape() else {
+        skip("its shape is not fully known".into());
+        return;
+    };
+    if shape.len() < 2 {
+        skip(format!(
+            "rank {} (pare prunes weight matrices and kernels)",
+            shape.len()
+        ));
+        return;
+    }
+    let size = t.dtype.size().unwrap_or(0) as u64;
+    if size == 0 || params.checked_mul(size) != Some(data.len() as u64) {
+        skip(format!(
+            "its data has {} bytes but its shape and type need {}",
+            data.len(),
+            params.saturating_mul(size)
+        ));
+        return;
+    }
+    let (out_axis, in_axis) = layout(&node.op, input, node.attrs.trans_b, shape.len());
+    by_handle.insert(handle, cands.len());
+    cands.push(Candidate {
+        handle,
+        graph: gi,
+        name: t.name.clone(),
+        nodes: vec![node.name.clone()],
+        ops: vec![node.op.clone()],
+        via,
+        dtype: t.dtype,
+        shape,
+        quant: t.quant.clone(),
+        data,
+        out_axis,
+        in_axis,
+    });
+}
+
+/// How one candidate is to be pruned.
+struct Job {
+    cand: Candidate,
+    codec: Codec,
+    pattern: Pattern,
+    sparsity: Option<f64>,
+    /// Decided by the global / LAMP threshold rather than its own sparsity.
+    pooled: bool,
+    rule: Option<String>,
+}
+
+/// Block geometry: which block each element belongs to.
+struct Blocks {
+    dims: Vec<usize>,
+    strides: Vec<usize>,
+    out_axis: usize,
+    in_axis: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl Blocks {
+    fn new(shape: &[u64], out_axis: usize, in_axis: usize, rows: usize, cols: usize) -> Self {
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let mut strides = vec![1; dims.len()];
+        for a in (0..dims.len().saturating_sub(1)).rev() {
+            strides[a] = strides[a + 1] * dims[a + 1];
+        }
+        Blocks {
+            dims,
+            strides,
+            out_axis,
+            in_axis,
+            rows,
+            cols,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.dims.iter().product::<usize>() / (self.rows * self.cols)
+    }
+
+    fn unit(&self, e: usize) -> usize {
+        let (mut rest, mut o, mut i) = (0, 0, 0);
+        for a in 0..self.dims.len() {
+            let x = (e / self.strides[a]) % self.dims[a];
+            if a == self.out_axis {
+                o = x;
+            } else if a == self.in_axis {
+                i = x;
+            } else {
+                rest = rest * self.dims[a] + x;
+            }
+        }
+        let nb_out = self.dims[self.out_axis] / self.rows;
+        let nb_in = self.dims[self.in_axis] / self.cols;
+        (rest * nb_out + o / self.rows) * nb_in + i / self.cols
+    }
+}
+
+/// Why a pattern does not fit a tensor, if it does not.
+fn pattern_misfit(c: &Candidate, p: Pattern) -> Option<String> {
+    let dim = |a: usize| c.shape[a];
+    match p {
+        Pattern::Unstructured => None,
+        Pattern::NOfM { m, .. } => match c.in_axis {
+            None => Some(format!(
+                "{p} needs an input-channel axis and {} kernels have none",
+                c.ops[0]
+            )),
+            Some(a) if dim(a) % m as u64 != 0 => Some(format!(
+                "{p} needs the input-channel axis (axis {a}, length {}) to be a multiple of {m}",
+                dim(a)
+            )),
+            _ => None,
+        },
+        Pattern::Block { rows, cols } => match c.in_axis {
+            None => Some(format!(
+                "{p} needs an input-channel axis and {} kernels have none",
+                c.ops[0]
+            )),
+            Some(a) if a == c.out_axis => Some(format!("{p} needs two distinct channel axes")),
+            Some(a) => {
+                let mut why = Vec::new();
+                if dim(c.out_axis) % rows as u64 != 0 {
+                    why.push(format!(
+                        "output channels (axis {}, {}) divisible by {rows}",
+                        c.out_axis,
+                        dim(c.out_axis)
+                    ));
+                }
+                if dim(a) % cols as u64 != 0 {
+                    why.push(format!(
+                        "input channels (axis {a}, {}) divisible by {cols}",
+                        dim(a)
+                    ));
+                }
+                (!why.is_empty()).then(|| format!("{p} needs {}", why.join(" and ")))
+            }
+        },
+    }
+}
+
+/// Unit scores: element magnitudes, or block L2 norms.
+fn unit_scores(job: &Job, mags: &[f32]) -> Vec<f32> {
+    match job.pattern {
+        Pattern::Block { rows, cols } => {
+            let c = &job.cand;
+            let b = Blocks::new(
+                &c.shape,
+                c.out_axis,
+                c.in_axis.expect("checked"),
+                rows,
+                cols,
+            );
+            let mut acc = vec![0f64; b.count()];
+            for (e, &m) in mags.iter().enumerate() {
+                acc[b.unit(e)] += (m as f64) * (m as f64);
+            }
+            acc.into_iter().map(|s| s.sqrt() as f32).collect()
+        }
+        _ => mags.to_vec(),
+    }
+}
+
+/// Element mask from a unit mask.
+fn expand(job: &Job, unit_mask: Vec<bool>, n: usize) -> Vec<bool> {
+    match job.pattern {
+        Pattern::Block { rows, cols } => {
+            let c = &job.cand;
+            let b = Blocks::new(
+                &c.shape,
+                c.out_axis,
+                c.in_axis.expect("checked"),
+                rows,
+                cols,
+            );
+            (0..n).map(|e| unit_mask[b.unit(e)]).collect()
+        }
+        _ => unit_mask,
+    }
+}
+
+fn n_of_m_mask(job: &Job, mags: &[f32], n: usize, m: usize) -> Vec<bool> {
+    let c = &job.cand;
+    let a = c.in_axis.expect("checked");
+    let dims: Vec<usize> = c.shape.iter().map(|&d| d as usize).collect();
+    let stride: usize = dims[a + 1..].iter().product();
+    let len = dims[a];
+    let groups: Vec<usize> = (0..mags.len())
+        .filter(|&e| (e / stride) % len % m == 0)
+        .collect();
+    select::n_of_m(mags, n, m, &groups, stride)
+}
+
+/// Units to prune for a fraction `s` of `units`: the nearest count, never all of them.
+fn target_count(s: f64, units: usize) -> usize {
+    ((s * units as f64).round() as usize).min(units.saturating_sub(1))
+}
+
+fn fraction(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Prunes `doc` in memory: the new payloads and the report (without `write`).
+pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
+    opts.validate()?;
+    let path = doc.path();
+    let model = doc.to_model()?;
+    let (cands, mut skipped) = discover(&model);
+    let mut warnings = Vec::new();
+
+    // Rules that match nothing are almost always typos: refuse them.
+    for r in &opts.rules {
+        let hit = cands.iter().any(|c| c.matches(&r.regex))
+            || skipped
+                .iter()
+                .any(|s| r.regex.is_match(&s.name) || s.nodes.iter().any(|n| r.regex.is_match(n)));
+        if !hit {
+            return Err(Error::Usage(format!(
+                "{} matches no weight tensor or node of {}",
+                r.source,
+                path.display()
+            )));
+        }
+    }
+
+    let mut jobs = Vec::new();
+    for c in cands {
+        let mut skip = |reason: String| {
+            skipped.push(SkippedWeight {
+                name: c.name.clone(),
+                nodes: c.nodes.clone(),
+                ops: c.ops.clone(),
+                params: c.numel(),
+                reason,
+            })
+        };
+        if let Some(r) = opts.exclude.iter().find(|r| c.matches(r)) {
+            skip(format!("excluded by {:?}", r.as_str()));
+            continue;
+        }
+        if !opts.include.is_empty() && !opts.include.iter().any(|r| c.matches(r)) {
+            skip("not matched by any --include".into());
+            continue;
+        }
+        let rule = opts.rules.iter().find(|r| c.matches(&r.regex));
+        if let Some(r) = rule.filter(|r| r.skip) {
+            skip(format!("skipped by {}", r.source));
+            continue;
+        }
+        if c.numel() < opts.min_params {
+            skip(format!(
+                "{} parameters, fewer than --min-params {}",
+                c.numel(),
+                opts.min_params
+            ));
+            continue;
+        }
+        let codec = match Codec::new(c.dtype, &c.shape, c.quant.as_ref()) {
+            Ok(codec) => codec,
+            Err(reason) => {
+                skip(reason);
+                continue;
+            }
+        };
+        let pattern = rule.and_then(|r| r.pattern).unwrap_or(opts.pattern);
+        if let Some(why) = pattern_misfit(&c, pattern) {
+            skip(format!("{why}; left unchanged"));
+            continue;
+        }
+        let sparsity = match pattern {
+            Pattern::NOfM { n, m } => Some(1.0 - n as f64 / m as f64),
+            _ => rule.and_then(|r| r.sparsity).or(opts.sparsity),
+        };
+        let Some(sparsity) = sparsity else {
+            skip("no sparsity given for it (no --sparsity and no matching rule sets one)".into());
+            continue;
+        };
+        let pooled = opts.scope != Scope::Layer
+            && rule.and_then(|r| r.sparsity).is_none()
+            && pattern == opts.pattern;
+        jobs.push(Job {
+            cand: c,
+            codec,
+            pattern,
+            sparsity: Some(sparsity),
+            pooled,
+            rule: rule.map(|r| r.source.clone()),
+        });
+    }
+    if jobs.is_empty() {
+        let why: Vec<String> = skipped
+            .iter()
+            .take(8)
+            .map(|s| format!("{}: {}", s.name, s.reason))
+            .collect();
+        return Err(Error::unsupported(
+            path,
+            if skipped.is_empty() {
+                "no prunable weight: the model has no Conv/Gemm/MatMul/LSTM-style layer with a constant weight".to_string()
+            } else {
+                format!(
+                    "no prunable weight ({} found, all skipped: {}{})",
+                    skipped.len(),
+                    why.join("; "),
+                    if skipped.len() > 8 { "; …" } else { "" }
+                )
+            },
+        ));
+    }
+
+    // Global / LAMP: one threshold over the pooled tensors' unit scores.
+    let pooled: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].pooled).collect();
+    let mut pooled_counts: HashMap<usize, usize> = HashMap::new();
+    if !pooled.is_empty() {
+        let s = opts.sparsity.expect("validated");
+        let mut scores: Vec<Vec<f32>> = Vec::with_capacity(pooled.len());
+        for &i in &pooled {
+            let j = &jobs[i];
+            let mags = j.codec.magnitudes(&j.cand.data);
+            let units = unit_scores(j, &mags);
+            scores.push(if opts.scope == Scope::Lamp {
+                select::lamp(&units)
+            } else {
+                units
+            });
+        }
+        let caps: Vec<usize> = scores
+            .iter()
+            .map(|s| {
+                ((opts.max_layer_sparsity * s.len() as f64).floor() as usize)
+                    .min(s.len().saturating_sub(1))
+            })
+            .collect();
+        let total: usize = scores.iter().map(Vec::len).sum();
+        let k = (s * total as f64).round() as usize;
+        let refs: Vec<&[f32]> = scores.iter().map(Vec::as_slice).collect();
+        let counts = select::global_counts(&refs, &caps, k);
+        let got: usize = counts.iter().sum();
+        if got < k {
+            warnings.push(format!(
+                "--scope {}: reached {:.2}% instead of {:.2}% over the pooled tensors: --max-layer-sparsity {} stops each tensor earlier",
+                opts.scope,
+                100.0 * fraction(got as u64, total as u64),
+                100.0 * s,
+                opts.max_layer_sparsity
+            ));
+        }
+        // Only the counts are kept: the masks below recompute each tensor's scores, so that
+        // after selection at most one tensor's scores are alive at a time.
+        drop(scores);
+        pooled_counts.extend(pooled.iter().copied().zip(counts));
+    }
+
+    let mut edits = HashMap::new();
+    let mut layers = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        let c = &job.cand;
+        let mags = job.codec.magnitudes(&c.data);
+        let n = mags.len();
+        let (mask, threshold) = match job.pattern {
+            Pattern::NOfM { n: keep, m } => (n_of_m_mask(job, &mags, keep, m), None),
+            _ => {
+                let units = unit_scores(job, &mags);
+                let unit_mask = match pooled_counts.get(&i) {
+                    Some(&k) if opts.scope == Scope::Lamp => {
+                        select::lowest_k(&select::lamp(&units), k)
+                    }
+                    Some(&k) => select::lowest_k(&units, k),
+                    None => select::lowest_k(
+                        &units,
+                        target_count(job.sparsity.expect("set"), units.len()),
+                    ),
+                };
+                let threshold = units
+                    .iter()
+                    .zip(&unit_mask)
+                    .filter(|p| *p.1)
+                    .map(|p| *p.0 as f64)
+                    .reduce(f64::max);
+                (expand(job, unit_mask, n), threshold)
+            }
+        };
+        let zeros_before = mags.iter().filter(|&&m| m == 0.0).count() as u64;
+        let zeros_after = mags
+            .iter()
+            .zip(&mask)
+            .filter(|(&m, &p)| p || m == 0.0)
+            .count() as u64;
+        if mask.iter().any(|&p| p) {
+            let new = job.codec.zeroed(&c.data, &mask);
+            if new[..] != c.data[..] {
+                edits.insert(c.handle, Bytes::from(new));
+            }
+        }
+        let params = n as u64;
+        layers.push(LayerResult {
+            graph: c.graph,
+            name: c.name.clone(),
+            nodes: c.nodes.clone(),
+            ops: c.ops.clone(),
+            stored_via: c.via.clone(),
+            dtype: c.dtype,
+            shape: c.shape.clone(),
+            params,
+            pattern: job.pattern,
+            target: if job.pooled { None } else { job.sparsity },
+            zeros_before,
+            zeros_after,
+            sparsity_before: fraction(zeros_before, params),
+            sparsity_after: fraction(zeros_after, params),
+            threshold,
+            rule: job.rule.clone(),
+        });
+    }
+
+    let eligible_params: u64 = layers.iter().map(|l| l.params).sum();
+    let before: u64 = layers.iter().map(|l| l.zeros_before).sum();
+    let after: u64 = layers.iter().map(|l| l.zeros_after).sum();
+    let (_, t_before) = stats::collect(&model.graphs, &HashMap::new());
+    let edited = doc.with_tensor_data(&edits).to_model()?;
+    let (_, t_after) = stats::collect(&edited.graphs, &HashMap::new());
+    let totals = PruneTotals {
+        layers: layers.len(),
+        eligible_params,
+        eligible_sparsity_before: fraction(before, eligible_params),
+        eligible_sparsity_after: fraction(after, eligible_params),
+        model_params: t_before.params,
+        model_sparsity_before: t_before.sparsity,
+        model_sparsity_after: t_after.sparsity,
+    };
+    let settings = Settings {
+        sparsity: match opts.pattern {
+            Pattern::NOfM { n, m } => Some(1.0 - n as f64 / m as f64),
+            _ => opts.sparsity,
+        },
+        scope: opts.scope,
+        pattern: opts.pattern,
+        min_params: opts.min_params,
+        max_layer_sparsity: opts.max_layer_sparsity,
+        include: opts
+            .include
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        exclude: opts
+            .exclude
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        rules: opts.rules.iter().map(|r| r.source.clone()).collect(),
+    };
+    Ok(Plan {
+        edits,
+        report: PruneReport {
+            schema: REPORT_SCHEMA,
+            settings,
+            layers,
+            skipped,
+            warnings,
+            totals,
+            write: None,
+        },
+    })
+}
+
+/// `pare prune`: read, prune, write atomically, verify against the original in tract.
+pub fn prune(
+    input: &Path,
+    output: &Path,
+    opts: &PruneOptions,
+    write: &WriteOptions,
+) -> Result<PruneReport> {
+    prune_with_progress(input, output, opts, write, &Silent)
+}
+
+/// [`prune`], reporting its stages to `progress`.
+pub fn prune_with_progress(
+    input: &Path,
+    output: &Path,
+    opts: &PruneOptions,
+    write: &WriteOptions,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
+    opts.validate()?;
+    progress.stage("reading");
+    let doc = Document::open(input)?;
+    progress.stage("pruning");
+    let plan = plan(&doc, opts)?;
+    let edited = doc.with_tensor_data(&plan.edits);
+    let written =
+        crate::convert::write_checked_with_progress(&doc, &edited, output, write, false, progress)?;
+    let mut report = plan.report;
+    report.write = Some(written);
+    Ok(report)
+}
+
+/// The human-readable report: a per-layer table, skipped weights and totals.
+pub fn render(r: &PruneReport, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let pct = |f: f64| format!("{:.1}%", 100.0 * f);
+    let name_w = r
+        .layers
+        .iter()
+        .map(|l| l.name.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 48);
+    writeln!(
+        out,
+        "{:<name_w$}  {:<18} {:<14} {:<5} {:>9}  {:>16}  {:>10}",
+        "weight", "op", "shape", "dtype", "params", "sparsity", "threshold"
+    )?;
+    for l in &r.layers {
+        let shape: Vec<String> = l.shape.iter().map(u64::to_string).collect();
+        let op = match &l.stored_via {
+            Some(v) => format!("{}←{}", l.ops[0], v),
+            None => l.ops[0].clone(),
+        };
+        writeln!(
+            out,
+            "{:<name_w$}  {:<18} {:<14} {:<5} {:>9}  {:>16}  {:>10}",
+            crate::inspect::ellipsize(&l.name, name_w),
+            op,
+            shape.join("x"),
+            l.dtype.to_string(),
+            l.params,
+            format!("{} → {}", pct(l.sparsity_before), pct(l.sparsity_after)),
+            l.threshold.map_or("-".into(), |t| format!("{t:.4e}")),
+        )?;
+    }
+    for s in &r.skipped {
+        writeln!(
+            out,
+            "skipped {} ({}): {}",
+            s.name,
+            s.ops.join(","),
+            s.reason
+        )?;
+    }
+    for w in &r.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
+    let t = &r.totals;
+    writeln!(
+        out,
+        "pruned {} tensors ({} params): {} → {} sparse; whole model ({} params): {} → {}",
+        t.layers,
+        t.eligible_params,
+        pct(t.eligible_sparsity_before),
+        pct(t.eligible_sparsity_after),
+        t.model_params,
+        pct(t.model_sparsity_before),
+        pct(t.model_sparsity_after)
+    )
+}

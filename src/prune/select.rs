@@ -1,0 +1,250 @@
+//! Choosing which units to prune: exact, deterministic, and without sorting whole tensors.
+//!
+//! Scores are non-negative floats (magnitudes, block norms, LAMP scores), never NaN, so their
+//! IEEE bit patterns order like the values and comparisons can run on `u32`. Ties are broken by
+//! position: among equal scores, the lower index is pruned first. The same scores and counts
+//! therefore always give the same mask, whatever the number of threads.
+
+use super::values::CHUNK;
+use rayon::prelude::*;
+
+fn bits(s: f32) -> u32 {
+    debug_assert!(!s.is_nan() && s >= 0.0);
+    // -0.0 has the sign bit set; it is a zero.
+    if s == 0.0 {
+        0
+    } else {
+        s.to_bits()
+    }
+}
+
+/// Marks the `k` lowest-scoring units (ties: lower index first).
+///
+/// Finds the k-th smallest score with a linear-time selection on a copy of the scores, then
+/// marks everything below it plus the first ties, in parallel chunks.
+pub fn lowest_k(scores: &[f32], k: usize) -> Vec<bool> {
+    let n = scores.len();
+    if k == 0 {
+        return vec![false; n];
+    }
+    if k >= n {
+        return vec![true; n];
+    }
+    let mut keys: Vec<u32> = scores.par_iter().map(|&s| bits(s)).collect();
+    let (_, &mut t, _) = keys.select_nth_unstable(k - 1);
+    drop(keys);
+    below_plus_ties(scores, t, k)
+}
+
+/// Marks every unit scoring below `t` plus the first `k - #below` units scoring exactly `t`.
+fn below_plus_ties(scores: &[f32], t: u32, k: usize) -> Vec<bool> {
+    let per_chunk: Vec<(usize, usize)> = scores
+        .par_chunks(CHUNK)
+        .map(|c| {
+            c.iter().fold((0, 0), |(lt, eq), &s| {
+                let b = bits(s);
+                (lt + (b < t) as usize, eq + (b == t) as usize)
+            })
+        })
+        .collect();
+    let below: usize = per_chunk.iter().map(|p| p.0).sum();
+    let mut ties_left = k.saturating_sub(below);
+    // Ties each chunk may take, in index order.
+    let quota: Vec<usize> = per_chunk
+        .iter()
+        .map(|&(_, eq)| {
+            let q = eq.min(ties_left);
+            ties_left -= q;
+            q
+        })
+        .collect();
+    let mut mask = vec![false; scores.len()];
+    mask.par_chunks_mut(CHUNK)
+        .zip(scores.par_chunks(CHUNK))
+        .zip(quota.par_iter())
+        .for_each(|((m, s), &q)| {
+            let mut q = q;
+            for (mi, &si) in m.iter_mut().zip(s) {
+                let b = bits(si);
+                if b < t {
+                    *mi = true;
+                } else if b == t && q > 0 {
+                    *mi = true;
+                    q -= 1;
+                }
+            }
+        });
+    mask
+}
+
+/// Number of units scoring at most `t` (as bits).
+fn count_le(scores: &[f32], t: u32) -> usize {
+    scores
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().filter(|&&s| bits(s) <= t).count())
+        .sum()
+}
+
+fn count_lt(scores: &[f32], t: u32) -> usize {
+    scores
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().filter(|&&s| bits(s) < t).count())
+        .sum()
+}
+
+/// One threshold over several tensors: how many units to prune in each so that `k` units are
+/// pruned in all, the lowest scores first, no tensor beyond its cap. Ties at the threshold go
+/// to earlier tensors first. Returns fewer than `k` in total only when the caps forbid more.
+pub fn global_counts(scores: &[&[f32]], caps: &[usize], k: usize) -> Vec<usize> {
+    let capped = |t: u32| -> usize {
+        scores
+            .iter()
+            .zip(caps)
+            .map(|(s, &cap)| count_le(s, t).min(cap))
+            .sum()
+    };
+    let reachable: usize = caps.iter().zip(scores).map(|(&c, s)| c.min(s.len())).sum();
+    let k = k.min(reachable);
+    if k == 0 {
+        return vec![0; scores.len()];
+    }
+    // Smallest t (bits, +inf included) with capped(t) >= k: bisection over the bit patterns.
+    let (mut lo, mut hi) = (0u32, f32::INFINITY.to_bits());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if capped(mid) >= k {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let t = lo;
+    let mut counts: Vec<usize> = scores
+        .iter()
+        .zip(caps)
+        .map(|(s, &cap)| count_lt(s, t).min(cap))
+        .collect();
+    let mut left = k - counts.iter().sum::<usize>();
+    for ((count, s), &cap) in counts.iter_mut().zip(scores).zip(caps) {
+        if left == 0 {
+            break;
+        }
+        let ties = count_le(s, t) - count_lt(s, t);
+        let room = cap.saturating_sub(*count);
+        let take = ties.min(room).min(left);
+        *count += take;
+        left -= take;
+    }
+    counts
+}
+
+/// LAMP scores (Lee et al., "Layer-adaptive sparsity for the magnitude-based pruning", ICLR
+/// 2021): a unit's squared magnitude divided by the sum of the squared magnitudes of every unit
+/// of its tensor that is not smaller. Scores are comparable across tensors, and every tensor's
+/// largest unit scores 1, so LAMP never empties a layer.
+pub fn lamp(scores: &[f32]) -> Vec<f32> {
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    order.par_sort_unstable_by_key(|&i| (bits(scores[i as usize]), i));
+    let mut out = vec![0f32; scores.len()];
+    let mut suffix = 0f64;
+    for &i in order.iter().rev() {
+        let sq = (scores[i as usize] as f64).powi(2);
+        suffix += sq;
+        out[i as usize] = if suffix > 0.0 && suffix.is_finite() {
+            (sq / suffix) as f32
+        } else if sq.is_infinite() {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    out
+}
+
+/// N:M: in every group of `m` consecutive units (stride `stride` apart, starting where
+/// `group_start(e)` holds), prune the `m - n` lowest (ties: lower index first).
+pub fn n_of_m(scores: &[f32], n: usize, m: usize, groups: &[usize], stride: usize) -> Vec<bool> {
+    let mut mask = vec![false; scores.len()];
+    let drop = m - n;
+    let mut idx: Vec<usize> = Vec::with_capacity(m);
+    for &start in groups {
+        idx.clear();
+        idx.extend((0..m).map(|j| start + j * stride));
+        idx.sort_by_key(|&e| (bits(scores[e]), e));
+        for &e in &idx[..drop] {
+            mask[e] = true;
+        }
+    }
+    mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ties_go_to_the_lower_index() {
+        let s = [1.0, 0.5, 0.5, 0.5, 2.0];
+        assert_eq!(lowest_k(&s, 2), vec![false, true, true, false, false]);
+        assert_eq!(lowest_k(&s, 0), vec![false; 5]);
+        assert_eq!(lowest_k(&s, 5), vec![true; 5]);
+    }
+
+    #[test]
+    fn global_threshold_respects_caps_and_fills_from_the_rest() {
+        let a = [0.1f32, 0.2, 0.3, 0.4];
+        let b = [1.0f32, 2.0, 3.0, 4.0];
+        // Uncapped, the 4 smallest are all in `a`.
+        assert_eq!(global_counts(&[&a, &b], &[4, 4], 4), vec![4, 0]);
+        // Capped at 3 per tensor: the fourth comes from `b`.
+        assert_eq!(global_counts(&[&a, &b], &[3, 3], 4), vec![3, 1]);
+        // Unreachable targets stop at the caps.
+        assert_eq!(global_counts(&[&a, &b], &[1, 1], 4), vec![1, 1]);
+    }
+
+    #[test]
+    fn lamp_gives_the_largest_unit_one() {
+        let l = lamp(&[3.0, 4.0, 0.0]);
+        assert_eq!(l[1], 1.0);
+        assert!((l[0] - 9.0 / 25.0).abs() < 1e-6);
+        assert_eq!(l[2], 0.0);
+    }
+
+    #[test]
+    fn n_of_m_keeps_the_largest_in_each_group() {
+        let s = [0.1, 0.9, 0.8, 0.2, 5.0, 4.0, 3.0, 2.0];
+        let m = n_of_m(&s, 2, 4, &[0, 4], 1);
+        assert_eq!(m, vec![true, false, false, true, false, false, true, true]);
+    }
+
+    proptest! {
+        #[test]
+        fn lowest_k_prunes_exactly_k_and_nothing_above_what_it_keeps(
+            s in proptest::collection::vec(0u8..8, 1..300), frac in 0.0f64..1.0
+        ) {
+            let s: Vec<f32> = s.into_iter().map(|v| v as f32 / 4.0).collect();
+            let k = (frac * s.len() as f64) as usize;
+            let m = lowest_k(&s, k);
+            prop_assert_eq!(m.iter().filter(|&&b| b).count(), k);
+            let max_pruned = s.iter().zip(&m).filter(|p| *p.1).map(|p| *p.0).fold(0.0, f32::max);
+            let min_kept = s.iter().zip(&m).filter(|p| !*p.1).map(|p| *p.0).fold(f32::INFINITY, f32::min);
+            prop_assert!(k == 0 || max_pruned <= min_kept);
+        }
+
+        #[test]
+        fn global_counts_sum_to_k_when_reachable(
+            a in proptest::collection::vec(0u8..16, 1..100),
+            b in proptest::collection::vec(0u8..16, 1..100),
+            frac in 0.0f64..0.9
+        ) {
+            let a: Vec<f32> = a.into_iter().map(f32::from).collect();
+            let b: Vec<f32> = b.into_iter().map(f32::from).collect();
+            let caps = [a.len() - 1, b.len() - 1];
+            let k = (frac * (a.len() + b.len()) as f64) as usize;
+            let c = global_counts(&[&a, &b], &caps, k);
+            prop_assert_eq!(c[0] + c[1], k.min(caps[0] + caps[1]));
+            prop_assert!(c[0] <= caps[0] && c[1] <= caps[1]);
+        }
+    }
+}

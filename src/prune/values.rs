@@ -1,0 +1,247 @@
+//! Reading weight magnitudes and writing zeros, each in the weight's stored type.
+//!
+//! A weight's magnitude is what it contributes at run time: |w| for float types, and the
+//! dequantized |q − zero_point| · scale for quantized integers (per tensor or per channel).
+//! A pruned element becomes +0.0, or its channel's zero point, so that it dequantizes to
+//! exactly 0.
+
+use crate::model::{DType, Quant};
+use rayon::prelude::*;
+
+/// Elements handled per parallel task.
+pub const CHUNK: usize = 1 << 16;
+
+/// How one stored tensor's elements map to magnitudes and what its zero is.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    dtype: DType,
+    size: usize,
+    /// Per channel (one entry when per-tensor): scale and zero point.
+    scale: Vec<f32>,
+    zero_point: Vec<i64>,
+    /// Elements per step along the quantization axis, and that axis' length.
+    inner: usize,
+    channels: usize,
+}
+
+impl Codec {
+    /// `Err` carries the reason the tensor cannot be pruned in its stored type.
+    pub fn new(dtype: DType, shape: &[u64], quant: Option<&Quant>) -> Result<Codec, String> {
+        let size = match dtype {
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 => dtype.size().expect("sized"),
+            DType::I8 | DType::U8 | DType::I16 | DType::U16 => dtype.size().expect("sized"),
+            other => {
+                return Err(format!(
+                    "stored as {other}; pare prunes float (f32, f64, f16, bf16) and 8/16-bit integer weights"
+                ))
+            }
+        };
+        let (scale, zero_point, inner, channels) = match quant {
+            None => (vec![1.0], vec![0], 1, 1),
+            Some(q) => {
+                let n = q.scale.len().max(q.zero_point.len()).max(1);
+                let pick = |v: &[f32]| -> Vec<f32> {
+                    if v.is_empty() {
+                        vec![1.0; n]
+                    } else {
+                        v.to_vec()
+                    }
+                };
+                let scale = pick(&q.scale);
+                let zero_point = if q.zero_point.is_empty() {
+                    vec![0; n]
+                } else {
+                    q.zero_point.clone()
+                };
+                if n > 1 {
+                    let axis = q.axis.ok_or("per-channel quantization without an axis")?;
+                    let channels = *shape
+                        .get(axis)
+                        .ok_or_else(|| format!("quantization axis {axis} is outside the shape"))?
+                        as usize;
+                    let broadcast = |len: usize| len == channels || len == 1;
+                    if !broadcast(scale.len()) || !broadcast(zero_point.len()) {
+                        return Err(format!(
+                            "{} scales and {} zero points for {channels} channels on axis {axis}",
+                            scale.len(),
+                            zero_point.len()
+                        ));
+                    }
+                    let inner: u64 = shape[axis + 1..].iter().product();
+                    (scale, zero_point, inner.max(1) as usize, channels)
+                } else {
+                    (scale, zero_point, 1, 1)
+                }
+            }
+        };
+        if dtype.is_float() && zero_point.iter().any(|&z| z != 0) {
+            return Err("float weight with a nonzero zero point".into());
+        }
+        let (lo, hi) = match dtype {
+            DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+            DType::U8 => (0, u8::MAX as i64),
+            DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+            DType::U16 => (0, u16::MAX as i64),
+            _ => (0, 0),
+        };
+        if let Some(z) = zero_point
+            .iter()
+            .find(|&&z| !dtype.is_float() && !(lo..=hi).contains(&z))
+        {
+            return Err(format!("zero point {z} does not fit {dtype}"));
+        }
+        if scale.iter().any(|s| !s.is_finite()) {
+            return Err("a quantization scale is not finite".into());
+        }
+        Ok(Codec {
+            dtype,
+            size,
+            scale,
+            zero_point,
+            inner,
+            channels,
+        })
+    }
+
+    fn channel(&self, e: usize) -> usize {
+        if self.channels <= 1 {
+            0
+        } else {
+            (e / self.inner) % self.channels
+        }
+    }
+
+    fn params(&self, c: usize) -> (f32, i64) {
+        let s = *self.scale.get(c).unwrap_or(&self.scale[0]);
+        let z = *self.zero_point.get(c).unwrap_or(&self.zero_point[0]);
+        (s.abs(), z)
+    }
+
+    /// Magnitude of element `e` (stored bytes `b`). NaN weights get +∞: they are never
+    /// preferred for pruning, and pruning never creates one.
+    fn magnitude(&self, e: usize, b: &[u8]) -> f32 {
+        let v = match self.dtype {
+            DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs(),
+            DType::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")).abs() as f32,
+            DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32().abs(),
+            DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32().abs(),
+            int => {
+                let q = match int {
+                    DType::I8 => b[0] as i8 as i64,
+                    DType::U8 => b[0] as i64,
+                    DType::I16 => i16::from_le_bytes([b[0], b[1]]) as i64,
+                    _ => u16::from_le_bytes([b[0], b[1]]) as i64,
+                };
+                let (s, z) = self.params(self.channel(e));
+                return ((q - z).unsigned_abs() as f32) * s;
+            }
+        };
+        if v.is_nan() {
+            f32::INFINITY
+        } else {
+            v
+        }
+    }
+
+    /// Magnitudes of every element of `data`, computed on all cores.
+    pub fn magnitudes(&self, data: &[u8]) -> Vec<f32> {
+        let n = data.len() / self.size;
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                let start = ci * CHUNK;
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    let e = start + j;
+                    *o = self.magnitude(e, &data[e * self.size..(e + 1) * self.size]);
+                }
+            });
+        out
+    }
+
+    /// `data` with every element whose `mask` entry is set replaced by zero (+0.0, or the
+    /// channel's zero point).
+    pub fn zeroed(&self, data: &[u8], mask: &[bool]) -> Vec<u8> {
+        let mut out = data.to_vec();
+        let size = self.size;
+        out.par_chunks_mut(CHUNK * size)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                let start = ci * CHUNK;
+                for (j, el) in chunk.chunks_exact_mut(size).enumerate() {
+                    let e = start + j;
+                    if mask[e] {
+                        self.write_zero(e, el);
+                    }
+                }
+            });
+        out
+    }
+
+    fn write_zero(&self, e: usize, el: &mut [u8]) {
+        match self.dtype {
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 => el.fill(0),
+            DType::I8 | DType::U8 => el[0] = self.params(self.channel(e)).1 as u8,
+            _ => el.copy_from_slice(&(self.params(self.channel(e)).1 as u16).to_le_bytes()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantized_magnitudes_use_each_channels_zero_point_and_scale() {
+        let q = Quant {
+            scale: vec![0.5, 2.0],
+            zero_point: vec![10, 0],
+            axis: Some(0),
+        };
+        let c = Codec::new(DType::U8, &[2, 2], Some(&q)).unwrap();
+        let data = [10u8, 14, 0, 3];
+        assert_eq!(c.magnitudes(&data), vec![0.0, 2.0, 0.0, 6.0]);
+        let z = c.zeroed(&data, &[true, true, true, true]);
+        assert_eq!(z, vec![10, 10, 0, 0]);
+    }
+
+    #[test]
+    fn half_types_are_read_and_zeroed_in_place() {
+        let data: Vec<u8> = [-1.5f32, 0.25]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let c = Codec::new(DType::F16, &[2], None).unwrap();
+        assert_eq!(c.magnitudes(&data), vec![1.5, 0.25]);
+        let z = c.zeroed(&data, &[false, true]);
+        assert_eq!(&z[..2], &data[..2]);
+        assert_eq!(&z[2..], &[0, 0]);
+    }
+
+    #[test]
+    fn nan_is_never_the_smallest() {
+        let data: Vec<u8> = [f32::NAN, 0.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let c = Codec::new(DType::F32, &[2], None).unwrap();
+        assert_eq!(c.magnitudes(&data), vec![f32::INFINITY, 0.5]);
+    }
+
+    #[test]
+    fn unsupported_types_and_bad_quantization_are_reasons_not_panics() {
+        assert!(Codec::new(DType::I32, &[4], None).is_err());
+        let q = Quant {
+            scale: vec![1.0, 1.0, 1.0],
+            zero_point: vec![0, 0, 0],
+            axis: Some(0),
+        };
+        assert!(Codec::new(DType::I8, &[2, 2], Some(&q)).is_err());
+        let q = Quant {
+            scale: vec![1.0],
+            zero_point: vec![300],
+            axis: None,
+        };
+        assert!(Codec::new(DType::I8, &[2, 2], Some(&q)).is_err());
+    }
+}
