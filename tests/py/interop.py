@@ -187,6 +187,47 @@ def tflite_run(model, raw, dtype, shape):
     return {"outputs": [o.astype(np.float64).ravel().tolist() for o in outs], "shapes": [list(o.shape) for o in outs]}
 
 
+# ---------------------------------------------------------------- accuracy
+def _quantize_for(detail, x):
+    scale, zp = detail["quantization"]
+    if detail["dtype"] in (np.int8, np.uint8) and scale:
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zp), info.min, info.max).astype(detail["dtype"])
+    return x.astype(detail["dtype"])
+
+
+def accuracy(model, x_path, y_path):
+    """Top-1 accuracy of a single-input classifier over labeled data, in onnxruntime (.onnx)
+    or LiteRT (.tflite, one sample at a time, inputs quantized with the model's parameters)."""
+    x = np.load(x_path)
+    y = np.load(y_path)
+    res = {"model": model, "samples": int(len(y))}
+    try:
+        if model.endswith(".onnx"):
+            res["runtime"] = "onnxruntime"
+            check = _onnx_check(model)
+            if check:
+                res["checker_error"] = check
+            sess = _ort_session(model)
+            name = sess.get_inputs()[0].name
+            logits = sess.run(None, {name: x.astype(np.float32)})[0]
+        else:
+            res["runtime"] = "litert"
+            it = _litert(model)
+            det = it.get_input_details()[0]
+            out = it.get_output_details()[0]
+            logits = []
+            for i in range(len(x)):
+                it.set_tensor(det["index"], _quantize_for(det, x[i : i + 1]))
+                it.invoke()
+                logits.append(np.array(it.get_tensor(out["index"]))[0])
+            logits = np.stack(logits)
+        res["accuracy"] = float((np.argmax(logits, axis=-1) == y).mean())
+    except Exception as e:  # noqa: BLE001 - any failure is a finding
+        res["error"] = str(e)[:300]
+    return res
+
+
 # ---------------------------------------------------------------- corpus
 def onnx_corpus_list():
     """Every model of the ONNX backend test corpus shipped in the onnx wheel, with its data dir."""
@@ -212,6 +253,7 @@ def main():
     c.add_argument("orig")
     c.add_argument("out")
     sub.add_parser("onnx-corpus-list")
+    sub.add_parser("accuracy", help="JSON list of {model, x, y} on stdin")
     d = sub.add_parser("tflite-run")
     d.add_argument("model")
     d.add_argument("raw")
@@ -224,6 +266,8 @@ def main():
         r = [onnx_pair(x["model"], x["output"], x.get("data")) for x in json.load(sys.stdin)]
     elif args.cmd == "tflite-pair":
         r = tflite_pair(args.orig, args.out)
+    elif args.cmd == "accuracy":
+        r = [accuracy(x["model"], x["x"], x["y"]) for x in json.load(sys.stdin)]
     elif args.cmd == "tflite-run":
         r = tflite_run(args.model, args.raw, args.dtype, args.shape)
     else:
