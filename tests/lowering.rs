@@ -148,3 +148,77 @@ fn tract_on_the_lowered_copy_agrees_with_litert_on_the_original() {
         );
     }
 }
+
+/// tract computes QDQ activations wrongly (every class 1.0 on the fixture); pare's validation
+/// copy emulates QuantizeLinear/DequantizeLinear in float. On held-out data, tract on that copy
+/// must classify like onnxruntime on the file, for the QDQ fixture and for a pruned version.
+#[test]
+fn qdq_onnx_runs_in_tract_like_onnxruntime() {
+    let dir = tmpdir();
+    let original = fixtures().join("ops/cnn_qdq.onnx");
+    let pruned = dir.path().join("cnn_qdq_pruned.onnx");
+    let o = run(&[
+        "prune",
+        original.to_str().unwrap(),
+        "-o",
+        pruned.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (shape, data) = read_npy_f32(&fixtures().join("data/test_x_nchw.npy"));
+    let per: usize = shape[1..].iter().product();
+    let labels = fixtures().join("data/test_y.npy");
+    let x = fixtures().join("data/test_x_nchw.npy");
+    for model in [&original, &pruned] {
+        let doc = Document::open(model).unwrap();
+        let runner = Runner::load(&doc).unwrap();
+        assert!(
+            runner
+                .lowered
+                .rewrites
+                .keys()
+                .any(|k| k.contains("QuantizeLinear")),
+            "{:?}",
+            runner.lowered.rewrites
+        );
+        let mut tract_pred = Vec::new();
+        for i in 0..shape[0] {
+            let t = Tensor::from_shape(&[1, 1, 8, 8], &data[i * per..(i + 1) * per]).unwrap();
+            let out = runner.run(tvec![t]).unwrap();
+            let v = out[0].to_plain_array_view::<f32>().unwrap();
+            let arg = v
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (j, &p)| if p > b.1 { (j, p) } else { b })
+                .0;
+            tract_pred.push(arg as f64);
+        }
+        let ort = interop(
+            &["accuracy"],
+            Some(&serde_json::json!([{"model": model, "x": x, "y": labels}]).to_string()),
+        );
+        let ort_acc = ort[0]["accuracy"].as_f64().expect("onnxruntime ran it");
+        let y: Vec<f64> = {
+            // test_y.npy holds int64 labels.
+            let b = fs::read(&labels).unwrap();
+            let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+            b[10 + hl..]
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect()
+        };
+        let tract_acc =
+            tract_pred.iter().zip(&y).filter(|(p, l)| p == l).count() as f64 / y.len() as f64;
+        assert!(
+            (tract_acc - ort_acc).abs() <= 0.005,
+            "{}: tract {tract_acc} vs onnxruntime {ort_acc}",
+            model.display()
+        );
+        println!(
+            "{}: tract {tract_acc:.4}, onnxruntime {ort_acc:.4}",
+            model.display()
+        );
+    }
+}

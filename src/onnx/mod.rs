@@ -3,6 +3,7 @@
 //! This module and its children are the only code that touches the protobuf types.
 
 mod external;
+pub mod lower;
 mod tensor;
 mod view;
 pub mod write;
@@ -112,8 +113,17 @@ impl OnnxDocument {
             return Ok(self.source.clone());
         }
         let mut model = self.model.clone();
+        self.inline_external(&mut model)?;
+        Ok(Bytes::from(model.encode_to_vec()))
+    }
+
+    /// Pulls every external tensor of `model` (this document's model or a copy of it) inline.
+    pub fn inline_external(&self, model: &mut pb::ModelProto) -> Result<()> {
+        if self.external.is_empty() {
+            return Ok(());
+        }
         let mut err = None;
-        tensor::for_each_tensor_mut(&mut model, &mut |t| {
+        tensor::for_each_tensor_mut(model, &mut |t| {
             if err.is_some() || !tensor::is_external(t) {
                 return;
             }
@@ -123,10 +133,10 @@ impl OnnxDocument {
                 Err(e) => err = Some(e),
             }
         });
-        if let Some(e) = err {
-            return Err(e);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(Bytes::from(model.encode_to_vec()))
     }
 
     pub fn to_model(&self) -> Result<crate::model::Model> {

@@ -214,17 +214,33 @@ impl Runner {
     /// Loads a document into tract. Dynamic input dimensions are fixed to 1.
     pub fn load(doc: &Document) -> std::result::Result<Runner, String> {
         match doc {
-            Document::Onnx(d) => isolated("tract could not load the ONNX model", || {
-                let mut model = onnx_inference_model(d)?;
-                for i in 0..model.inputs.len() {
-                    let fact = model.input_fact(i)?.clone();
-                    let dt = fact.datum_type().unwrap_or(f32::datum_type());
-                    let shape = concrete_input_shape(&fact);
-                    model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
+            Document::Onnx(d) => {
+                let lowered = crate::onnx::lower::lower_for_tract(d);
+                let mut runner = isolated("tract could not load the ONNX model", || {
+                    let mut model = match &lowered {
+                        Some((m, _)) => {
+                            let mut m = m.clone();
+                            d.inline_external(&mut m)
+                                .map_err(|e| TractError::msg(e.to_string()))?;
+                            let bytes = prost::Message::encode_to_vec(&m);
+                            tract_onnx::onnx().model_for_read(&mut &bytes[..])?
+                        }
+                        None => onnx_inference_model(d)?,
+                    };
+                    for i in 0..model.inputs.len() {
+                        let fact = model.input_fact(i)?.clone();
+                        let dt = fact.datum_type().unwrap_or(f32::datum_type());
+                        let shape = concrete_input_shape(&fact);
+                        model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
+                    }
+                    let typed = model.into_optimized()?;
+                    Runner::from_typed(typed)
+                })?;
+                if let Some((_, rewrites)) = lowered {
+                    runner.lowered.rewrites = rewrites;
                 }
-                let typed = model.into_optimized()?;
-                Runner::from_typed(typed)
-            }),
+                Ok(runner)
+            }
             Document::Tflite(d) => {
                 let (lowered_doc, lowered) = lower_tflite(d);
                 let bytes = if lowered.is_empty() {
