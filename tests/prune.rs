@@ -501,3 +501,91 @@ fn report_file_holds_the_json_report() {
     );
     assert!(stdout(&o).is_empty());
 }
+
+/// Weights stored narrower than they compute: QDQ uint8 with nonzero zero points (pruned to the
+/// zero point), float16 behind DEQUANTIZE (pruned in f16), and weights inside If bodies.
+#[test]
+fn narrow_storage_and_subgraph_weights_are_pruned_in_place() {
+    let dir = tmpdir();
+    let ops = fixtures().join("ops");
+
+    // QDQ: every weight is u8 behind DequantizeLinear; pruned values equal the zero point.
+    let out = dir.path().join("qdq.onnx");
+    let r = prune_json(&ops.join("cnn_qdq.onnx"), &out, &["--sparsity", "0.5"]);
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 6);
+    for l in layers {
+        assert_eq!(l["dtype"], "u8");
+        assert_eq!(l["stored_via"], "DequantizeLinear");
+        assert!((l["sparsity_after"].as_f64().unwrap() - 0.5).abs() < 0.01);
+    }
+    assert_eq!(r["write"]["verification"]["verified"], true);
+    // inspect counts zeros against each channel's zero point: the file holds them.
+    let ins = inspect(&out);
+    for l in ins["layers"].as_array().unwrap() {
+        let s = l["sparsity"].as_f64().unwrap();
+        assert!((s - 0.5).abs() < 0.01, "{}: {s}", l["weight"]);
+    }
+
+    // float16 TFLite: weights stay f16, behind DEQUANTIZE.
+    let out16 = dir.path().join("f16.tflite");
+    let r = prune_json(&ops.join("mlp_f16.tflite"), &out16, &["--sparsity", "0.5"]);
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for l in layers {
+        assert_eq!(l["dtype"], "f16");
+        assert_eq!(l["stored_via"], "DEQUANTIZE");
+    }
+    assert_eq!(r["write"]["verification"]["verified"], true);
+
+    // If bodies (tf2onnx's tf.cond): the three MatMul weights live in graphs 1 and 2.
+    let outc = dir.path().join("cond.onnx");
+    let r = prune_json(&ops.join("cond.onnx"), &outc, &["--sparsity", "0.5"]);
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{layers:?}");
+    assert!(layers.iter().all(|l| l["graph"].as_u64().unwrap() >= 1));
+    assert_eq!(r["write"]["verification"]["verified"], true);
+
+    // All three run in onnxruntime / LiteRT; the classifiers keep most of their accuracy.
+    let x_nchw = fixtures().join("data/test_x_nchw.npy");
+    let x_flat = fixtures().join("data/test_x_flat.npy");
+    let y = fixtures().join("data/test_y.npy");
+    let jobs = json!([
+        {"model": ops.join("cnn_qdq.onnx"), "x": x_nchw, "y": y},
+        {"model": out, "x": x_nchw, "y": y},
+        {"model": ops.join("mlp_f16.tflite"), "x": x_flat, "y": y},
+        {"model": out16, "x": x_flat, "y": y},
+    ]);
+    let res = interop(&["accuracy"], Some(&jobs.to_string()));
+    for r in res.as_array().unwrap() {
+        assert!(r.get("error").is_none(), "{r}");
+        println!("{}: {:.4}", r["model"], r["accuracy"]);
+    }
+    let acc: Vec<f64> = res
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["accuracy"].as_f64().unwrap())
+        .collect();
+    assert!(
+        acc[3] >= acc[2] - 0.05,
+        "f16 MLP at 50%: {} vs {}",
+        acc[3],
+        acc[2]
+    );
+    let pair = interop(
+        &[
+            "onnx-pair",
+            ops.join("cond.onnx").to_str().unwrap(),
+            outc.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        pair.get("ort_input_error").is_none()
+            && pair.get("ort_output_error").is_none()
+            && pair["checker_output"].is_null()
+            && pair["outputs"] == 1,
+        "{pair}"
+    );
+}
