@@ -106,3 +106,68 @@ fn tract_validates_every_keras_export_and_agrees_with_litert() {
         failures.join("\n")
     );
 }
+
+/// `pare prune --sparsity 0.5` on every export: float32, float16 weights behind DEQUANTIZE, and
+/// full int8. Each output must be verified in tract by pare, keep its weights' stored types, and
+/// run in LiteRT like tract runs it.
+#[test]
+fn pruned_keras_exports_verify_in_tract_and_agree_with_litert() {
+    let dir = corpus();
+    let out_dir = tmpdir();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tflite"))
+        .collect();
+    files.sort();
+    let mut failures = Vec::new();
+    for src in &files {
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        let out = out_dir.path().join(&name);
+        let o = run(&[
+            "prune",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--sparsity",
+            "0.5",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let r = json(&o);
+        let layers = r["layers"].as_array().unwrap();
+        assert!(!layers.is_empty(), "{name}: nothing pruned");
+        if name.contains("_f16") {
+            assert!(
+                layers
+                    .iter()
+                    .all(|l| l["dtype"] == "f16" && l["stored_via"] == "DEQUANTIZE"),
+                "{name}: f16 weights not pruned in place"
+            );
+        }
+        let v = &r["write"]["verification"];
+        if v["verified"] != true {
+            failures.push(format!("{name}: not verified: {}", v["reason"]));
+            continue;
+        }
+        let doc = Document::open(&out).unwrap();
+        let runner = Runner::load(&doc).unwrap();
+        let a = agree_with_litert(&out, &runner, 1, |k| {
+            runner.random_inputs(DEFAULT_SEED + k as u64).unwrap()
+        });
+        eprintln!(
+            "{name}: {} layers pruned to {:.1}%, model {:.1}% sparse | {}",
+            layers.len(),
+            100.0 * r["totals"]["eligible_sparsity_after"].as_f64().unwrap(),
+            100.0 * r["totals"]["model_sparsity_after"].as_f64().unwrap(),
+            a.describe()
+        );
+        if !a.ok() {
+            failures.push(format!(
+                "{name}: tract disagrees with LiteRT: {}",
+                a.describe()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
