@@ -609,3 +609,147 @@ mod properties {
         }
     }
 }
+
+/// A model with weights in every place exporters put them: an initializer used by a main-graph
+/// MatMul *and* (by outer scope) inside an If body, and Constant-node weights in both branches.
+fn shared_weight_if_model() -> pb::ModelProto {
+    let mut m = if_model();
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.push(pb::TensorProto {
+        name: Some("w_outer".into()),
+        dims: vec![4, 4],
+        data_type: Some(1),
+        float_data: (0..16).map(|i| ((i * 7) % 16) as f32 - 7.5).collect(),
+        ..Default::default()
+    });
+    g.node.insert(0, node("MatMul", &["x", "w_outer"], &["z"]));
+    g.output.push(value_info("z", 1, &[1, 4]));
+    let then = g.node[1].attribute[0].g.as_mut().unwrap();
+    then.node
+        .push(node("MatMul", &["y_then", "w_outer"], &["y2_then"]));
+    then.output[0] = value_info("y2_then", 1, &[1, 4]);
+    m
+}
+
+#[test]
+fn library_prunes_constant_nodes_if_bodies_and_shared_weights_once() {
+    use pare::prune::{plan, prune, PruneOptions};
+    let dir = tmpdir();
+    let path = dir.path().join("shared.onnx");
+    fs::write(&path, shared_weight_if_model().encode_to_vec()).unwrap();
+    let doc = Document::open(&path).unwrap();
+    let opts = PruneOptions {
+        sparsity: Some(0.5),
+        min_params: 1,
+        ..PruneOptions::default()
+    };
+    let p = plan(&doc, &opts).unwrap();
+    let mut names: Vec<&str> = p.report.layers.iter().map(|l| l.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["w_else", "w_outer", "w_then"]);
+    let outer = p
+        .report
+        .layers
+        .iter()
+        .find(|l| l.name == "w_outer")
+        .unwrap();
+    assert_eq!(
+        outer.nodes.len(),
+        2,
+        "shared by the main graph and the then-branch"
+    );
+    assert!(p.report.layers.iter().all(|l| l.zeros_after == 8));
+    assert_eq!(p.edits.len(), 3);
+
+    let out = dir.path().join("pruned.onnx");
+    let r = prune(&path, &out, &opts, &WriteOptions::default()).unwrap();
+    let v = r.write.unwrap().verification.unwrap();
+    assert!(v.verified, "{:?}", v.reason);
+    let pair = interop(
+        &["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()],
+        None,
+    );
+    assert!(pair["checker_output"].is_null(), "{pair}");
+    assert_eq!(pair["outputs"], 2, "{pair}");
+    // Only weight values changed: names, nodes and metadata are as they were.
+    let back = pb::ModelProto::decode(&fs::read(&out).unwrap()[..]).unwrap();
+    assert_eq!(back.metadata_props[0].value(), "v");
+    assert_eq!(back.graph.as_ref().unwrap().node.len(), 2);
+}
+
+mod prune_properties {
+    use super::*;
+    use pare::prune::{plan, PruneOptions};
+    use proptest::prelude::*;
+
+    fn gemm_model(w: &[f32], rows: i64, cols: i64) -> pb::ModelProto {
+        let graph = pb::GraphProto {
+            name: Some("g".into()),
+            node: vec![node("MatMul", &["x", "w"], &["y"])],
+            initializer: vec![pb::TensorProto {
+                name: Some("w".into()),
+                dims: vec![rows, cols],
+                data_type: Some(1),
+                raw_data: Some(
+                    w.iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect::<Vec<u8>>()
+                        .into(),
+                ),
+                ..Default::default()
+            }],
+            input: vec![value_info("x", 1, &[1, rows])],
+            output: vec![value_info("y", 1, &[1, cols])],
+            ..Default::default()
+        };
+        model(graph, 17)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Layer scope prunes exactly round(S·n) weights (or keeps the zeros already there),
+        /// never creates NaN, and prunes only weights no larger than any it keeps.
+        #[test]
+        fn layer_scope_is_exact(
+            v in proptest::collection::vec(prop_oneof![Just(0.0f32), -4.0f32..4.0, Just(1.0f32)], 16..160),
+            s in 0.0f64..0.99
+        ) {
+            let cols = 8;
+            let rows = (v.len() / 8) as i64;
+            let w = &v[..(rows * cols) as usize];
+            let dir = tmpdir();
+            let path = dir.path().join("m.onnx");
+            fs::write(&path, gemm_model(w, rows, cols).encode_to_vec()).unwrap();
+            let doc = Document::open(&path).unwrap();
+            let opts = PruneOptions { sparsity: Some(s), min_params: 1, ..PruneOptions::default() };
+            let p = plan(&doc, &opts).unwrap();
+            let l = &p.report.layers[0];
+            let n = w.len() as f64;
+            let before = w.iter().filter(|x| **x == 0.0).count() as u64;
+            let want = ((s * n).round() as u64).min(w.len() as u64 - 1).max(before);
+            prop_assert_eq!(l.zeros_before, before);
+            prop_assert_eq!(l.zeros_after, want);
+            if let Some(new) = p.edits.values().next() {
+                let after: Vec<f32> = new.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                prop_assert!(after.iter().all(|x| !x.is_nan()));
+                let max_pruned = w.iter().zip(&after).filter(|(o, a)| **a == 0.0 && **o != 0.0).map(|(o, _)| o.abs()).fold(0.0, f32::max);
+                let min_kept = after.iter().filter(|a| **a != 0.0).map(|a| a.abs()).fold(f32::INFINITY, f32::min);
+                prop_assert!(max_pruned <= min_kept);
+                // Unpruned weights are untouched, bit for bit.
+                prop_assert!(w.iter().zip(&after).all(|(o, a)| *a == 0.0 || o.to_bits() == a.to_bits()));
+            } else {
+                prop_assert_eq!(want, before, "no edit although weights had to go");
+            }
+        }
+
+        #[test]
+        fn sparsity_zero_edits_nothing(v in proptest::collection::vec(-4.0f32..4.0, 64..65)) {
+            let dir = tmpdir();
+            let path = dir.path().join("m.onnx");
+            fs::write(&path, gemm_model(&v, 8, 8).encode_to_vec()).unwrap();
+            let doc = Document::open(&path).unwrap();
+            let opts = PruneOptions { sparsity: Some(0.0), min_params: 1, ..PruneOptions::default() };
+            prop_assert!(plan(&doc, &opts).unwrap().edits.is_empty());
+        }
+    }
+}

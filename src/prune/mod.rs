@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::stats::{self, WeightKind};
 use crate::model::{DType, Graph, Model, Quant, TensorId};
 use bytes::Bytes;
+use rayon::prelude::*;
 use regex::Regex;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -603,7 +604,7 @@ fn pattern_misfit(c: &Candidate, p: Pattern) -> Option<String> {
 }
 
 /// Unit scores: element magnitudes, or block L2 norms.
-fn unit_scores(job: &Job, mags: &[f32]) -> Vec<f32> {
+fn unit_scores<'a>(job: &Job, mags: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
     match job.pattern {
         Pattern::Block { rows, cols } => {
             let c = &job.cand;
@@ -620,7 +621,7 @@ fn unit_scores(job: &Job, mags: &[f32]) -> Vec<f32> {
             }
             acc.into_iter().map(|s| s.sqrt() as f32).collect()
         }
-        _ => mags.to_vec(),
+        _ => std::borrow::Cow::Borrowed(mags),
     }
 }
 
@@ -665,6 +666,71 @@ fn fraction(part: u64, whole: u64) -> f64 {
     } else {
         part as f64 / whole as f64
     }
+}
+
+/// Prunes one tensor: its new payload (when anything changed) and its report line. `pooled`
+/// is the count a global / LAMP threshold assigned to it.
+fn prune_one(
+    job: &Job,
+    pooled: Option<usize>,
+    lamp: Option<&[f32]>,
+) -> (Option<(usize, Bytes)>, LayerResult) {
+    let c = &job.cand;
+    let mags = job.codec.magnitudes(&c.data);
+    let n = mags.len();
+    let (mask, threshold) = match job.pattern {
+        Pattern::NOfM { n: keep, m } => (n_of_m_mask(job, &mags, keep, m), None),
+        _ => {
+            let units = unit_scores(job, &mags);
+            let unit_mask = match (pooled, lamp) {
+                (Some(k), Some(l)) => select::lowest_k(l, k),
+                (Some(k), None) => select::lowest_k(&units, k),
+                (None, _) => select::lowest_k(
+                    &units,
+                    target_count(job.sparsity.expect("set"), units.len()),
+                ),
+            };
+            let threshold = units
+                .par_iter()
+                .zip(&unit_mask)
+                .filter(|p| *p.1)
+                .map(|p| *p.0 as f64)
+                .reduce_with(f64::max);
+            (expand(job, unit_mask, n), threshold)
+        }
+    };
+    let (zeros_before, zeros_after) = mags
+        .par_iter()
+        .zip(&mask)
+        .map(|(&m, &p)| ((m == 0.0) as u64, (p || m == 0.0) as u64))
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let mut edit = None;
+    if mask.par_iter().any(|&p| p) {
+        let new = job.codec.zeroed(&c.data, &mask);
+        if new[..] != c.data[..] {
+            edit = Some((c.handle, Bytes::from(new)));
+        }
+    }
+    let params = n as u64;
+    let layer = LayerResult {
+        graph: c.graph,
+        name: c.name.clone(),
+        nodes: c.nodes.clone(),
+        ops: c.ops.clone(),
+        stored_via: c.via.clone(),
+        dtype: c.dtype,
+        shape: c.shape.clone(),
+        params,
+        pattern: job.pattern,
+        target: if job.pooled { None } else { job.sparsity },
+        zeros_before,
+        zeros_after,
+        sparsity_before: fraction(zeros_before, params),
+        sparsity_after: fraction(zeros_after, params),
+        threshold,
+        rule: job.rule.clone(),
+    };
+    (edit, layer)
 }
 
 /// Prunes `doc` in memory: the new payloads and the report (without `write`).
@@ -778,13 +844,17 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
     // Global / LAMP: one threshold over the pooled tensors' unit scores.
     let pooled: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].pooled).collect();
     let mut pooled_counts: HashMap<usize, usize> = HashMap::new();
+    let mut lamp_scores: HashMap<usize, Vec<f32>> = HashMap::new();
     if !pooled.is_empty() {
         let s = opts.sparsity.expect("validated");
         let mut scores: Vec<Vec<f32>> = Vec::with_capacity(pooled.len());
         for &i in &pooled {
             let j = &jobs[i];
             let mags = j.codec.magnitudes(&j.cand.data);
-            let units = unit_scores(j, &mags);
+            let units = match unit_scores(j, &mags) {
+                std::borrow::Cow::Owned(v) => v,
+                std::borrow::Cow::Borrowed(_) => mags,
+            };
             scores.push(if opts.scope == Scope::Lamp {
                 select::lamp(&units)
             } else {
@@ -812,80 +882,43 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
                 opts.max_layer_sparsity
             ));
         }
-        // Only the counts are kept: the masks below recompute each tensor's scores, so that
-        // after selection at most one tensor's scores are alive at a time.
-        drop(scores);
+        // Magnitudes are cheap to recompute: keep only the counts, so that after selection at
+        // most a few tensors' scores are alive at a time. LAMP scores cost a sort: keep them.
+        if opts.scope == Scope::Lamp {
+            lamp_scores.extend(pooled.iter().copied().zip(scores));
+        } else {
+            drop(scores);
+        }
         pooled_counts.extend(pooled.iter().copied().zip(counts));
     }
 
+    // Tensors are pruned in parallel (and each one's scoring, selection and masking is itself
+    // parallel); results come back in model order.
+    let results: Vec<(Option<(usize, Bytes)>, LayerResult)> = jobs
+        .par_iter()
+        .enumerate()
+        .map(|(i, job)| {
+            prune_one(
+                job,
+                pooled_counts.get(&i).copied(),
+                lamp_scores.get(&i).map(Vec::as_slice),
+            )
+        })
+        .collect();
     let mut edits = HashMap::new();
-    let mut layers = Vec::with_capacity(jobs.len());
-    for (i, job) in jobs.iter().enumerate() {
-        let c = &job.cand;
-        let mags = job.codec.magnitudes(&c.data);
-        let n = mags.len();
-        let (mask, threshold) = match job.pattern {
-            Pattern::NOfM { n: keep, m } => (n_of_m_mask(job, &mags, keep, m), None),
-            _ => {
-                let units = unit_scores(job, &mags);
-                let unit_mask = match pooled_counts.get(&i) {
-                    Some(&k) if opts.scope == Scope::Lamp => {
-                        select::lowest_k(&select::lamp(&units), k)
-                    }
-                    Some(&k) => select::lowest_k(&units, k),
-                    None => select::lowest_k(
-                        &units,
-                        target_count(job.sparsity.expect("set"), units.len()),
-                    ),
-                };
-                let threshold = units
-                    .iter()
-                    .zip(&unit_mask)
-                    .filter(|p| *p.1)
-                    .map(|p| *p.0 as f64)
-                    .reduce(f64::max);
-                (expand(job, unit_mask, n), threshold)
-            }
-        };
-        let zeros_before = mags.iter().filter(|&&m| m == 0.0).count() as u64;
-        let zeros_after = mags
-            .iter()
-            .zip(&mask)
-            .filter(|(&m, &p)| p || m == 0.0)
-            .count() as u64;
-        if mask.iter().any(|&p| p) {
-            let new = job.codec.zeroed(&c.data, &mask);
-            if new[..] != c.data[..] {
-                edits.insert(c.handle, Bytes::from(new));
-            }
-        }
-        let params = n as u64;
-        layers.push(LayerResult {
-            graph: c.graph,
-            name: c.name.clone(),
-            nodes: c.nodes.clone(),
-            ops: c.ops.clone(),
-            stored_via: c.via.clone(),
-            dtype: c.dtype,
-            shape: c.shape.clone(),
-            params,
-            pattern: job.pattern,
-            target: if job.pooled { None } else { job.sparsity },
-            zeros_before,
-            zeros_after,
-            sparsity_before: fraction(zeros_before, params),
-            sparsity_after: fraction(zeros_after, params),
-            threshold,
-            rule: job.rule.clone(),
-        });
+    let mut layers = Vec::with_capacity(results.len());
+    for (edit, layer) in results {
+        edits.extend(edit);
+        layers.push(layer);
     }
 
     let eligible_params: u64 = layers.iter().map(|l| l.params).sum();
     let before: u64 = layers.iter().map(|l| l.zeros_before).sum();
     let after: u64 = layers.iter().map(|l| l.zeros_after).sum();
+    // Only the pruned tensors changed: the model's zeros after are its zeros before plus what
+    // pruning added (no second pass over the weights).
     let (_, t_before) = stats::collect(&model.graphs, &HashMap::new());
-    let edited = doc.with_tensor_data(&edits).to_model()?;
-    let (_, t_after) = stats::collect(&edited.graphs, &HashMap::new());
+    let model_zeros_after = (t_before.params - t_before.nonzero_params) + (after - before);
     let totals = PruneTotals {
         layers: layers.len(),
         eligible_params,
@@ -893,7 +926,7 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
         eligible_sparsity_after: fraction(after, eligible_params),
         model_params: t_before.params,
         model_sparsity_before: t_before.sparsity,
-        model_sparsity_after: t_after.sparsity,
+        model_sparsity_after: fraction(model_zeros_after, t_before.params),
     };
     let settings = Settings {
         sparsity: match opts.pattern {

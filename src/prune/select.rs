@@ -20,8 +20,9 @@ fn bits(s: f32) -> u32 {
 
 /// Marks the `k` lowest-scoring units (ties: lower index first).
 ///
-/// Finds the k-th smallest score with a linear-time selection on a copy of the scores, then
-/// marks everything below it plus the first ties, in parallel chunks.
+/// Finds the k-th smallest score by a two-level radix select (16-bit histograms, computed in
+/// parallel, no copy of the scores), then marks everything below it plus the first ties, in
+/// parallel chunks.
 pub fn lowest_k(scores: &[f32], k: usize) -> Vec<bool> {
     let n = scores.len();
     if k == 0 {
@@ -30,10 +31,50 @@ pub fn lowest_k(scores: &[f32], k: usize) -> Vec<bool> {
     if k >= n {
         return vec![true; n];
     }
-    let mut keys: Vec<u32> = scores.par_iter().map(|&s| bits(s)).collect();
-    let (_, &mut t, _) = keys.select_nth_unstable(k - 1);
-    drop(keys);
+    let t = kth_smallest(scores, k);
     below_plus_ties(scores, t, k)
+}
+
+/// Bits of the k-th smallest score (k ≥ 1).
+fn kth_smallest(scores: &[f32], k: usize) -> u32 {
+    let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Vec<usize> {
+        scores
+            .par_chunks(CHUNK)
+            .fold(
+                || vec![0usize; 1 << 16],
+                |mut h, c| {
+                    for &s in c {
+                        if let Some(b) = select(bits(s)) {
+                            h[b] += 1;
+                        }
+                    }
+                    h
+                },
+            )
+            .reduce(
+                || vec![0usize; 1 << 16],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+    };
+    // Bucket holding the rank-th smallest (1-based) in `h`, and the count below it.
+    let find = |h: &[usize], rank: usize| -> (u32, usize) {
+        let mut below = 0;
+        for (b, &c) in h.iter().enumerate() {
+            if below + c >= rank {
+                return (b as u32, below);
+            }
+            below += c;
+        }
+        unreachable!("rank {rank} beyond the histogram's {below} entries")
+    };
+    let high = histogram(&|b| Some((b >> 16) as usize));
+    let (hi, below) = find(&high, k);
+    let low = histogram(&|b| ((b >> 16) == hi).then_some((b & 0xffff) as usize));
+    let (lo, _) = find(&low, k - below);
+    (hi << 16) | lo
 }
 
 /// Marks every unit scoring below `t` plus the first `k - #below` units scoring exactly `t`.
@@ -143,11 +184,18 @@ pub fn global_counts(scores: &[&[f32]], caps: &[usize], k: usize) -> Vec<usize> 
 /// of its tensor that is not smaller. Scores are comparable across tensors, and every tensor's
 /// largest unit scores 1, so LAMP never empties a layer.
 pub fn lamp(scores: &[f32]) -> Vec<f32> {
-    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
-    order.par_sort_unstable_by_key(|&i| (bits(scores[i as usize]), i));
+    // Sort (score bits, index) packed in one u64: contiguous keys sort much faster than
+    // indices compared through the scores.
+    let mut order: Vec<u64> = scores
+        .par_iter()
+        .enumerate()
+        .map(|(i, &s)| ((bits(s) as u64) << 32) | i as u64)
+        .collect();
+    order.par_sort_unstable();
     let mut out = vec![0f32; scores.len()];
     let mut suffix = 0f64;
-    for &i in order.iter().rev() {
+    for &key in order.iter().rev() {
+        let i = (key & 0xffff_ffff) as u32;
         let sq = (scores[i as usize] as f64).powi(2);
         suffix += sq;
         out[i as usize] = if suffix > 0.0 && suffix.is_finite() {
