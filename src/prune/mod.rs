@@ -668,6 +668,25 @@ fn fraction(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// Zeros of a tensor: counted by the cut when it ran on the magnitudes themselves.
+fn cut_zeros(mags: &[f32], cut: &select::Cut, on_other_scores: bool) -> u64 {
+    if on_other_scores {
+        mags.par_iter().filter(|&&m| m == 0.0).count() as u64
+    } else {
+        cut.zeros as u64
+    }
+}
+
+/// The largest score among selected units.
+fn max_selected(scores: &[f32], mask: &[bool]) -> Option<f64> {
+    scores
+        .par_iter()
+        .zip(mask)
+        .filter(|p| *p.1)
+        .map(|p| *p.0 as f64)
+        .reduce_with(f64::max)
+}
+
 /// Prunes one tensor: its new payload (when anything changed) and its report line. `pooled`
 /// is the count a global / LAMP threshold assigned to it.
 fn prune_one(
@@ -678,39 +697,49 @@ fn prune_one(
     let c = &job.cand;
     let mags = job.codec.magnitudes(&c.data);
     let n = mags.len();
-    let (mask, threshold) = match job.pattern {
-        Pattern::NOfM { n: keep, m } => (n_of_m_mask(job, &mags, keep, m), None),
-        _ => {
-            let units = unit_scores(job, &mags);
-            let unit_mask = match (pooled, lamp) {
-                (Some(k), Some(l)) => select::lowest_k(l, k),
-                (Some(k), None) => select::lowest_k(&units, k),
-                (None, _) => select::lowest_k(
-                    &units,
-                    target_count(job.sparsity.expect("set"), units.len()),
-                ),
+    let count = |units: usize| match pooled {
+        Some(k) => k,
+        None => target_count(job.sparsity.expect("set"), units),
+    };
+    // (new payload, zeros before, zeros after, threshold)
+    let (new, zeros_before, zeros_after, threshold) = match job.pattern {
+        Pattern::Unstructured => {
+            // The hot path: select and zero in streaming passes, no mask. Every already-zero
+            // weight is among the k smallest, so zeros after = max(k, zeros before).
+            let scores = lamp.unwrap_or(&mags);
+            let cut = select::cut(scores, count(n));
+            let zeros_before = cut_zeros(&mags, &cut, lamp.is_some());
+            let zeros_after = (cut.k as u64).max(zeros_before);
+            let threshold = if lamp.is_some() {
+                max_selected(&mags, &cut.mask(scores))
+            } else {
+                cut.threshold().map(f64::from)
             };
-            let threshold = units
+            let new =
+                (zeros_after > zeros_before).then(|| job.codec.zeroed_cut(&c.data, scores, &cut));
+            (new, zeros_before, zeros_after, threshold)
+        }
+        _ => {
+            let (mask, threshold) = match job.pattern {
+                Pattern::NOfM { n: keep, m } => (n_of_m_mask(job, &mags, keep, m), None),
+                _ => {
+                    let units = unit_scores(job, &mags);
+                    let scores = lamp.unwrap_or(&units);
+                    let unit_mask = select::lowest_k(scores, count(units.len()));
+                    let threshold = max_selected(&units, &unit_mask);
+                    (expand(job, unit_mask, n), threshold)
+                }
+            };
+            let (zeros_before, zeros_after) = mags
                 .par_iter()
-                .zip(&unit_mask)
-                .filter(|p| *p.1)
-                .map(|p| *p.0 as f64)
-                .reduce_with(f64::max);
-            (expand(job, unit_mask, n), threshold)
+                .zip(&mask)
+                .map(|(&m, &p)| ((m == 0.0) as u64, (p || m == 0.0) as u64))
+                .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let new = (zeros_after > zeros_before).then(|| job.codec.zeroed(&c.data, &mask));
+            (new, zeros_before, zeros_after, threshold)
         }
     };
-    let (zeros_before, zeros_after) = mags
-        .par_iter()
-        .zip(&mask)
-        .map(|(&m, &p)| ((m == 0.0) as u64, (p || m == 0.0) as u64))
-        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let mut edit = None;
-    if mask.par_iter().any(|&p| p) {
-        let new = job.codec.zeroed(&c.data, &mask);
-        if new[..] != c.data[..] {
-            edit = Some((c.handle, Bytes::from(new)));
-        }
-    }
+    let edit = new.map(|b| (c.handle, Bytes::from(b)));
     let params = n as u64;
     let layer = LayerResult {
         graph: c.graph,

@@ -18,21 +18,96 @@ fn bits(s: f32) -> u32 {
     }
 }
 
-/// Marks the `k` lowest-scoring units (ties: lower index first).
+/// The `k` lowest-scoring units of a score vector, described without a mask: everything
+/// scoring below `t`, plus, in each chunk of `CHUNK` units, the first `quota[chunk]` units
+/// scoring exactly `t` (ties: lower index first). Applying it streams over the scores once.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    t: u32,
+    quota: Vec<usize>,
+    /// Units selected.
+    pub k: usize,
+    /// Units that scored exactly zero (already-zero weights).
+    pub zeros: usize,
+}
+
+impl Cut {
+    /// The largest selected score, if any unit is selected.
+    pub fn threshold(&self) -> Option<f32> {
+        (self.k > 0).then(|| f32::from_bits(self.t))
+    }
+
+    /// Calls `f(i)` for every selected unit of chunk `chunk` (`scores` is that chunk).
+    #[inline]
+    pub fn for_each_in_chunk(&self, chunk: usize, scores: &[f32], mut f: impl FnMut(usize)) {
+        if self.k == 0 {
+            return;
+        }
+        let mut q = self.quota[chunk];
+        for (i, &s) in scores.iter().enumerate() {
+            let b = bits(s);
+            if b < self.t {
+                f(i);
+            } else if b == self.t && q > 0 {
+                q -= 1;
+                f(i);
+            }
+        }
+    }
+
+    /// The selection as a mask over units.
+    pub fn mask(&self, scores: &[f32]) -> Vec<bool> {
+        let mut mask = vec![false; scores.len()];
+        mask.par_chunks_mut(CHUNK)
+            .zip(scores.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(ci, (m, s))| self.for_each_in_chunk(ci, s, |i| m[i] = true));
+        mask
+    }
+}
+
+/// Selects the `k` lowest-scoring units (ties: lower index first; `k` is capped at the number
+/// of units).
 ///
 /// Finds the k-th smallest score by a two-level radix select (16-bit histograms, computed in
-/// parallel, no copy of the scores), then marks everything below it plus the first ties, in
-/// parallel chunks.
+/// parallel, no copy of the scores), then counts per chunk what lies below and at it.
+pub fn cut(scores: &[f32], k: usize) -> Cut {
+    let k = k.min(scores.len());
+    let t = if k == 0 { 0 } else { kth_smallest(scores, k) };
+    let per_chunk: Vec<(usize, usize, usize)> = scores
+        .par_chunks(CHUNK)
+        .map(|c| {
+            c.iter().fold((0, 0, 0), |(lt, eq, z), &s| {
+                let b = bits(s);
+                (
+                    lt + (b < t) as usize,
+                    eq + (b == t) as usize,
+                    z + (b == 0) as usize,
+                )
+            })
+        })
+        .collect();
+    let below: usize = per_chunk.iter().map(|p| p.0).sum();
+    let mut ties_left = k.saturating_sub(below);
+    let quota = per_chunk
+        .iter()
+        .map(|&(_, eq, _)| {
+            let q = eq.min(ties_left);
+            ties_left -= q;
+            q
+        })
+        .collect();
+    Cut {
+        t,
+        quota,
+        k,
+        zeros: per_chunk.iter().map(|p| p.2).sum(),
+    }
+}
+
+/// Marks the `k` lowest-scoring units (ties: lower index first).
 pub fn lowest_k(scores: &[f32], k: usize) -> Vec<bool> {
-    let n = scores.len();
-    if k == 0 {
-        return vec![false; n];
-    }
-    if k >= n {
-        return vec![true; n];
-    }
-    let t = kth_smallest(scores, k);
-    below_plus_ties(scores, t, k)
+    cut(scores, k).mask(scores)
 }
 
 /// Bits of the k-th smallest score (k ≥ 1).
@@ -75,47 +150,6 @@ fn kth_smallest(scores: &[f32], k: usize) -> u32 {
     let low = histogram(&|b| ((b >> 16) == hi).then_some((b & 0xffff) as usize));
     let (lo, _) = find(&low, k - below);
     (hi << 16) | lo
-}
-
-/// Marks every unit scoring below `t` plus the first `k - #below` units scoring exactly `t`.
-fn below_plus_ties(scores: &[f32], t: u32, k: usize) -> Vec<bool> {
-    let per_chunk: Vec<(usize, usize)> = scores
-        .par_chunks(CHUNK)
-        .map(|c| {
-            c.iter().fold((0, 0), |(lt, eq), &s| {
-                let b = bits(s);
-                (lt + (b < t) as usize, eq + (b == t) as usize)
-            })
-        })
-        .collect();
-    let below: usize = per_chunk.iter().map(|p| p.0).sum();
-    let mut ties_left = k.saturating_sub(below);
-    // Ties each chunk may take, in index order.
-    let quota: Vec<usize> = per_chunk
-        .iter()
-        .map(|&(_, eq)| {
-            let q = eq.min(ties_left);
-            ties_left -= q;
-            q
-        })
-        .collect();
-    let mut mask = vec![false; scores.len()];
-    mask.par_chunks_mut(CHUNK)
-        .zip(scores.par_chunks(CHUNK))
-        .zip(quota.par_iter())
-        .for_each(|((m, s), &q)| {
-            let mut q = q;
-            for (mi, &si) in m.iter_mut().zip(s) {
-                let b = bits(si);
-                if b < t {
-                    *mi = true;
-                } else if b == t && q > 0 {
-                    *mi = true;
-                    q -= 1;
-                }
-            }
-        });
-    mask
 }
 
 /// Number of units scoring at most `t` (as bits).

@@ -178,6 +178,23 @@ impl Codec {
         out
     }
 
+    /// `data` with the elements selected by `cut` (over this tensor's element magnitudes
+    /// `mags`) replaced by zero: one streaming pass, no mask.
+    pub fn zeroed_cut(&self, data: &[u8], mags: &[f32], cut: &super::select::Cut) -> Vec<u8> {
+        let mut out = data.to_vec();
+        let size = self.size;
+        out.par_chunks_mut(CHUNK * size)
+            .zip(mags.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(ci, (chunk, m))| {
+                let start = ci * CHUNK;
+                cut.for_each_in_chunk(ci, m, |j| {
+                    self.write_zero(start + j, &mut chunk[j * size..(j + 1) * size])
+                });
+            });
+        out
+    }
+
     fn write_zero(&self, e: usize, el: &mut [u8]) {
         match self.dtype {
             DType::F32 | DType::F64 | DType::F16 | DType::BF16 => el.fill(0),
