@@ -74,10 +74,20 @@ impl DType {
     pub fn count_nonzero(self, bytes: &[u8], zero_point: Option<i64>) -> Option<u64> {
         let zp = zero_point.unwrap_or(0);
         let n = match self {
-            DType::F32 => bytes
-                .chunks_exact(4)
-                .filter(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) != 0.0)
-                .count(),
+            // ±0 are the only zeros: mask the sign bit. Large tensors are counted on all cores.
+            DType::F32 => {
+                use rayon::prelude::*;
+                bytes
+                    .par_chunks(1 << 20)
+                    .map(|c| {
+                        c.chunks_exact(4)
+                            .filter(|c| {
+                                u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff != 0
+                            })
+                            .count()
+                    })
+                    .sum()
+            }
             DType::F64 => bytes
                 .chunks_exact(8)
                 .filter(|c| f64::from_le_bytes(<[u8; 8]>::try_from(*c).unwrap()) != 0.0)

@@ -112,42 +112,56 @@ pub fn lowest_k(scores: &[f32], k: usize) -> Vec<bool> {
 
 /// Bits of the k-th smallest score (k ≥ 1).
 fn kth_smallest(scores: &[f32], k: usize) -> u32 {
-    let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Vec<usize> {
-        scores
-            .par_chunks(CHUNK)
-            .fold(
-                || vec![0usize; 1 << 16],
-                |mut h, c| {
-                    for &s in c {
-                        if let Some(b) = select(bits(s)) {
-                            h[b] += 1;
-                        }
-                    }
-                    h
-                },
-            )
-            .reduce(
-                || vec![0usize; 1 << 16],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
+    // Small tensors: a selection on a copy is cheapest (tensors run in parallel anyway).
+    if scores.len() < 1 << 20 {
+        let mut keys: Vec<u32> = scores.iter().map(|&s| bits(s)).collect();
+        return *keys.select_nth_unstable(k - 1).1;
+    }
+    // Large tensors: two 16-bit radix passes, one histogram per thread-sized slice.
+    let grain = scores
+        .len()
+        .div_ceil(2 * rayon::current_num_threads())
+        .max(CHUNK);
+    let merge = |mut a: Vec<u32>, b: Vec<u32>| {
+        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        a
     };
+    let empty = || vec![0u32; 1 << 16];
+    let high = scores
+        .par_chunks(grain)
+        .map(|c| {
+            let mut h = empty();
+            for &s in c {
+                h[(bits(s) >> 16) as usize] += 1;
+            }
+            h
+        })
+        .reduce(empty, merge);
     // Bucket holding the rank-th smallest (1-based) in `h`, and the count below it.
-    let find = |h: &[usize], rank: usize| -> (u32, usize) {
+    let find = |h: &[u32], rank: usize| -> (u32, usize) {
         let mut below = 0;
         for (b, &c) in h.iter().enumerate() {
-            if below + c >= rank {
+            if below + c as usize >= rank {
                 return (b as u32, below);
             }
-            below += c;
+            below += c as usize;
         }
         unreachable!("rank {rank} beyond the histogram's {below} entries")
     };
-    let high = histogram(&|b| Some((b >> 16) as usize));
     let (hi, below) = find(&high, k);
-    let low = histogram(&|b| ((b >> 16) == hi).then_some((b & 0xffff) as usize));
+    let low = scores
+        .par_chunks(grain)
+        .map(|c| {
+            let mut h = empty();
+            for &s in c {
+                let b = bits(s);
+                if b >> 16 == hi {
+                    h[(b & 0xffff) as usize] += 1;
+                }
+            }
+            h
+        })
+        .reduce(empty, merge);
     let (lo, _) = find(&low, k - below);
     (hi << 16) | lo
 }
@@ -271,6 +285,39 @@ mod tests {
         assert_eq!(lowest_k(&s, 2), vec![false, true, true, false, false]);
         assert_eq!(lowest_k(&s, 0), vec![false; 5]);
         assert_eq!(lowest_k(&s, 5), vec![true; 5]);
+    }
+
+    #[test]
+    fn radix_select_on_large_tensors_matches_a_sort() {
+        // Over 2^20 units takes the histogram path; many ties and zeros.
+        let n = (1 << 20) + 12345;
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let s: Vec<f32> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x % 5000) as f32 / 100.0).max(0.0) * if x % 7 == 0 { 0.0 } else { 1.0 }
+            })
+            .collect();
+        let mut sorted: Vec<(u32, usize)> = s
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v.to_bits(), i))
+            .collect();
+        sorted.sort();
+        for k in [1, 777, n / 3, n / 2, n - 1] {
+            let m = lowest_k(&s, k);
+            let want: std::collections::HashSet<usize> = sorted[..k].iter().map(|p| p.1).collect();
+            assert_eq!(m.iter().filter(|&&b| b).count(), k);
+            assert!(
+                m.iter().enumerate().all(|(i, &b)| b == want.contains(&i)),
+                "k = {k}"
+            );
+            let c = cut(&s, k);
+            assert_eq!(c.zeros, s.iter().filter(|&&v| v == 0.0).count());
+            assert_eq!(c.threshold(), Some(f32::from_bits(sorted[k - 1].0)));
+        }
     }
 
     #[test]

@@ -147,13 +147,23 @@ impl Codec {
     pub fn magnitudes(&self, data: &[u8]) -> Vec<f32> {
         let n = data.len() / self.size;
         let mut out = vec![0f32; n];
+        let size = self.size;
         out.par_chunks_mut(CHUNK)
+            .zip(data.par_chunks(CHUNK * size))
             .enumerate()
-            .for_each(|(ci, chunk)| {
-                let start = ci * CHUNK;
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    let e = start + j;
-                    *o = self.magnitude(e, &data[e * self.size..(e + 1) * self.size]);
+            .for_each(|(ci, (o, d))| match self.dtype {
+                // The common case, without per-element dispatch.
+                DType::F32 => {
+                    for (o, c) in o.iter_mut().zip(d.chunks_exact(4)) {
+                        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
+                        *o = if v.is_nan() { f32::INFINITY } else { v };
+                    }
+                }
+                _ => {
+                    let start = ci * CHUNK;
+                    for (j, (o, c)) in o.iter_mut().zip(d.chunks_exact(size)).enumerate() {
+                        *o = self.magnitude(start + j, c);
+                    }
                 }
             });
         out
