@@ -8,14 +8,11 @@
 use super::values::CHUNK;
 use rayon::prelude::*;
 
+#[inline]
 fn bits(s: f32) -> u32 {
     debug_assert!(!s.is_nan() && s >= 0.0);
-    // -0.0 has the sign bit set; it is a zero.
-    if s == 0.0 {
-        0
-    } else {
-        s.to_bits()
-    }
+    // Clearing the sign bit makes -0.0 the zero it is; scores are never negative otherwise.
+    s.to_bits() & 0x7fff_ffff
 }
 
 /// The `k` lowest-scoring units of a score vector, described without a mask: everything

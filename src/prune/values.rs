@@ -145,28 +145,28 @@ impl Codec {
 
     /// Magnitudes of every element of `data`, computed on all cores.
     pub fn magnitudes(&self, data: &[u8]) -> Vec<f32> {
-        let n = data.len() / self.size;
-        let mut out = vec![0f32; n];
-        let size = self.size;
-        out.par_chunks_mut(CHUNK)
-            .zip(data.par_chunks(CHUNK * size))
-            .enumerate()
-            .for_each(|(ci, (o, d))| match self.dtype {
-                // The common case, without per-element dispatch.
-                DType::F32 => {
-                    for (o, c) in o.iter_mut().zip(d.chunks_exact(4)) {
-                        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
-                        *o = if v.is_nan() { f32::INFINITY } else { v };
+        // Collected straight into place (no zero-filled buffer first).
+        match self.dtype {
+            // The common case, without per-element dispatch.
+            DType::F32 => data
+                .par_chunks_exact(4)
+                .with_min_len(CHUNK)
+                .map(|c| {
+                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
+                    if v.is_nan() {
+                        f32::INFINITY
+                    } else {
+                        v
                     }
-                }
-                _ => {
-                    let start = ci * CHUNK;
-                    for (j, (o, c)) in o.iter_mut().zip(d.chunks_exact(size)).enumerate() {
-                        *o = self.magnitude(start + j, c);
-                    }
-                }
-            });
-        out
+                })
+                .collect(),
+            _ => data
+                .par_chunks_exact(self.size)
+                .with_min_len(CHUNK)
+                .enumerate()
+                .map(|(e, c)| self.magnitude(e, c))
+                .collect(),
+        }
     }
 
     /// `data` with every element whose `mask` entry is set replaced by zero (+0.0, or the
