@@ -152,7 +152,7 @@ fn pruned_keras_exports_verify_in_tract_and_agree_with_litert() {
         }
         let doc = Document::open(&out).unwrap();
         let runner = Runner::load(&doc).unwrap();
-        let a = agree_with_litert(&out, &runner, 1, |k| {
+        let a = agree_with_litert(&out, &runner, 3, |k| {
             runner.random_inputs(DEFAULT_SEED + k as u64).unwrap()
         });
         eprintln!(
