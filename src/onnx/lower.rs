@@ -22,41 +22,12 @@ fn attr_i(n: &pb::NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name() == name).map(|a| a.i())
 }
 
-/// Values of a constant as f64, with its dims.
+/// Values of a constant as f64.
 fn values(doc: &OnnxDocument, t: &pb::TensorProto) -> Option<Vec<f64>> {
     let TensorPayload::Dense(b) = doc.payload(t).ok()? else {
         return None;
     };
-    let dt = super::dtype_from_onnx(t.data_type());
-    Some(match dt {
-        DType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        DType::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        DType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        DType::I8 => b.iter().map(|&v| v as i8 as f64).collect(),
-        DType::U8 => b.iter().map(|&v| v as f64).collect(),
-        DType::I16 => b
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f64)
-            .collect(),
-        DType::U16 => b
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]) as f64)
-            .collect(),
-        DType::I32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        _ => return None,
-    })
+    super::dtype_from_onnx(t.data_type()).decode_f64(&b)
 }
 
 fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {

@@ -327,39 +327,15 @@ fn attach_weight_quantization(g: &mut Graph) {
 }
 
 fn decode_f32(dtype: DType, d: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        DType::F32 => d
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => d
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => d
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
+    if !dtype.is_float() {
+        return None;
+    }
+    Some(dtype.decode_f64(d)?.into_iter().map(|v| v as f32).collect())
 }
 
 fn decode_int(dtype: DType, d: &[u8]) -> Option<Vec<i64>> {
-    Some(match dtype {
-        DType::I8 => d.iter().map(|&b| b as i8 as i64).collect(),
-        DType::U8 => d.iter().map(|&b| b as i64).collect(),
-        DType::I16 => d
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
-            .collect(),
-        DType::U16 => d
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
-            .collect(),
-        DType::I32 => d
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-            .collect(),
-        _ => return None,
-    })
+    if dtype.is_float() {
+        return None;
+    }
+    Some(dtype.decode_f64(d)?.into_iter().map(|v| v as i64).collect())
 }
