@@ -9,23 +9,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 fn prune_json(input: &Path, out: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "pare {}: {}",
-        args.join(" "),
-        stderr(&o)
-    );
-    json(&o)
+    write_json("prune", input, out, extra)
 }
 
 const SETTINGS: &[(&str, &[&str])] = &[

@@ -281,7 +281,6 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             for r in exclude {
                 opts.exclude.push(pcfg::regex("--exclude", r)?);
             }
-            opts.validate()?;
             let wopts = WriteOptions {
                 external_data: data.mode(output),
                 verify: write.policy(),

@@ -186,6 +186,31 @@ pub fn check_sparsity(s: f64) -> std::result::Result<(), String> {
 }
 
 impl PruneOptions {
+    /// The settings as the report shows them (regexes as their source text).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            sparsity: match self.pattern {
+                Pattern::NOfM { n, m } => Some(1.0 - n as f64 / m as f64),
+                _ => self.sparsity,
+            },
+            scope: self.scope,
+            pattern: self.pattern,
+            min_params: self.min_params,
+            max_layer_sparsity: self.max_layer_sparsity,
+            include: self
+                .include
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            exclude: self
+                .exclude
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            rules: self.rules.iter().map(|r| r.source.clone()).collect(),
+        }
+    }
+
     /// Checks the combination of settings; every failure is a usage error.
     pub fn validate(&self) -> Result<()> {
         let usage = |m: String| Err(Error::Usage(m));
@@ -957,27 +982,7 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
         model_sparsity_before: t_before.sparsity,
         model_sparsity_after: fraction(model_zeros_after, t_before.params),
     };
-    let settings = Settings {
-        sparsity: match opts.pattern {
-            Pattern::NOfM { n, m } => Some(1.0 - n as f64 / m as f64),
-            _ => opts.sparsity,
-        },
-        scope: opts.scope,
-        pattern: opts.pattern,
-        min_params: opts.min_params,
-        max_layer_sparsity: opts.max_layer_sparsity,
-        include: opts
-            .include
-            .iter()
-            .map(|r| r.as_str().to_string())
-            .collect(),
-        exclude: opts
-            .exclude
-            .iter()
-            .map(|r| r.as_str().to_string())
-            .collect(),
-        rules: opts.rules.iter().map(|r| r.source.clone()).collect(),
-    };
+    let settings = opts.settings();
     Ok(Plan {
         edits,
         report: PruneReport {
@@ -1010,7 +1015,7 @@ pub fn prune_with_progress(
     write: &WriteOptions,
     progress: &dyn Progress,
 ) -> Result<PruneReport> {
-    opts.validate()?;
+    opts.validate()?; // before reading: a usage error should not wait for a large model
     progress.stage("reading");
     let doc = Document::open(input)?;
     progress.stage("pruning");

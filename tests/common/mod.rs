@@ -161,10 +161,10 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, data)
 }
 
-/// Runs `pare convert INPUT -o OUT --json EXTRA…`, asserts it succeeded, returns the report.
-pub fn convert_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+/// Runs `pare COMMAND INPUT -o OUT --json EXTRA…`, asserts it succeeded, returns the report.
+pub fn write_json(command: &str, input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
-        "convert",
+        command,
         input.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
@@ -175,9 +175,14 @@ pub fn convert_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Val
     assert_eq!(
         o.status.code(),
         Some(0),
-        "{}: {}",
-        input.display(),
+        "pare {}: {}",
+        args.join(" "),
         stderr(&o)
     );
     json(&o)
+}
+
+/// Runs `pare convert INPUT -o OUT --json EXTRA…`, asserts it succeeded, returns the report.
+pub fn convert_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    write_json("convert", input, out, extra)
 }
