@@ -23,6 +23,11 @@ pub enum VerifyPolicy {
 /// Receives the stages of long work (a CLI shows them as a spinner; libraries may ignore them).
 pub trait Progress {
     fn stage(&self, what: &str);
+    /// Starts counted work (`total` units, e.g. samples) shown as a bar.
+    fn begin(&self, _what: &str, _total: u64) {}
+    fn advance(&self, _n: u64) {}
+    /// Ends counted work started by [`Progress::begin`].
+    fn finish_bar(&self) {}
 }
 
 /// Progress that goes nowhere.
@@ -73,6 +78,28 @@ fn protected_inputs(doc: &Document) -> Vec<PathBuf> {
     v
 }
 
+/// A written and verified model waiting in its staging directory beside the destination:
+/// [`Staged::commit`] renames it into place, dropping it leaves no trace.
+pub struct Staged {
+    staging: Staging,
+    /// The staged files read back (its path is inside the staging directory).
+    pub doc: Document,
+    report: WriteReport,
+}
+
+impl Staged {
+    /// What will be (or was) written.
+    pub fn report(&self) -> &WriteReport {
+        &self.report
+    }
+
+    /// Renames the staged files into place.
+    pub fn commit(self) -> Result<WriteReport> {
+        self.staging.commit()?;
+        Ok(self.report)
+    }
+}
+
 /// Writes `edited` (a document derived from `original`) to `output`, then checks it.
 /// `expect_identical` makes any output difference an error (for conversions, which must not
 /// change what the model computes).
@@ -84,6 +111,19 @@ pub fn write_checked_with_progress(
     expect_identical: bool,
     progress: &dyn Progress,
 ) -> Result<WriteReport> {
+    stage_checked(original, edited, output, opts, expect_identical, progress)?.commit()
+}
+
+/// The first half of [`write_checked_with_progress`]: write to the staging directory, read
+/// back, verify; the caller decides whether to [`Staged::commit`].
+pub fn stage_checked(
+    original: &Document,
+    edited: &Document,
+    output: &Path,
+    opts: &WriteOptions,
+    expect_identical: bool,
+    progress: &dyn Progress,
+) -> Result<Staged> {
     let protected = protected_inputs(original);
     let protected_refs: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
     check_destination(output, &protected_refs, opts.force)?;
@@ -170,15 +210,18 @@ pub fn write_checked_with_progress(
                 .sum(),
             Document::Tflite(_) => 0,
         };
-    staging.commit()?;
-    Ok(WriteReport {
-        input: original.path().display().to_string(),
-        output: output.display().to_string(),
-        format: original.format(),
-        files,
-        input_bytes,
-        output_bytes,
-        verification,
+    Ok(Staged {
+        staging,
+        doc: staged,
+        report: WriteReport {
+            input: original.path().display().to_string(),
+            output: output.display().to_string(),
+            format: original.format(),
+            files,
+            input_bytes,
+            output_bytes,
+            verification,
+        },
     })
 }
 

@@ -36,7 +36,9 @@ pub mod model;
 pub mod onnx;
 pub mod output;
 pub mod prune;
+pub mod sensitivity;
 pub mod tflite;
+pub mod validate;
 pub mod verify;
 
 pub use document::Document;

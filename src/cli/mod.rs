@@ -18,6 +18,10 @@ pub mod exit {
     /// A written model could not be verified with tract and --require-verified was given, or
     /// verification found a difference where none was allowed. Nothing was written.
     pub const VERIFICATION: i32 = 3;
+    /// A validation gate failed (`--max-accuracy-drop`, `--min-cosine`,
+    /// `--min-top1-agreement`), or `--search` found no sparsity within the gates. `pare prune`
+    /// wrote nothing unless `--keep-failed`.
+    pub const GATE: i32 = 4;
 }
 
 #[derive(Parser, Debug)]
@@ -30,8 +34,10 @@ and writes them back losslessly. Every model it writes is loaded and run in trac
 and compared with the original before the command reports success. TFLite models run in tract \
 through a validation copy that rewrites what tract cannot run as it is (constant DEQUANTIZE, int8 \
 kernels emulated in float, PRELU, masked STRIDED_SLICE, …); the written file is never rewritten.\n\n\
-Exit codes: 0 success, 1 error (unreadable or invalid input, I/O), 2 usage (bad flags, refused output path), \
-3 verification failed (with --require-verified, or outputs changed by a conversion); nothing is written on failure."
+Exit codes: 0 success, 1 error (unreadable or invalid input, I/O), 2 usage (bad flags, bad data, refused output path), \
+3 verification failed (with --require-verified, or outputs changed by a conversion), \
+4 a validation gate failed (validate; prune --validate / --search); nothing is written on failure \
+(prune --keep-failed writes a model that failed its gate, and still exits 4)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -100,6 +106,30 @@ enum Command {
         /// A TOML file with settings and per-layer rules; command-line flags override it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// With --scope sensitivity: the profile written by `pare sensitivity --report`.
+        #[arg(long, value_name = "FILE")]
+        sensitivity: Option<PathBuf>,
+        /// Compare the pruned model with the original on this data before writing it: a .npy,
+        /// a .npz (one array per input name, optional `labels`), an ONNX test_data_set folder,
+        /// or `random`. The comparison goes into the report; gates decide whether it is written.
+        #[arg(long, value_name = "DATA")]
+        validate: Option<crate::validate::DataSource>,
+        #[command(flatten)]
+        eval: EvalFlags,
+        #[command(flatten)]
+        gates: GateFlags,
+        #[command(flatten)]
+        latency: LatencyFlags,
+        /// Write the model even when a gate fails (the exit code is still 4).
+        #[arg(long, requires = "validate")]
+        keep_failed: bool,
+        /// Find the largest sparsity within the gates (bisection, see below); --sparsity is
+        /// then the upper bound [default: 0.99].
+        #[arg(long, requires = "validate")]
+        search: bool,
+        /// Grid step of --search.
+        #[arg(long, value_name = "F", default_value_t = 0.01, requires = "search")]
+        search_step: f64,
         /// Also write the JSON report to this file.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
@@ -108,6 +138,170 @@ enum Command {
         #[command(flatten)]
         write: WriteFlags,
     },
+    /// Compare a candidate model (pruned, converted) with its original in tract on the same
+    /// inputs: per-output error, cosine similarity, top-1 agreement, accuracy against labels,
+    /// latency, file and gzip sizes, params, nonzeros and MACs; optional pass/fail gates.
+    #[command(after_help = VALIDATE_HELP)]
+    Validate {
+        /// The reference model.
+        original: PathBuf,
+        /// The model to check against it.
+        candidate: PathBuf,
+        /// Inputs: a .npy, a .npz (one array per input name, optional `labels`), an ONNX
+        /// test_data_set folder, or `random` (seeded, of the declared shapes).
+        #[arg(long, value_name = "DATA", default_value = "random")]
+        data: crate::validate::DataSource,
+        #[command(flatten)]
+        eval: EvalFlags,
+        #[command(flatten)]
+        gates: GateFlags,
+        #[command(flatten)]
+        latency: LatencyFlags,
+        /// Also write the JSON report to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Prune each prunable layer alone at a ladder of sparsities and measure the loss on your
+    /// data: a table, a JSON profile (--report) for `pare prune --scope sensitivity`, and an
+    /// SVG chart (--plot).
+    Sensitivity {
+        /// The model.
+        model: PathBuf,
+        /// Inputs: a .npy, a .npz, an ONNX test_data_set folder, or `random`.
+        #[arg(long, value_name = "DATA", default_value = "random")]
+        data: crate::validate::DataSource,
+        #[command(flatten)]
+        eval: EvalFlags,
+        /// Sparsities tried for each layer.
+        #[arg(
+            long,
+            value_name = "LIST",
+            value_delimiter = ',',
+            default_value = "0.25,0.5,0.75,0.9"
+        )]
+        ratios: Vec<f64>,
+        /// accuracy (needs labels), top1 (agreement with the original) or cosine
+        /// [default: accuracy with labels, else top1, else cosine].
+        #[arg(long, value_name = "METRIC")]
+        metric: Option<crate::sensitivity::Metric>,
+        /// unstructured or block:RxC.
+        #[arg(long, value_name = "PATTERN", default_value = "unstructured")]
+        pattern: crate::prune::Pattern,
+        /// Leave weight tensors with fewer elements alone.
+        #[arg(long, value_name = "N", default_value_t = crate::prune::DEFAULT_MIN_PARAMS)]
+        min_params: u64,
+        /// Only weights whose tensor or node name matches (repeatable).
+        #[arg(long, value_name = "REGEX")]
+        include: Vec<String>,
+        /// Leave alone weights whose tensor or node name matches (repeatable).
+        #[arg(long, value_name = "REGEX")]
+        exclude: Vec<String>,
+        /// Write the chart (one curve per layer) to this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// Write the JSON profile to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+}
+
+const VALIDATE_HELP: &str = "\
+Data: axis 0 of every array is the sample axis. A model with a dynamic batch dimension (ONNX) runs \
+--batch-size samples at a time; a fixed batch (TFLite) runs at its stored size. Float data feeding an \
+int8 TFLite input is quantized with the input's scale and zero point. Labels are integer class indices \
+compared with the arg-max of the first classifier-like output (one score per class per sample).
+
+Metrics: max/mean absolute difference and per-sample cosine similarity of every output (quantized \
+outputs are dequantized first), top-1 agreement of classifier-like outputs, accuracy of both models \
+with labels, latency (median and p90 of interleaved timed runs on the first batch), sizes, params, \
+nonzeros, MACs. JSON schema: pare.validate/1 (see the README).
+
+Gates: --max-accuracy-drop P (percentage points), --min-cosine C (worst output's mean cosine), \
+--min-top1-agreement A (fraction). A failed gate exits with 4.
+
+Examples:
+  pare validate model.onnx model.pruned.onnx --data test.npz --max-accuracy-drop 1
+  pare validate model.tflite pruned.tflite --data x.npy --labels y.npy --json
+  pare validate model.onnx pruned.onnx --input-shape input=1,3,224,224 --min-cosine 0.99";
+
+#[derive(Args, Debug)]
+struct EvalFlags {
+    /// Integer class labels (.npy, one per sample).
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Use at most this many samples (random inputs: this many) [default: all; random: 32].
+    #[arg(long, value_name = "N")]
+    samples: Option<usize>,
+    /// Samples per run when the batch dimension is dynamic.
+    #[arg(long, value_name = "N", default_value_t = crate::validate::data::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+    /// Shape of a random input, e.g. input=1,3,224,224 (repeatable; sets dynamic dimensions).
+    #[arg(long, value_name = "NAME=DIMS", value_parser = parse_input_shape)]
+    input_shape: Vec<(String, Vec<usize>)>,
+    /// Seed of random inputs.
+    #[arg(long, value_name = "N", default_value_t = crate::verify::DEFAULT_SEED)]
+    seed: u64,
+}
+
+impl EvalFlags {
+    fn options(&self, source: crate::validate::DataSource) -> crate::validate::DataOptions {
+        crate::validate::DataOptions {
+            source,
+            labels: self.labels.clone(),
+            samples: self.samples,
+            batch_size: self.batch_size,
+            input_shapes: self.input_shape.clone(),
+            seed: self.seed,
+        }
+    }
+}
+
+fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, dims) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=D1,D2,…"))?;
+    let dims = dims
+        .split(',')
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?}: {d:?} is not a dimension"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((name.to_string(), dims))
+}
+
+#[derive(Args, Debug)]
+struct LatencyFlags {
+    /// Timed runs of each model on the first batch (0: skip latency).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    latency_runs: usize,
+    /// Untimed runs of each model before timing.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    warmup: usize,
+}
+
+#[derive(Args, Debug)]
+struct GateFlags {
+    /// Fail (exit 4) when accuracy drops by more than P percentage points (needs labels).
+    #[arg(long, value_name = "P")]
+    max_accuracy_drop: Option<f64>,
+    /// Fail (exit 4) when any output's mean cosine similarity is below C.
+    #[arg(long, value_name = "C")]
+    min_cosine: Option<f64>,
+    /// Fail (exit 4) when any classifier-like output's top-1 agreement is below A (a fraction).
+    #[arg(long, value_name = "A")]
+    min_top1_agreement: Option<f64>,
+}
+
+impl GateFlags {
+    fn gates(&self) -> crate::validate::Gates {
+        crate::validate::Gates {
+            max_accuracy_drop: self.max_accuracy_drop,
+            min_cosine: self.min_cosine,
+            min_top1_agreement: self.min_top1_agreement,
+        }
+    }
 }
 
 const PRUNE_HELP: &str = "\
@@ -122,10 +316,22 @@ Config file (--config pare.toml): top-level keys sparsity, scope, pattern, min_p
 max_layer_sparsity, include, exclude, and [[layer]] tables with match (regex), sparsity, pattern \
 or skip = true; the first matching rule wins. A rule that matches nothing is an error.
 
+Validation: --validate DATA compares the pruned model with the original on DATA (see pare validate \
+--help) and puts the result in the report; with a gate, a model that fails it is not written and pare \
+exits with 4 (--keep-failed writes it anyway). --search finds the largest sparsity within the gates \
+by bisection on a grid of --search-step between 0 and --sparsity (default 0.99): the upper bound is \
+tried first, then each step halves the interval between the largest passing and the smallest failing \
+sparsity until they are one step apart. Every step is in the report.
+
+Sensitivity: --scope sensitivity --sensitivity profile.json --sparsity S gives each tensor the largest \
+sparsity whose measured drop stays within one common tolerance, chosen so that the parameter-weighted \
+sparsity is S: insensitive layers are pruned harder. Make the profile with pare sensitivity --report.
+
 Examples:
   pare prune model.onnx -o model.pruned.onnx --sparsity 0.75
   pare prune model.tflite -o model.24.tflite --pattern 2:4
-  pare prune model.onnx -o out.onnx --sparsity 0.8 --scope lamp --exclude '^classifier' --json";
+  pare prune model.onnx -o out.onnx --sparsity 0.8 --scope lamp --exclude '^classifier' --json
+  pare prune model.onnx -o out.onnx --scope lamp --validate test.npz --max-accuracy-drop 1 --search";
 
 #[derive(Args, Debug)]
 struct DataFlags {
@@ -260,6 +466,14 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             include,
             exclude,
             config,
+            sensitivity,
+            validate,
+            eval,
+            gates,
+            latency,
+            keep_failed,
+            search,
+            search_step,
             report,
             data,
             write,
@@ -281,6 +495,20 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             for r in exclude {
                 opts.exclude.push(pcfg::regex("--exclude", r)?);
             }
+            if sensitivity.is_some() && opts.scope != crate::prune::Scope::Sensitivity {
+                return Err(Error::Usage(
+                    "--sensitivity FILE applies to --scope sensitivity".into(),
+                ));
+            }
+            if let Some(p) = sensitivity {
+                opts.sensitivity = Some(std::sync::Arc::new(crate::sensitivity::Profile::load(p)?));
+            }
+            let gates = gates.gates();
+            if validate.is_none() && !gates.is_empty() {
+                return Err(Error::Usage(
+                    "a gate (--max-accuracy-drop, --min-cosine, --min-top1-agreement) needs --validate DATA".into(),
+                ));
+            }
             let wopts = WriteOptions {
                 external_data: data.mode(output),
                 verify: write.policy(),
@@ -288,7 +516,22 @@ fn run(cli: &Cli) -> Result<i32, Error> {
                 ..WriteOptions::default()
             };
             let spinner = Spinner::new(cli.quiet);
-            let result = crate::prune::prune_with_progress(input, output, &opts, &wopts, &spinner);
+            let result = match validate {
+                None => crate::prune::prune_with_progress(input, output, &opts, &wopts, &spinner),
+                Some(source) => {
+                    let v = crate::prune::Validation {
+                        options: crate::validate::ValidateOptions {
+                            data: eval.options(source.clone()),
+                            gates,
+                            latency_runs: latency.latency_runs,
+                            warmup: latency.warmup,
+                        },
+                        keep_failed: *keep_failed,
+                        search: search.then(|| crate::prune::Search { step: *search_step }),
+                    };
+                    crate::prune::prune_validated(input, output, &opts, &wopts, &v, &spinner)
+                }
+            };
             spinner.finish();
             let result = result?;
             if let Some(path) = report {
@@ -298,10 +541,125 @@ fn run(cli: &Cli) -> Result<i32, Error> {
                 print_json(&result)?;
             }
             if !cli.quiet {
-                let _ = crate::prune::render(&result, &mut std::io::stderr().lock());
+                let mut err = std::io::stderr().lock();
+                if let Some(s) = &result.search {
+                    let _ = render_search(s, &mut err);
+                }
+                if s_layers_nonempty(&result) {
+                    let _ = crate::prune::render(&result, &mut err);
+                }
+                if let Some(v) = &result.validation {
+                    let _ = writeln!(err);
+                    let _ = crate::validate::render(v, &mut err);
+                }
+                drop(err);
                 if let Some(w) = &result.write {
                     render_write(w);
                 }
+            }
+            if result.gate_failed() {
+                eprintln!(
+                    "error: {}",
+                    match (&result.write, &result.search) {
+                        (_, Some(s)) if s.chosen.is_none() =>
+                            "no sparsity on the search grid meets the gates; nothing written".to_string(),
+                        (Some(_), _) => format!(
+                            "the pruned model fails its validation gate; written anyway (--keep-failed) to {}",
+                            output.display()
+                        ),
+                        (None, _) => format!(
+                            "the pruned model fails its validation gate; {} not written",
+                            output.display()
+                        ),
+                    }
+                );
+                return Ok(exit::GATE);
+            }
+            Ok(exit::OK)
+        }
+        Command::Validate {
+            original,
+            candidate,
+            data,
+            eval,
+            gates,
+            latency,
+            report,
+        } => {
+            let opts = crate::validate::ValidateOptions {
+                data: eval.options(data.clone()),
+                gates: gates.gates(),
+                latency_runs: latency.latency_runs,
+                warmup: latency.warmup,
+            };
+            opts.gates.check()?;
+            let spinner = Spinner::new(cli.quiet);
+            let result = (|| {
+                crate::convert::Progress::stage(&spinner, "reading");
+                let a = crate::Document::open(original)?;
+                let b = crate::Document::open(candidate)?;
+                crate::validate::validate(&a, &b, &opts, &spinner)
+            })();
+            spinner.finish();
+            let result = result?;
+            if let Some(path) = report {
+                write_report_file(path, &result)?;
+            }
+            if cli.json {
+                print_json(&result)?;
+            }
+            if !cli.quiet {
+                let _ = crate::validate::render(&result, &mut std::io::stderr().lock());
+            }
+            if !result.passed {
+                eprintln!("error: {} fails a validation gate", candidate.display());
+                return Ok(exit::GATE);
+            }
+            Ok(exit::OK)
+        }
+        Command::Sensitivity {
+            model,
+            data,
+            eval,
+            ratios,
+            metric,
+            pattern,
+            min_params,
+            include,
+            exclude,
+            plot,
+            report,
+        } => {
+            use crate::prune::config as pcfg;
+            let mut opts = crate::sensitivity::SensitivityOptions {
+                ratios: ratios.clone(),
+                metric: *metric,
+                pattern: *pattern,
+                min_params: *min_params,
+                data: eval.options(data.clone()),
+                ..Default::default()
+            };
+            for r in include {
+                opts.include.push(pcfg::regex("--include", r)?);
+            }
+            for r in exclude {
+                opts.exclude.push(pcfg::regex("--exclude", r)?);
+            }
+            let spinner = Spinner::new(cli.quiet);
+            let result = crate::sensitivity::sensitivity(model, &opts, &spinner);
+            spinner.finish();
+            let result = result?;
+            if let Some(path) = report {
+                write_report_file(path, &result)?;
+            }
+            if let Some(path) = plot {
+                crate::sensitivity::plot(&result, path)?;
+            }
+            if cli.json {
+                print_json(&result)?;
+            }
+            if !cli.quiet {
+                let _ = crate::sensitivity::render(&result, &mut std::io::stderr().lock());
             }
             Ok(exit::OK)
         }
@@ -345,6 +703,68 @@ impl Spinner {
 impl crate::convert::Progress for Spinner {
     fn stage(&self, what: &str) {
         self.0.set_message(what.to_string());
+    }
+
+    fn begin(&self, what: &str, total: u64) {
+        self.0.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} samples ({per_sec}, eta {eta})",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(what.to_string());
+    }
+
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    fn finish_bar(&self) {
+        self.0
+            .set_style(indicatif::ProgressStyle::default_spinner());
+        self.0.set_length(0);
+        self.0.set_position(0);
+    }
+}
+
+/// Whether a prune report has layers to show (a search that found nothing has only the
+/// discovery at sparsity 0).
+fn s_layers_nonempty(r: &crate::prune::PruneReport) -> bool {
+    r.search.as_ref().is_none_or(|s| s.chosen.is_some())
+}
+
+fn render_search(s: &crate::prune::SearchReport, w: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "search: {} on a {} grid up to {}",
+        s.strategy, s.step, s.upper_bound
+    )?;
+    writeln!(
+        w,
+        "{:>4} {:>9} {:>9} {:>10} {:>9} {:>10} {:>7}  result",
+        "step", "sparsity", "reached", "accuracy", "drop", "cosine", "top-1"
+    )?;
+    for st in &s.steps {
+        writeln!(
+            w,
+            "{:>4} {:>9.4} {:>9.4} {:>10} {:>9} {:>10.6} {:>7}  {}",
+            st.step,
+            st.sparsity,
+            st.eligible_sparsity,
+            st.accuracy.map_or("-".into(), |a| format!("{a:.2}%")),
+            st.drop_points.map_or("-".into(), |d| format!("{d:.2}pt")),
+            st.cosine,
+            st.top1_agreement
+                .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
+            if st.passed { "pass" } else { "fail" }
+        )?;
+    }
+    match s.chosen {
+        Some(c) => writeln!(w, "chosen sparsity: {c:.4}\n"),
+        None => writeln!(w, "no sparsity meets the gates\n"),
     }
 }
 

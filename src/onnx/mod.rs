@@ -32,6 +32,9 @@ pub struct OnnxDocument {
     pub file_bytes: u64,
     /// The file as read (memory-mapped).
     source: Bytes,
+    /// Tensors were replaced in memory ([`OnnxDocument::with_tensor_data`]): `model` no longer
+    /// matches the file at `path`.
+    pub edited: bool,
 }
 
 impl OnnxDocument {
@@ -58,6 +61,7 @@ impl OnnxDocument {
             external: ExternalFiles::default(),
             file_bytes,
             source: bytes,
+            edited: false,
         };
         doc.map_external_files()?;
         Ok(doc)
@@ -80,6 +84,11 @@ impl OnnxDocument {
             self.external.get_or_map(&self.path, &self.base_dir, &loc)?;
         }
         Ok(())
+    }
+
+    /// The folder external data locations are relative to.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
     }
 
     /// Resolved paths of the external data files (each checked to lie inside the model's folder).
@@ -152,6 +161,7 @@ impl OnnxDocument {
         edits: &std::collections::HashMap<usize, Bytes>,
     ) -> OnnxDocument {
         let mut doc = self.clone();
+        doc.edited = doc.edited || !edits.is_empty();
         let mut ordinal = 0usize;
         tensor::for_each_tensor_mut(&mut doc.model, &mut |t| {
             if let Some(b) = edits.get(&ordinal) {
@@ -160,5 +170,22 @@ impl OnnxDocument {
             ordinal += 1;
         });
         doc
+    }
+}
+
+/// The dense payload of a TensorProto read on its own (ONNX test data `input_K.pb`), which
+/// cannot refer to external data.
+pub fn payload_of_standalone(t: &pb::TensorProto, path: &Path) -> Result<Bytes> {
+    match tensor::payload(t, path, |loc| {
+        Err(Error::malformed(
+            path,
+            format!("a stand-alone tensor cannot refer to external data ({loc:?})"),
+        ))
+    })? {
+        TensorPayload::Dense(b) => Ok(b),
+        TensorPayload::Opaque => Err(Error::unsupported(
+            path,
+            format!("tensor {:?}: its type cannot feed a model here", t.name()),
+        )),
     }
 }

@@ -9,7 +9,10 @@
 
 pub mod config;
 mod select;
+pub mod validated;
 mod values;
+
+pub use validated::{prune_validated, Search, SearchReport, Validation};
 
 use crate::convert::{Progress, Silent, WriteOptions, WriteReport};
 use crate::document::Document;
@@ -44,6 +47,9 @@ pub enum Scope {
     Global,
     /// One threshold over layer-adaptive magnitude scores (Lee et al., ICLR 2021).
     Lamp,
+    /// Per-tensor sparsities from a `pare sensitivity` profile: insensitive layers get more
+    /// (see [`crate::sensitivity::allocate`]).
+    Sensitivity,
 }
 
 impl FromStr for Scope {
@@ -53,8 +59,9 @@ impl FromStr for Scope {
             "layer" => Ok(Scope::Layer),
             "global" => Ok(Scope::Global),
             "lamp" => Ok(Scope::Lamp),
+            "sensitivity" => Ok(Scope::Sensitivity),
             _ => Err(format!(
-                "unknown scope {s:?}: expected layer, global or lamp"
+                "unknown scope {s:?}: expected layer, global, lamp or sensitivity"
             )),
         }
     }
@@ -66,6 +73,7 @@ impl fmt::Display for Scope {
             Scope::Layer => "layer",
             Scope::Global => "global",
             Scope::Lamp => "lamp",
+            Scope::Sensitivity => "sensitivity",
         })
     }
 }
@@ -160,6 +168,8 @@ pub struct PruneOptions {
     pub include: Vec<Regex>,
     pub exclude: Vec<Regex>,
     pub rules: Vec<LayerRule>,
+    /// The profile `--scope sensitivity` allocates from.
+    pub sensitivity: Option<std::sync::Arc<crate::sensitivity::Profile>>,
 }
 
 impl Default for PruneOptions {
@@ -173,6 +183,7 @@ impl Default for PruneOptions {
             include: Vec::new(),
             exclude: Vec::new(),
             rules: Vec::new(),
+            sensitivity: None,
         }
     }
 }
@@ -216,6 +227,12 @@ impl PruneOptions {
         let usage = |m: String| Err(Error::Usage(m));
         if let Some(s) = self.sparsity {
             check_sparsity(s).or_else(|e| usage(format!("--sparsity: {e}")))?;
+        }
+        if self.scope == Scope::Sensitivity && self.sensitivity.is_none() {
+            return usage(
+                "--scope sensitivity needs --sensitivity FILE (a profile from pare sensitivity)"
+                    .into(),
+            );
         }
         if !(self.max_layer_sparsity > 0.0 && self.max_layer_sparsity < 1.0) {
             return usage(format!(
@@ -362,9 +379,27 @@ pub struct PruneReport {
     pub skipped: Vec<SkippedWeight>,
     pub warnings: Vec<String>,
     pub totals: PruneTotals,
-    /// The written files and their verification against the original; absent for a dry run.
+    /// The written files and their verification against the original; absent when nothing
+    /// was written (a failed validation gate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write: Option<WriteReport>,
+    /// With `--scope sensitivity`: the common drop tolerance (points) of the allocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity_tolerance: Option<f64>,
+    /// The comparison with the original on the user's data (`--validate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<crate::validate::ValidateReport>,
+    /// The steps of `--search`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchReport>,
+}
+
+impl PruneReport {
+    /// A validation gate failed, or a search found no sparsity within the gates.
+    pub fn gate_failed(&self) -> bool {
+        self.validation.as_ref().is_some_and(|v| !v.passed)
+            || self.search.as_ref().is_some_and(|s| s.chosen.is_none())
+    }
 }
 
 /// The outcome of pruning in memory: new payloads by storage handle, and the report.
@@ -895,6 +930,40 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
         ));
     }
 
+    // Sensitivity: per-tensor sparsities from the profile, then pruned as layer scope.
+    let mut sensitivity_tolerance = None;
+    if opts.scope == Scope::Sensitivity {
+        let profile = opts.sensitivity.as_ref().expect("validated");
+        let pooled: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].pooled).collect();
+        let layers: Vec<(String, u64)> = pooled
+            .iter()
+            .map(|&i| (jobs[i].cand.name.clone(), jobs[i].cand.numel()))
+            .collect();
+        let target = opts.sparsity.expect("validated");
+        let (alloc, t) =
+            crate::sensitivity::allocate(profile, &layers, target, opts.max_layer_sparsity)
+                .map_err(|e| Error::Usage(format!("--scope sensitivity: {e}")))?;
+        let total: u64 = layers.iter().map(|l| l.1).sum();
+        let reached: f64 = alloc
+            .iter()
+            .zip(&layers)
+            .map(|(s, l)| s * l.1 as f64)
+            .sum::<f64>()
+            / total.max(1) as f64;
+        if reached + 1e-6 < target {
+            warnings.push(format!(
+                "--scope sensitivity: the profile's ratios reach {:.2}% at most, not {:.2}%; measure higher ratios with pare sensitivity --ratios",
+                100.0 * reached,
+                100.0 * target
+            ));
+        }
+        for (&i, s) in pooled.iter().zip(alloc) {
+            jobs[i].sparsity = Some(s);
+            jobs[i].pooled = false;
+        }
+        sensitivity_tolerance = Some(t);
+    }
+
     // Global / LAMP: one threshold over the pooled tensors' unit scores.
     let pooled: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].pooled).collect();
     let mut pooled_counts: HashMap<usize, usize> = HashMap::new();
@@ -993,6 +1062,9 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
             warnings,
             totals,
             write: None,
+            sensitivity_tolerance,
+            validation: None,
+            search: None,
         },
     })
 }

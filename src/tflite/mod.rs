@@ -30,6 +30,9 @@ pub struct TfliteDocument {
     /// The file as read (memory-mapped): what tract is given, so verification runs on the
     /// bytes on disk.
     pub source: Bytes,
+    /// Buffers were replaced in memory ([`TfliteDocument::with_tensor_data`]): `source` no
+    /// longer matches the document.
+    pub edited: bool,
 }
 
 pub fn has_identifier(bytes: &[u8]) -> bool {
@@ -67,6 +70,7 @@ impl TfliteDocument {
             offset_form,
             file_bytes: bytes.len() as u64,
             source: bytes.clone(),
+            edited: false,
         };
         doc.check_references()?;
         Ok(doc)
@@ -148,6 +152,7 @@ impl TfliteDocument {
         edits: &std::collections::HashMap<usize, Bytes>,
     ) -> TfliteDocument {
         let mut doc = self.clone();
+        doc.edited = doc.edited || !edits.is_empty();
         for (&i, b) in edits {
             if let Some(slot) = doc.buffers.get_mut(i) {
                 *slot = Some(b.clone());

@@ -199,7 +199,22 @@ fn describe_tflite_failure(doc: &crate::tflite::TfliteDocument, msg: String) -> 
 
 /// Parses an ONNX document into tract. With external data, tract reads the files itself
 /// (relative to the model's folder): no inlined copy of the weights, no 2 GiB protobuf limit.
+/// A document edited in memory is encoded (external tensors stay references) and parsed with
+/// the original's folder, so tract sees the edits and the untouched external weights.
 pub(crate) fn onnx_inference_model(d: &crate::onnx::OnnxDocument) -> TractResult<InferenceModel> {
+    if d.edited {
+        let bytes = prost::Message::encode_to_vec(&d.model);
+        let proto: tract_onnx::pb::ModelProto = prost::Message::decode(&bytes[..])?;
+        let dir = d.base_dir().to_str().map(str::to_string);
+        let parsed = tract_onnx::onnx().parse(&proto, dir.as_deref())?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(TractError::msg(format!(
+                "could not resolve inputs at top-level: {:?}",
+                parsed.unresolved_inputs
+            )));
+        }
+        return Ok(parsed.model);
+    }
     if d.external_locations().is_empty() {
         let bytes = d
             .inlined_bytes()
@@ -213,6 +228,15 @@ pub(crate) fn onnx_inference_model(d: &crate::onnx::OnnxDocument) -> TractResult
 impl Runner {
     /// Loads a document into tract. Dynamic input dimensions are fixed to 1.
     pub fn load(doc: &Document) -> std::result::Result<Runner, String> {
+        Self::load_shaped(doc, None)
+    }
+
+    /// Loads a document into tract with the given input shapes (ONNX; a TFLite model runs at
+    /// its stored shapes, which the caller can compare with [`Runner::inputs`]).
+    pub fn load_shaped(
+        doc: &Document,
+        shapes: Option<&[Vec<usize>]>,
+    ) -> std::result::Result<Runner, String> {
         match doc {
             Document::Onnx(d) => {
                 let lowered = crate::onnx::lower::lower_for_tract(d);
@@ -230,7 +254,10 @@ impl Runner {
                     for i in 0..model.inputs.len() {
                         let fact = model.input_fact(i)?.clone();
                         let dt = fact.datum_type().unwrap_or(f32::datum_type());
-                        let shape = concrete_input_shape(&fact);
+                        let shape = match shapes.and_then(|s| s.get(i)) {
+                            Some(s) => s.iter().copied().collect(),
+                            None => concrete_input_shape(&fact),
+                        };
                         model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
                     }
                     let typed = model.into_optimized()?;
@@ -243,7 +270,7 @@ impl Runner {
             }
             Document::Tflite(d) => {
                 let (lowered_doc, lowered) = lower_tflite(d);
-                let bytes = if lowered.is_empty() {
+                let bytes = if lowered.is_empty() && !d.edited {
                     d.source.clone()
                 } else {
                     Bytes::from(lowered_doc.encode().map_err(|e| e.to_string())?.0)
@@ -310,6 +337,11 @@ impl Runner {
             input_dts,
             lowered: Lowering::default(),
         })
+    }
+
+    /// The tract type of each input (quantized types carry their scale and zero point).
+    pub fn input_datum_types(&self) -> &[DatumType] {
+        &self.input_dts
     }
 
     /// Seeded random inputs: floats uniform in [-1, 1), 8-bit integers over their full range,
@@ -398,7 +430,11 @@ fn quantize_tensor(t: &Tensor, q: BoundaryQuant) -> TractResult<Tensor> {
     Ok(out)
 }
 
-fn random_tensor(rng: &mut impl Rng, dt: DatumType, shape: &[usize]) -> TractResult<Tensor> {
+pub(crate) fn random_tensor(
+    rng: &mut impl Rng,
+    dt: DatumType,
+    shape: &[usize],
+) -> TractResult<Tensor> {
     let n: usize = shape.iter().product();
     let unq = dt.unquantized();
     let mut t = match unq {

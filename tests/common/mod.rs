@@ -186,3 +186,42 @@ pub fn write_json(command: &str, input: &Path, out: &Path, extra: &[&str]) -> se
 pub fn convert_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     write_json("convert", input, out, extra)
 }
+
+/// Writes a `.npy` file (format 1.0, C order) with the given NumPy type string (`<f4`, `<i8`…).
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Little-endian bytes of f32 values.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Runs pare with `args` plus `--json`; returns the exit code and the parsed report (`Null`
+/// when stdout is empty, as after a usage error).
+pub fn run_json(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let o = run(&a);
+    let v = if o.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json(&o)
+    };
+    (o.status.code().unwrap_or(-1), v, stderr(&o))
+}

@@ -47,6 +47,14 @@ impl Lowering {
     pub fn is_empty(&self) -> bool {
         self.rewrites.is_empty()
     }
+
+    /// One line per kind of rewrite: `"DEQUANTIZE folded (×12)"`-style, sorted.
+    pub fn describe(&self) -> Vec<String> {
+        self.rewrites
+            .iter()
+            .map(|(what, n)| format!("{what} (x{n})"))
+            .collect()
+    }
 }
 
 /// A constant value during folding: little-endian bytes with its type and shape.

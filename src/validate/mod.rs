@@ -1,0 +1,919 @@
+//! `pare validate`: run an original model and a candidate (pruned, converted) in tract on the
+//! same data and report how far apart they are: per-output error, cosine similarity, top-1
+//! agreement, accuracy against labels, latency, sizes; then check the user's gates.
+//!
+//! The original's side is a [`Reference`]: loaded once, bound to the data, its outputs kept in
+//! memory after the first pass (when they are small enough), so that iterative pruning can
+//! compare many candidates at the cost of running each candidate once.
+
+pub mod data;
+
+pub use data::{DataOptions, DataSource, DataSummary, Dataset, InputDecl};
+
+use crate::convert::{Progress, Silent};
+use crate::document::Document;
+use crate::error::{Error, Result};
+use crate::model::Format;
+use crate::verify::Runner;
+use serde::Serialize;
+use std::io::Write;
+use std::time::{Duration, Instant};
+use tract_onnx::prelude::*;
+
+/// Version of the JSON report; bumped when a field changes meaning or disappears.
+pub const SCHEMA: &str = "pare.validate/1";
+
+/// Reference outputs are kept in memory up to this many bytes; beyond it the original model is
+/// run again for every comparison.
+const CACHE_LIMIT: usize = 256 << 20;
+
+/// Thresholds a candidate must meet.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Gates {
+    /// Largest allowed accuracy drop, in percentage points (needs labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_accuracy_drop: Option<f64>,
+    /// Smallest allowed mean cosine similarity of every output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_cosine: Option<f64>,
+    /// Smallest allowed top-1 agreement (fraction of samples) of every classifier-like output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_top1_agreement: Option<f64>,
+}
+
+impl Gates {
+    pub fn is_empty(&self) -> bool {
+        self.max_accuracy_drop.is_none()
+            && self.min_cosine.is_none()
+            && self.min_top1_agreement.is_none()
+    }
+
+    /// Refuses gates that cannot mean anything.
+    pub fn check(&self) -> Result<()> {
+        if let Some(p) = self.max_accuracy_drop {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(Error::Usage(format!(
+                    "--max-accuracy-drop {p}: give percentage points in [0, 100]"
+                )));
+            }
+        }
+        if let Some(c) = self.min_cosine {
+            if !(-1.0..=1.0).contains(&c) {
+                return Err(Error::Usage(format!(
+                    "--min-cosine {c}: a cosine similarity lies in [-1, 1]"
+                )));
+            }
+        }
+        if let Some(a) = self.min_top1_agreement {
+            if !(0.0..=1.0).contains(&a) {
+                return Err(Error::Usage(format!(
+                    "--min-top1-agreement {a}: give a fraction in [0, 1]"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything `pare validate` needs besides the two models.
+#[derive(Debug, Clone)]
+pub struct ValidateOptions {
+    pub data: DataOptions,
+    pub gates: Gates,
+    /// Timed runs per model (0: no latency measurement).
+    pub latency_runs: usize,
+    /// Untimed runs per model before timing.
+    pub warmup: usize,
+}
+
+impl Default for ValidateOptions {
+    fn default() -> Self {
+        ValidateOptions {
+            data: DataOptions::default(),
+            gates: Gates::default(),
+            latency_runs: 20,
+            warmup: 3,
+        }
+    }
+}
+
+/// Size and weight statistics of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub path: String,
+    pub format: Format,
+    /// Model file plus external data.
+    pub file_bytes: u64,
+    pub gzip_bytes: u64,
+    pub params: u64,
+    pub nonzero_params: u64,
+    pub sparsity: f64,
+    /// Dense multiply-accumulates of one run at the declared shapes.
+    pub macs: u64,
+}
+
+impl ModelSummary {
+    pub fn of(doc: &Document) -> Result<ModelSummary> {
+        let r = crate::inspect::inspect(doc)?;
+        Ok(ModelSummary {
+            path: doc.path().display().to_string(),
+            format: doc.format(),
+            file_bytes: r.sizes.file_bytes,
+            gzip_bytes: r.sizes.gzip_bytes,
+            params: r.totals.params,
+            nonzero_params: r.totals.nonzero_params,
+            sparsity: r.totals.sparsity,
+            macs: r.totals.macs,
+        })
+    }
+}
+
+/// How one output of the candidate compares with the original's.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputMetrics {
+    pub index: usize,
+    pub name: String,
+    /// Shape of one run's output.
+    pub shape: Vec<usize>,
+    /// One row per sample with a single axis of size ≥ 2: top-1 agreement applies.
+    pub classifier: bool,
+    pub max_abs_diff: f64,
+    pub mean_abs_diff: f64,
+    /// Cosine similarity per sample, averaged over the samples.
+    pub cosine_mean: f64,
+    pub cosine_min: f64,
+    /// Fraction of samples whose arg-max agrees (classifier-like outputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
+    /// Values that are NaN or infinite in the candidate's output (never in a sound model).
+    pub candidate_nonfinite: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccuracyReport {
+    /// The classifier-like output labels are compared with (the first one).
+    pub output: String,
+    pub samples: usize,
+    /// Top-1 accuracy in percent.
+    pub original: f64,
+    pub candidate: f64,
+    /// original − candidate, in percentage points.
+    pub drop_points: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub p90_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    /// Samples per timed run.
+    pub batch_size: usize,
+    pub warmup: usize,
+    pub runs: usize,
+    pub original: Timing,
+    pub candidate: Timing,
+    /// Original median / candidate median.
+    pub speedup: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GateResult {
+    pub gate: &'static str,
+    pub limit: f64,
+    /// The measured value the limit applies to (the worst output's, for per-output gates).
+    pub value: f64,
+    pub passed: bool,
+}
+
+/// The comparison of a candidate with the reference on the data (no sizes, no latency):
+/// what iterative pruning evaluates at each step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub outputs: Vec<OutputMetrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<AccuracyReport>,
+    pub gates: Vec<GateResult>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidateReport {
+    pub schema: &'static str,
+    pub original: ModelSummary,
+    pub candidate: ModelSummary,
+    pub data: DataSummary,
+    /// Rewrites of the validation copies tract runs (see `pare convert --help`); empty when
+    /// tract runs the files as they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lowered: Vec<String>,
+    pub outputs: Vec<OutputMetrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<AccuracyReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyReport>,
+    pub gates: Vec<GateResult>,
+    /// Every gate passed (true when there are none).
+    pub passed: bool,
+}
+
+/// The declared inputs of a model, for binding data.
+pub fn input_decls(doc: &Document) -> Result<(Vec<InputDecl>, Vec<String>)> {
+    let model = doc.to_model()?;
+    let g = model.main();
+    let inputs = g
+        .inputs
+        .iter()
+        .map(|&id| {
+            let t = g.tensor(id);
+            InputDecl {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                dims: t.shape.clone(),
+                quantized: t.quant.is_some(),
+            }
+        })
+        .collect();
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|&id| g.tensor(id).name.clone())
+        .collect();
+    Ok((inputs, outputs))
+}
+
+/// The original model, loaded in tract and bound to the validation data.
+pub struct Reference {
+    path: std::path::PathBuf,
+    decls: Vec<InputDecl>,
+    output_names: Vec<String>,
+    pub dataset: Dataset,
+    runner: Runner,
+    input_dts: Vec<DatumType>,
+    /// The original's outputs per batch, once computed (if they fit in [`CACHE_LIMIT`]).
+    cache: Option<Vec<TVec<Tensor>>>,
+    /// Correct predictions of the original, once computed.
+    correct: Option<usize>,
+}
+
+fn load(doc: &Document, shapes: &[Vec<usize>], which: &str) -> Result<Runner> {
+    let runner = Runner::load_shaped(doc, Some(shapes)).map_err(|e| {
+        Error::unsupported(
+            doc.path(),
+            format!("cannot validate the {which} model: {e}"),
+        )
+    })?;
+    for (i, (spec, want)) in runner.inputs.iter().zip(shapes).enumerate() {
+        if &spec.shape != want {
+            return Err(Error::Usage(format!(
+                "{}: input {i} runs in tract at shape {:?}, the data has {:?} per run",
+                doc.path().display(),
+                spec.shape,
+                want
+            )));
+        }
+    }
+    Ok(runner)
+}
+
+impl Reference {
+    /// Loads `original` and binds `data` to its inputs.
+    pub fn new(original: &Document, data: &DataOptions) -> Result<Reference> {
+        let (decls, output_names) = input_decls(original)?;
+        let mut dataset = Dataset::open(data, &decls, original.format() == Format::Onnx)?;
+        let runner = load(original, &dataset.shapes, "original")?;
+        let input_dts = runner.input_datum_types().to_vec();
+        for (i, dt) in input_dts.iter().enumerate() {
+            if dt.is_quantized() && dataset.input_is_float(i) {
+                dataset.mark_quantized(i);
+            }
+        }
+        Ok(Reference {
+            path: original.path().to_path_buf(),
+            decls,
+            output_names,
+            dataset,
+            runner,
+            input_dts,
+            cache: None,
+            correct: None,
+        })
+    }
+
+    /// Rewrites tract needed to run the original (empty when it ran the file as it is).
+    pub fn lowered(&self) -> Vec<String> {
+        self.runner.lowered.describe()
+    }
+
+    /// Loads a candidate, refusing one whose interface differs from the original's.
+    pub fn load_candidate(&self, candidate: &Document) -> Result<Runner> {
+        let (decls, outputs) = input_decls(candidate)?;
+        let differs = |what: String| -> Error {
+            Error::Usage(format!(
+                "{} and {} have different interfaces: {what}",
+                self.path.display(),
+                candidate.path().display()
+            ))
+        };
+        if decls.len() != self.decls.len() || outputs.len() != self.output_names.len() {
+            return Err(differs(format!(
+                "{} inputs / {} outputs vs {} / {}",
+                self.decls.len(),
+                self.output_names.len(),
+                decls.len(),
+                outputs.len()
+            )));
+        }
+        for (a, b) in self.decls.iter().zip(&decls) {
+            if a.name != b.name || a.dtype != b.dtype || a.dims != b.dims {
+                return Err(differs(format!(
+                    "input {:?} ({} {}) vs {:?} ({} {})",
+                    a.name,
+                    a.dtype,
+                    crate::model::shape_to_string(a.dims.as_deref()),
+                    b.name,
+                    b.dtype,
+                    crate::model::shape_to_string(b.dims.as_deref())
+                )));
+            }
+        }
+        let runner = load(candidate, &self.dataset.shapes, "candidate")?;
+        if runner.inputs != self.runner.inputs {
+            return Err(differs(format!(
+                "tract sees inputs {:?} vs {:?}",
+                self.runner.inputs, runner.inputs
+            )));
+        }
+        Ok(runner)
+    }
+
+    /// Runs `candidate` over the data and compares it with the original.
+    pub fn compare(
+        &mut self,
+        candidate: &Runner,
+        gates: &Gates,
+        progress: &dyn Progress,
+    ) -> Result<Comparison> {
+        let labels = self.dataset.labels.clone();
+        let mut accs: Vec<Accumulator> = Vec::new();
+        let mut correct_a = 0usize;
+        let mut correct_b = 0usize;
+        let mut label_output: Option<usize> = None;
+        let cache = self.cache.take();
+        let fill_cache = cache.is_none();
+        let mut new_cache: Vec<TVec<Tensor>> = Vec::new();
+        let mut cached_bytes = 0usize;
+        let mut batches = self.dataset.batches(&self.input_dts)?;
+        let total = self.dataset.samples as u64;
+        progress.begin("validating", total);
+        let mut bi = 0usize;
+        while let Some(batch) = batches.next_batch()? {
+            let out_a = match &cache {
+                Some(c) => c[bi].clone(),
+                None => self
+                    .runner
+                    .run(batch.tensors.clone())
+                    .map_err(|e| Error::unsupported(&self.path, format!("original model: {e}")))?,
+            };
+            let out_b = candidate.run(batch.tensors).map_err(|e| {
+                Error::Verification(format!("the candidate model failed to run: {e}"))
+            })?;
+            if out_a.len() != out_b.len() {
+                return Err(Error::Verification(format!(
+                    "the candidate gives {} outputs, the original {}",
+                    out_b.len(),
+                    out_a.len()
+                )));
+            }
+            if accs.is_empty() {
+                for (i, t) in out_a.iter().enumerate() {
+                    accs.push(Accumulator::new(i, t.shape(), self.dataset.batch));
+                }
+                label_output = accs.iter().position(|a| a.classifier);
+            }
+            for (i, (a, b)) in out_a.iter().zip(&out_b).enumerate() {
+                let (va, vb) = (real_values(a)?, real_values(b)?);
+                if va.len() != vb.len() {
+                    return Err(Error::Verification(format!(
+                        "output {i}: the candidate's shape {:?} differs from the original's {:?}",
+                        b.shape(),
+                        a.shape()
+                    )));
+                }
+                let (ka, kb) = accs[i].add(&va, &vb, batch.valid);
+                if Some(i) == label_output {
+                    if let Some(l) = &labels {
+                        for (r, (&pa, &pb)) in ka.iter().zip(&kb).enumerate() {
+                            let y = l[batch.first + r];
+                            let classes = accs[i].row_len as i64;
+                            if y >= classes {
+                                return Err(Error::Usage(format!(
+                                    "label {} of sample {} is out of range: output {:?} has {classes} classes",
+                                    y,
+                                    batch.first + r,
+                                    self.output_names.get(i).cloned().unwrap_or_default()
+                                )));
+                            }
+                            correct_a += (pa as i64 == y) as usize;
+                            correct_b += (pb as i64 == y) as usize;
+                        }
+                    }
+                }
+            }
+            if fill_cache {
+                cached_bytes += out_a
+                    .iter()
+                    .map(|t| t.len() * t.datum_type().size_of())
+                    .sum::<usize>();
+                if cached_bytes <= CACHE_LIMIT {
+                    new_cache.push(out_a);
+                }
+            }
+            progress.advance(batch.valid as u64);
+            bi += 1;
+        }
+        progress.finish_bar();
+        self.cache = match cache {
+            Some(c) => Some(c),
+            None if cached_bytes <= CACHE_LIMIT => Some(new_cache),
+            None => None,
+        };
+        let correct_a = *self.correct.get_or_insert(correct_a);
+        let outputs: Vec<OutputMetrics> = accs
+            .into_iter()
+            .map(|a| {
+                let name = self.output_names.get(a.index).cloned().unwrap_or_default();
+                a.finish(name)
+            })
+            .collect();
+        if labels.is_some() && label_output.is_none() {
+            return Err(Error::Usage(
+                "labels were given but no output is classifier-like (one score per class per sample)".into(),
+            ));
+        }
+        let accuracy = match (&labels, label_output) {
+            (Some(l), Some(i)) => {
+                let n = l.len().max(1) as f64;
+                let (a, b) = (100.0 * correct_a as f64 / n, 100.0 * correct_b as f64 / n);
+                Some(AccuracyReport {
+                    output: outputs[i].name.clone(),
+                    samples: l.len(),
+                    original: a,
+                    candidate: b,
+                    drop_points: a - b,
+                })
+            }
+            _ => None,
+        };
+        let gates = check_gates(gates, &outputs, accuracy.as_ref())?;
+        let passed = gates.iter().all(|g| g.passed);
+        Ok(Comparison {
+            outputs,
+            accuracy,
+            gates,
+            passed,
+        })
+    }
+
+    /// Times the original and `candidate` on the first batch, interleaved.
+    pub fn latency(
+        &self,
+        candidate: &Runner,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Option<LatencyReport>> {
+        if runs == 0 {
+            return Ok(None);
+        }
+        let Some(batch) = self.dataset.batches(&self.input_dts)?.next_batch()? else {
+            return Ok(None);
+        };
+        let run = |r: &Runner, who: &str| -> Result<Duration> {
+            let t = Instant::now();
+            r.run(batch.tensors.clone())
+                .map_err(|e| Error::Verification(format!("{who} model: {e}")))?;
+            Ok(t.elapsed())
+        };
+        for _ in 0..warmup {
+            run(&self.runner, "original")?;
+            run(candidate, "candidate")?;
+        }
+        let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        for i in 0..runs {
+            // Alternate which model goes first so neither always runs on a warmer cache.
+            if i % 2 == 0 {
+                ta.push(run(&self.runner, "original")?);
+                tb.push(run(candidate, "candidate")?);
+            } else {
+                tb.push(run(candidate, "candidate")?);
+                ta.push(run(&self.runner, "original")?);
+            }
+        }
+        let (a, b) = (timing(&mut ta), timing(&mut tb));
+        Ok(Some(LatencyReport {
+            batch_size: self.dataset.batch,
+            warmup,
+            runs,
+            speedup: if b.median_ms > 0.0 {
+                a.median_ms / b.median_ms
+            } else {
+                1.0
+            },
+            original: a,
+            candidate: b,
+        }))
+    }
+}
+
+fn timing(v: &mut [Duration]) -> Timing {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let at = |q: f64| ms(v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]);
+    Timing {
+        median_ms: at(0.5),
+        p90_ms: at(0.9),
+    }
+}
+
+fn check_gates(
+    gates: &Gates,
+    outputs: &[OutputMetrics],
+    accuracy: Option<&AccuracyReport>,
+) -> Result<Vec<GateResult>> {
+    let mut out = Vec::new();
+    if let Some(p) = gates.max_accuracy_drop {
+        let acc = accuracy.ok_or_else(|| {
+            Error::Usage(
+                "--max-accuracy-drop needs labels (--labels, or `labels` in the .npz)".into(),
+            )
+        })?;
+        out.push(GateResult {
+            gate: "max_accuracy_drop",
+            limit: p,
+            value: acc.drop_points,
+            // A hair of tolerance: accuracies are ratios of counts printed with decimals.
+            passed: acc.drop_points <= p + 1e-9,
+        });
+    }
+    if let Some(c) = gates.min_cosine {
+        let worst = outputs
+            .iter()
+            .map(|o| o.cosine_mean)
+            .fold(f64::INFINITY, f64::min);
+        out.push(GateResult {
+            gate: "min_cosine",
+            limit: c,
+            value: worst,
+            passed: worst >= c,
+        });
+    }
+    if let Some(a) = gates.min_top1_agreement {
+        let worst = outputs
+            .iter()
+            .filter_map(|o| o.top1_agreement)
+            .fold(f64::INFINITY, f64::min);
+        if worst.is_infinite() {
+            return Err(Error::Usage(
+                "--min-top1-agreement: no output is classifier-like (one score per class per sample)".into(),
+            ));
+        }
+        out.push(GateResult {
+            gate: "min_top1_agreement",
+            limit: a,
+            value: worst,
+            passed: worst >= a,
+        });
+    }
+    Ok(out)
+}
+
+/// Real values of an output: dequantized when the tensor is quantized.
+fn real_values(t: &Tensor) -> Result<Vec<f32>> {
+    let fail = |e: TractError| Error::Verification(format!("reading an output: {e}"));
+    if t.datum_type().is_quantized() {
+        let (zp, scale) = t.datum_type().zp_scale();
+        let mut plain = t.clone();
+        unsafe { plain.set_datum_type(t.datum_type().unquantized()) };
+        let ints = plain.cast_to::<i32>().map_err(fail)?;
+        return Ok(ints
+            .to_plain_array_view::<i32>()
+            .map_err(fail)?
+            .iter()
+            .map(|&q| (q - zp) as f32 * scale)
+            .collect());
+    }
+    let f = t.cast_to::<f32>().map_err(fail)?;
+    Ok(f.to_plain_array_view::<f32>()
+        .map_err(fail)?
+        .iter()
+        .copied()
+        .collect())
+}
+
+/// Streaming statistics of one output.
+struct Accumulator {
+    index: usize,
+    shape: Vec<usize>,
+    /// Values per sample (the whole output when it has no sample axis).
+    row_len: usize,
+    batched: bool,
+    classifier: bool,
+    max: f64,
+    sum: f64,
+    n: u64,
+    cos_sum: f64,
+    cos_min: f64,
+    rows: u64,
+    agree: u64,
+    nonfinite: u64,
+}
+
+/// Index of the largest value; the first on ties (as numpy's argmax), NaN never wins.
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] || v[best].is_nan() && !x.is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+impl Accumulator {
+    fn new(index: usize, shape: &[usize], batch: usize) -> Self {
+        let batched = !shape.is_empty() && shape[0] == batch;
+        let len: usize = shape.iter().product();
+        let row_len = if batched { len / batch.max(1) } else { len };
+        let row_shape = if batched { &shape[1..] } else { shape };
+        let classifier = row_len >= 2 && row_shape.iter().filter(|&&d| d > 1).count() == 1;
+        Accumulator {
+            index,
+            shape: shape.to_vec(),
+            row_len,
+            batched,
+            classifier,
+            max: 0.0,
+            sum: 0.0,
+            n: 0,
+            cos_sum: 0.0,
+            cos_min: f64::INFINITY,
+            rows: 0,
+            agree: 0,
+            nonfinite: 0,
+        }
+    }
+
+    /// Adds the first `valid` samples of a batch; returns the arg-maxes of both (classifiers).
+    fn add(&mut self, a: &[f32], b: &[f32], valid: usize) -> (Vec<usize>, Vec<usize>) {
+        let rows = if self.batched { valid } else { 1 };
+        let (mut ka, mut kb) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            let lo = r * self.row_len;
+            let (x, y) = (&a[lo..lo + self.row_len], &b[lo..lo + self.row_len]);
+            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+            for (&p, &q) in x.iter().zip(y) {
+                if !q.is_finite() {
+                    self.nonfinite += 1;
+                }
+                let (p, q) = (p as f64, q as f64);
+                let d = (p - q).abs();
+                if d.is_nan() {
+                    self.max = f64::INFINITY;
+                } else {
+                    self.max = self.max.max(d);
+                    self.sum += d;
+                }
+                dot += p * q;
+                na += p * p;
+                nb += q * q;
+            }
+            self.n += x.len() as u64;
+            let cos = if na == 0.0 && nb == 0.0 {
+                1.0
+            } else if na == 0.0 || nb == 0.0 || !(dot.is_finite() && nb.is_finite()) {
+                0.0
+            } else {
+                (dot / (na.sqrt() * nb.sqrt())).clamp(-1.0, 1.0)
+            };
+            self.cos_sum += cos;
+            self.cos_min = self.cos_min.min(cos);
+            self.rows += 1;
+            if self.classifier {
+                let (i, j) = (argmax(x), argmax(y));
+                self.agree += (i == j) as u64;
+                ka.push(i);
+                kb.push(j);
+            }
+        }
+        (ka, kb)
+    }
+
+    fn finish(self, name: String) -> OutputMetrics {
+        let rows = self.rows.max(1) as f64;
+        OutputMetrics {
+            index: self.index,
+            name,
+            shape: self.shape,
+            classifier: self.classifier,
+            max_abs_diff: self.max,
+            mean_abs_diff: if self.n == 0 {
+                0.0
+            } else {
+                self.sum / self.n as f64
+            },
+            cosine_mean: self.cos_sum / rows,
+            cosine_min: if self.rows == 0 { 1.0 } else { self.cos_min },
+            top1_agreement: self.classifier.then(|| self.agree as f64 / rows),
+            candidate_nonfinite: self.nonfinite,
+        }
+    }
+}
+
+/// `pare validate`: compares `candidate` with `original` on `opts.data`.
+pub fn validate(
+    original: &Document,
+    candidate: &Document,
+    opts: &ValidateOptions,
+    progress: &dyn Progress,
+) -> Result<ValidateReport> {
+    opts.gates.check()?;
+    progress.stage("loading models");
+    let mut reference = Reference::new(original, &opts.data)?;
+    let cand = reference.load_candidate(candidate)?;
+    validate_with(&mut reference, original, candidate, &cand, opts, progress)
+}
+
+/// [`validate`] with a reference already loaded (pruning validates against the same one).
+pub fn validate_with(
+    reference: &mut Reference,
+    original: &Document,
+    candidate: &Document,
+    cand: &Runner,
+    opts: &ValidateOptions,
+    progress: &dyn Progress,
+) -> Result<ValidateReport> {
+    let cmp = reference.compare(cand, &opts.gates, progress)?;
+    progress.stage("timing");
+    let latency = reference.latency(cand, opts.warmup, opts.latency_runs)?;
+    progress.stage("measuring sizes");
+    let mut lowered = reference.lowered();
+    for l in cand.lowered.describe() {
+        if !lowered.contains(&l) {
+            lowered.push(l);
+        }
+    }
+    Ok(ValidateReport {
+        schema: SCHEMA,
+        original: ModelSummary::of(original)?,
+        candidate: ModelSummary::of(candidate)?,
+        data: reference.dataset.summary.clone(),
+        lowered,
+        outputs: cmp.outputs,
+        accuracy: cmp.accuracy,
+        latency,
+        gates: cmp.gates,
+        passed: cmp.passed,
+    })
+}
+
+/// [`validate`] without progress.
+pub fn validate_quiet(
+    original: &Document,
+    candidate: &Document,
+    opts: &ValidateOptions,
+) -> Result<ValidateReport> {
+    validate(original, candidate, opts, &Silent)
+}
+
+fn ratio(a: u64, b: u64) -> String {
+    if b == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", a as f64 / b as f64)
+    }
+}
+
+/// The human-readable report.
+pub fn render(r: &ValidateReport, w: &mut dyn Write) -> std::io::Result<()> {
+    let d = &r.data;
+    writeln!(
+        w,
+        "data: {} ({} samples, {} per run{})",
+        d.path.as_deref().unwrap_or(&format!(
+            "seeded random inputs (seed {})",
+            d.seed.unwrap_or_default()
+        )),
+        d.samples,
+        d.batch_size,
+        if d.inputs.iter().any(|i| i.quantized) {
+            "; float data quantized with the model's input scale/zero point"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "{:<28} {:>11} {:>11} {:>9} {:>9} {:>7}",
+        "output", "max |diff|", "mean |diff|", "cos mean", "cos min", "top-1"
+    )?;
+    for o in &r.outputs {
+        writeln!(
+            w,
+            "{:<28} {:>11.3e} {:>11.3e} {:>9.6} {:>9.6} {:>7}",
+            crate::inspect::ellipsize(&o.name, 28),
+            o.max_abs_diff,
+            o.mean_abs_diff,
+            o.cosine_mean,
+            o.cosine_min,
+            o.top1_agreement
+                .map(|a| format!("{:.1}%", 100.0 * a))
+                .unwrap_or_else(|| "-".into())
+        )?;
+        if o.candidate_nonfinite > 0 {
+            writeln!(
+                w,
+                "  warning: {} non-finite values in the candidate's output",
+                o.candidate_nonfinite
+            )?;
+        }
+    }
+    writeln!(w)?;
+    writeln!(
+        w,
+        "{:<16} {:>14} {:>14} {:>9}",
+        "", "original", "candidate", "ratio"
+    )?;
+    if let Some(a) = &r.accuracy {
+        writeln!(
+            w,
+            "{:<16} {:>13.2}% {:>13.2}% {:>+8.2}pt",
+            "accuracy", a.original, a.candidate, -a.drop_points
+        )?;
+    }
+    if let Some(l) = &r.latency {
+        writeln!(
+            w,
+            "{:<16} {:>11.3} ms {:>11.3} ms {:>8.2}x",
+            format!("latency (p50)"),
+            l.original.median_ms,
+            l.candidate.median_ms,
+            l.speedup
+        )?;
+        writeln!(
+            w,
+            "{:<16} {:>11.3} ms {:>11.3} ms",
+            "latency (p90)", l.original.p90_ms, l.candidate.p90_ms
+        )?;
+    }
+    let (o, c) = (&r.original, &r.candidate);
+    writeln!(
+        w,
+        "{:<16} {:>14} {:>14} {:>9}",
+        "file bytes",
+        o.file_bytes,
+        c.file_bytes,
+        ratio(o.file_bytes, c.file_bytes)
+    )?;
+    writeln!(
+        w,
+        "{:<16} {:>14} {:>14} {:>9}",
+        "gzip -9 bytes",
+        o.gzip_bytes,
+        c.gzip_bytes,
+        ratio(o.gzip_bytes, c.gzip_bytes)
+    )?;
+    writeln!(w, "{:<16} {:>14} {:>14}", "params", o.params, c.params)?;
+    writeln!(
+        w,
+        "{:<16} {:>14} {:>14} {:>9}",
+        "nonzero params",
+        o.nonzero_params,
+        c.nonzero_params,
+        ratio(o.nonzero_params, c.nonzero_params)
+    )?;
+    writeln!(
+        w,
+        "{:<16} {:>14} {:>14} {:>9}",
+        "MACs",
+        o.macs,
+        c.macs,
+        ratio(o.macs, c.macs)
+    )?;
+    if !r.gates.is_empty() {
+        writeln!(w)?;
+        for g in &r.gates {
+            writeln!(
+                w,
+                "gate {:<20} limit {:<10} measured {:<12.6} {}",
+                g.gate,
+                g.limit,
+                g.value,
+                if g.passed { "passed" } else { "FAILED" }
+            )?;
+        }
+    }
+    Ok(())
+}
