@@ -587,3 +587,49 @@ fn bad_data_and_mismatched_models_are_clear_errors() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("/nonexistent/x.npy"), "{err}");
 }
+
+/// Search steps prune in memory; with ONNX external data, tract must see the edited weights
+/// and the untouched external ones: the same steps as the inline model, to the digit.
+#[test]
+fn search_on_external_data_sees_the_edits() {
+    let dir = tmpdir();
+    let ext = dir.path().join("ext.onnx");
+    convert_json(Path::new(&fx("cnn.onnx")), &ext, &["--external-data"]);
+    let search = |model: &str, out: &str| {
+        let (code, r, err) = run_json(&[
+            "prune",
+            model,
+            "-o",
+            dir.path().join(out).to_str().unwrap(),
+            "--scope",
+            "lamp",
+            "--validate",
+            &fx("data/test_cnn_onnx.npz"),
+            "--max-accuracy-drop",
+            "1",
+            "--search",
+            "--search-step",
+            "0.1",
+            "--latency-runs",
+            "0",
+            // The largest conv stays external and unedited.
+            "--exclude",
+            "c3_1",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(r["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["params"] == 6912));
+        r["search"].clone()
+    };
+    let a = search(ext.to_str().unwrap(), "a.onnx");
+    let b = search(&fx("cnn.onnx"), "b.onnx");
+    assert_eq!(a, b);
+    assert!(a["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["passed"] == false));
+}

@@ -850,7 +850,10 @@ pub fn render(r: &ValidateReport, w: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             w,
             "{:<16} {:>13.2}% {:>13.2}% {:>+8.2}pt",
-            "accuracy", a.original, a.candidate, -a.drop_points
+            "accuracy",
+            a.original,
+            a.candidate,
+            0.0 - a.drop_points + 0.0 // never "-0.00"
         )?;
     }
     if let Some(l) = &r.latency {
