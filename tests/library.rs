@@ -753,3 +753,74 @@ mod prune_properties {
         }
     }
 }
+
+/// The validation API as a Rust user calls it: a reference bound to data, candidates pruned in
+/// memory compared without writing anything, and the same numbers for the written file.
+#[test]
+fn validation_api_compares_in_memory_and_written_candidates_alike() {
+    use pare::prune::{plan, PruneOptions, Scope};
+    use pare::validate::{DataOptions, DataSource, Gates, Reference, ValidateOptions};
+    let dir = tmpdir();
+    let original = Document::open(&fixtures().join("cnn.tflite")).unwrap();
+    let data = DataOptions {
+        source: DataSource::Path(fixtures().join("data/test_cnn_tflite.npz")),
+        ..Default::default()
+    };
+    let mut reference = Reference::new(&original, &data).unwrap();
+    assert_eq!(reference.dataset.samples, 360);
+    let gates = Gates {
+        max_accuracy_drop: Some(1.0),
+        ..Default::default()
+    };
+    let quiet = pare::convert::Silent;
+
+    // The original against itself: no difference, every gate passes.
+    let same = reference.load_candidate(&original).unwrap();
+    let c = reference.compare(&same, &gates, &quiet).unwrap();
+    assert!(c.passed);
+    assert_eq!(c.outputs[0].max_abs_diff, 0.0);
+    assert_eq!(c.accuracy.as_ref().unwrap().drop_points, 0.0);
+
+    // Pruned in memory.
+    let opts = PruneOptions {
+        sparsity: Some(0.5),
+        scope: Scope::Lamp,
+        ..Default::default()
+    };
+    let p = plan(&original, &opts).unwrap();
+    let edited = original.with_tensor_data(&p.edits);
+    let runner = reference.load_candidate(&edited).unwrap();
+    let in_memory = reference.compare(&runner, &gates, &quiet).unwrap();
+    assert!(
+        in_memory.outputs[0].max_abs_diff > 0.0,
+        "the edits are seen"
+    );
+
+    // Written, then validated from disk: the same numbers.
+    let out = dir.path().join("p.tflite");
+    pare::prune::prune(
+        &fixtures().join("cnn.tflite"),
+        &out,
+        &opts,
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let written = Document::open(&out).unwrap();
+    let r = pare::validate::validate_quiet(
+        &original,
+        &written,
+        &ValidateOptions {
+            data: data.clone(),
+            gates: gates.clone(),
+            latency_runs: 0,
+            warmup: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::to_value(&r.outputs).unwrap(),
+        serde_json::to_value(&in_memory.outputs).unwrap()
+    );
+    assert_eq!(r.passed, in_memory.passed);
+    assert!(r.latency.is_none());
+}
