@@ -143,7 +143,8 @@ fn pruned_keras_exports_verify_in_tract_and_agree_with_litert() {
             || n == "EfficientNetB0_int8.tflite"
     });
     files.sort();
-    assert_eq!(files.len(), 8, "{files:?}");
+    // 5 families by default (7 files), 6 with PARE_CORPUS_FAMILIES including NASNetMobile.
+    assert!(files.len() >= 7, "{files:?}");
     let mut failures = Vec::new();
     for src in &files {
         let name = src.file_name().unwrap().to_string_lossy().into_owned();
