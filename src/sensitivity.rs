@@ -461,7 +461,8 @@ pub fn allocate(
     if w_max < target {
         return Ok((s_max, tmax));
     }
-    let (mut lo, mut hi) = (f64::min(0.0, -1.0), tmax);
+    // Below 0 every layer is allowed nothing.
+    let (mut lo, mut hi) = (-1.0, tmax);
     for _ in 0..100 {
         let mid = 0.5 * (lo + hi);
         if reach(mid).1 >= target {

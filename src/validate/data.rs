@@ -169,7 +169,7 @@ impl Elem {
             Elem::Bool => "bool",
         }
     }
-    fn from_onnx(dt: DType) -> Option<Elem> {
+    fn from_dtype(dt: DType) -> Option<Elem> {
         Some(match dt {
             DType::F16 => Elem::F16,
             DType::F32 => Elem::F32,
@@ -945,10 +945,10 @@ fn check_dtype(a: &ArrayRef, d: &InputDecl) -> Result<()> {
     let ok = match (a.elem, d.dtype) {
         (e, DType::F32 | DType::F16 | DType::F64 | DType::BF16) => e.is_float(),
         (e, DType::I8 | DType::U8) => {
-            (e.is_float() && d.quantized) || Elem::from_onnx(d.dtype) == Some(e)
+            (e.is_float() && d.quantized) || Elem::from_dtype(d.dtype) == Some(e)
         }
         (Elem::Bool, DType::Bool) => true,
-        (e, t) => !e.is_float() && e != Elem::Bool && Elem::from_onnx(t).is_some(),
+        (e, t) => !e.is_float() && e != Elem::Bool && Elem::from_dtype(t).is_some(),
     };
     if ok {
         Ok(())
@@ -975,7 +975,7 @@ fn read_pb_tensor(path: &Path) -> Result<(Tensor, Elem)> {
     let t = crate::onnx_pb::TensorProto::decode(bytes)
         .map_err(|e| Error::malformed(path, format!("not an ONNX TensorProto: {e}")))?;
     let dtype = crate::onnx::dtype_from_onnx(t.data_type());
-    let elem = Elem::from_onnx(dtype).ok_or_else(|| {
+    let elem = Elem::from_dtype(dtype).ok_or_else(|| {
         Error::malformed(
             path,
             format!("tensor of type {dtype}: not a model input pare can feed"),
@@ -1008,7 +1008,7 @@ fn check_pb(path: &Path, t: &Tensor, elem: Elem, d: &InputDecl) -> Result<()> {
             )));
         }
     }
-    if Elem::from_onnx(d.dtype) != Some(elem) {
+    if Elem::from_dtype(d.dtype) != Some(elem) {
         return Err(usage(format!(
             "{}: {} data for input {:?}, which takes {}",
             path.display(),
