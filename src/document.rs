@@ -18,7 +18,12 @@ impl Document {
     /// Reads a model file. The format comes from the content (the TFLite file identifier, else
     /// an ONNX protobuf with a graph), never from the extension.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = crate::io::map_file(path)?;
+        Self::from_bytes(path, crate::io::map_file(path)?)
+    }
+
+    /// Decodes a model from bytes as if read from `path` (which names the model in messages
+    /// and anchors ONNX external data locations).
+    pub fn from_bytes(path: &Path, bytes: bytes::Bytes) -> Result<Self> {
         if bytes.is_empty() {
             return Err(Error::malformed(path, "the file is empty"));
         }

@@ -527,12 +527,25 @@ fn multi_megabyte_tflite_files_are_read() {
     let Document::Tflite(mut doc) = Document::open(&fixtures().join("mlp.tflite")).unwrap() else {
         panic!()
     };
-    // Make every weight buffer 64 times larger (unused bytes after the real data).
-    for b in doc.buffers.iter_mut().flatten() {
-        if b.len() > 1000 {
+    // Make every weight 64 times larger (64 times the rows, zeros): LiteRT requires a buffer
+    // to hold exactly its tensor's bytes, so the shapes grow with the buffers.
+    let mut grown = Vec::new();
+    for (i, b) in doc.buffers.iter_mut().enumerate() {
+        if let Some(b) = b.as_mut().filter(|b| b.len() > 1000) {
             let mut v = b.to_vec();
             v.resize(v.len() * 64, 0);
             *b = v.into();
+            grown.push(i as u32);
+        }
+    }
+    for sg in doc.model.subgraphs.iter_mut().flatten() {
+        for t in sg.tensors.iter_mut().flatten() {
+            if grown.contains(&t.buffer) {
+                if let Some(s) = t.shape.as_mut() {
+                    s[0] *= 64;
+                }
+                t.shape_signature = None;
+            }
         }
     }
     let (bytes, _) = doc.encode().unwrap();

@@ -126,8 +126,10 @@ pub struct Totals {
     pub layers_without_macs: usize,
 }
 
+/// Element count, saturating: shapes come from the file (or tract's inference on it), and a
+/// damaged one must give a silly count, not an overflow.
 fn numel(shape: &[u64]) -> u64 {
-    shape.iter().product()
+    shape.iter().fold(1u64, |a, &d| a.saturating_mul(d))
 }
 
 /// Output shape of `node`'s first output: declared in the file, or from `inferred` by name.
@@ -152,7 +154,7 @@ fn layer_macs(
     match kind {
         WeightKind::Conv { out_axis } => {
             let cout = *w.get(out_axis)?;
-            (cout > 0).then(|| numel(w) / cout * numel(&y))
+            (cout > 0).then(|| (numel(w) / cout).saturating_mul(numel(&y)))
         }
         WeightKind::ConvTranspose { in_axis } => {
             let cin = *w.get(in_axis)?;
@@ -162,11 +164,11 @@ fn layer_macs(
                 node.inputs.first()?
             };
             let x = out_shape(g, (*x_id)?, inferred)?;
-            (cin > 0).then(|| numel(w) / cin * numel(&x))
+            (cin > 0).then(|| (numel(w) / cin).saturating_mul(numel(&x)))
         }
         WeightKind::Dense => {
             let n = *y.last()?;
-            (n > 0).then(|| numel(w) / n * numel(&y))
+            (n > 0).then(|| (numel(w) / n).saturating_mul(numel(&y)))
         }
         WeightKind::Recurrent => None,
     }
@@ -180,7 +182,7 @@ fn activation_matmul_macs(
 ) -> Option<u64> {
     let a = out_shape(g, (*node.inputs.first()?)?, inferred)?;
     let y = out_shape(g, *node.outputs.first()?, inferred)?;
-    Some(numel(&y) * a.last().copied()?)
+    Some(numel(&y).saturating_mul(a.last().copied()?))
 }
 
 /// Per-layer statistics of every weight-bearing node in every graph, plus totals over all
@@ -224,7 +226,7 @@ pub fn collect(
                 if macs.is_none() && !found {
                     totals.layers_without_macs += 1;
                 }
-                totals.macs += macs.unwrap_or(0);
+                totals.macs = totals.macs.saturating_add(macs.unwrap_or(0));
                 layers.push(LayerStats {
                     graph: gi,
                     node: node.name.clone(),
@@ -250,19 +252,19 @@ pub fn collect(
             }
             if !found && matches!(node.op.as_str(), "MatMul" | "BATCH_MATMUL") {
                 if let Some(m) = activation_matmul_macs(g, node, inferred) {
-                    totals.macs += m;
+                    totals.macs = totals.macs.saturating_add(m);
                 }
             }
         }
         for t in &g.tensors {
             if t.is_const() && is_parameter(t) && t.handle.is_none_or(|h| counted.insert(h)) {
                 let n = t.numel().unwrap_or(0);
-                totals.params += n;
-                totals.nonzero_params += if t.sparse {
+                totals.params = totals.params.saturating_add(n);
+                totals.nonzero_params = totals.nonzero_params.saturating_add(if t.sparse {
                     n
                 } else {
-                    nonzeros(t).unwrap_or(n)
-                };
+                    nonzeros(t).unwrap_or(n).min(n)
+                });
             }
         }
     }

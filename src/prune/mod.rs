@@ -1041,7 +1041,8 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
     // Only the pruned tensors changed: the model's zeros after are its zeros before plus what
     // pruning added (no second pass over the weights).
     let (_, t_before) = stats::collect(&model.graphs, &HashMap::new());
-    let model_zeros_after = (t_before.params - t_before.nonzero_params) + (after - before);
+    let model_zeros_after = (t_before.params.saturating_sub(t_before.nonzero_params))
+        .saturating_add(after.saturating_sub(before));
     let totals = PruneTotals {
         layers: layers.len(),
         eligible_params,

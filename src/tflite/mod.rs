@@ -93,6 +93,7 @@ impl TfliteDocument {
                         t.buffer
                     ));
                 }
+                self.check_constant_bytes(t)?;
             }
             let tensor_ok = |i: &i32| *i == -1 || (*i >= 0 && (*i as usize) < ntensors);
             for list in [&sg.inputs, &sg.outputs].into_iter().flatten() {
@@ -136,6 +137,37 @@ impl TfliteDocument {
             }
         }
         Ok(())
+    }
+
+    /// A dense constant's buffer must hold exactly its shape's bytes (LiteRT allocates from
+    /// the shape): otherwise every count, edit and validation of it would be wrong.
+    fn check_constant_bytes(&self, t: &fb::TensorT) -> Result<()> {
+        let Some(Some(data)) = self.buffers.get(t.buffer as usize) else {
+            return Ok(());
+        };
+        if t.buffer == 0 || data.is_empty() || t.sparsity.is_some() {
+            return Ok(());
+        }
+        let dtype = view::dtype_from_tflite(t.type_);
+        let (Some(size), Some(dims)) = (dtype.size(), &t.shape) else {
+            return Ok(()); // strings and sub-byte types: not interpreted
+        };
+        let need = dims.iter().try_fold(size as u64, |acc, &d| {
+            u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+        });
+        if need == Some(data.len() as u64) {
+            return Ok(());
+        }
+        Err(Error::malformed(
+            &self.path,
+            format!(
+                "tensor {:?}: buffer {} holds {} bytes, but its shape {dims:?} of {dtype} needs {}",
+                t.name.as_deref().unwrap_or_default(),
+                t.buffer,
+                data.len(),
+                need.map_or("an impossible size".to_string(), |n| n.to_string())
+            ),
+        ))
     }
 
     /// The builtin operator of an opcode, resolving the two fields the schema keeps for it

@@ -39,6 +39,9 @@ pub(crate) fn concrete_input_shape(fact: &InferenceFact) -> TVec<usize> {
         .collect()
 }
 
+/// Largest input tensor pare generates for a run (2^28 elements: 1 GiB of f32).
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 28;
+
 /// Seed of the random inputs used to compare a written model with its original.
 pub const DEFAULT_SEED: u64 = 0x7061_7265; // "pare"
 
@@ -435,7 +438,16 @@ pub(crate) fn random_tensor(
     dt: DatumType,
     shape: &[usize],
 ) -> TractResult<Tensor> {
-    let n: usize = shape.iter().product();
+    // A declared input shape is data from the file: bound it before allocating.
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_INPUT_ELEMENTS)
+        .ok_or_else(|| {
+            TractError::msg(format!(
+                "an input of shape {shape:?} is too large to run (more than {MAX_INPUT_ELEMENTS} elements)"
+            ))
+        })?;
     let unq = dt.unquantized();
     let mut t = match unq {
         DatumType::F32 | DatumType::F64 | DatumType::F16 => {

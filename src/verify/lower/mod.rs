@@ -384,6 +384,14 @@ pub(super) fn dequantize(
             } else {
                 (1, 1)
             };
+            // A damaged file: data that does not fill its shape, or an empty channel step.
+            let numel = c
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?));
+            if inner == 0 || numel != Some(raw.len()) {
+                return None;
+            }
             raw.iter()
                 .enumerate()
                 .map(|(i, &v)| {
@@ -392,7 +400,8 @@ pub(super) fn dequantize(
                     } else {
                         0
                     };
-                    scale[ch] * (v - zero.get(ch).copied().unwrap_or(0)) as f32
+                    // In f64: a damaged file's zero point may be anything.
+                    scale[ch] * (v as f64 - zero.get(ch).copied().unwrap_or(0) as f64) as f32
                 })
                 .collect()
         }
