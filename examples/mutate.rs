@@ -16,8 +16,6 @@
 #[allow(dead_code)]
 mod mutate;
 
-use bytes::Bytes;
-use pare::Document;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,39 +34,6 @@ fn fixtures(ext: &str) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
-}
-
-fn run(target: &str, path: &Path, bytes: Vec<u8>) -> &'static str {
-    let doc = match Document::from_bytes(path, Bytes::from(bytes)) {
-        Ok(d) => d,
-        Err(_) => return "rejected at read",
-    };
-    let model = match doc.to_model() {
-        Ok(m) => m,
-        Err(_) => return "rejected at view",
-    };
-    let _ = pare::model::stats::collect(&model.graphs, &Default::default());
-    if target != "prune" {
-        return "read";
-    }
-    let opts = pare::prune::PruneOptions {
-        sparsity: Some(0.5),
-        ..Default::default()
-    };
-    let plan = match pare::prune::plan(&doc, &opts) {
-        Ok(p) => p,
-        Err(_) => return "rejected at prune",
-    };
-    match doc.with_tensor_data(&plan.edits) {
-        Document::Tflite(d) => match d.encode() {
-            Ok(_) => "pruned and encoded",
-            Err(_) => "rejected at encode",
-        },
-        Document::Onnx(d) => {
-            let _ = prost::Message::encode_to_vec(&d.model);
-            "pruned and encoded"
-        }
-    }
 }
 
 fn main() {
@@ -117,7 +82,7 @@ fn main() {
         *kinds.entry(kind).or_default() += 1;
         let t = Instant::now();
         let input = bytes.clone();
-        match std::panic::catch_unwind(|| run(target, path, input)) {
+        match std::panic::catch_unwind(|| mutate::exercise(target, path, input)) {
             Ok(outcome) => *outcomes.entry(outcome).or_default() += 1,
             Err(_) => {
                 panics += 1;

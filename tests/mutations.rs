@@ -219,3 +219,36 @@ fn crashes_found_by_mutation_stay_fixed() {
         );
     }
 }
+
+/// A short run of the in-process harness (`examples/mutate.rs`) for each target, as CI's smoke
+/// of the fuzzers: 1000 mutations per target, no panic.
+#[test]
+fn in_process_mutation_smoke_of_every_target() {
+    let mut seeds: Vec<PathBuf> = model_fixtures();
+    seeds.sort();
+    for target in ["onnx-read", "tflite-read", "prune"] {
+        let files: Vec<(PathBuf, Vec<u8>)> = seeds
+            .iter()
+            .filter(|p| match target {
+                "onnx-read" => p.extension().unwrap() == "onnx",
+                "tflite-read" => p.extension().unwrap() == "tflite",
+                _ => true,
+            })
+            .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+            .collect();
+        let mut panics = Vec::new();
+        let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
+        for i in 0..1000u64 {
+            let seed = 0xC0FFEE + i;
+            let (path, original) = &files[(seed % files.len() as u64) as usize];
+            let (bytes, kind) = mutate::mutate(original, seed);
+            let r = std::panic::catch_unwind(|| mutate::exercise(target, path, bytes));
+            match r {
+                Ok(o) => *outcomes.entry(o).or_default() += 1,
+                Err(_) => panics.push(format!("{} seed {seed} ({kind})", path.display())),
+            }
+        }
+        eprintln!("{target}: {outcomes:?}");
+        assert!(panics.is_empty(), "{target}: panics on {panics:?}");
+    }
+}

@@ -264,3 +264,40 @@ fn structural_tflite(mut m: fb::ModelT, rng: &mut SmallRng) -> Vec<u8> {
     fb::finish_model_buffer(&mut builder, root);
     builder.finished_data().to_vec()
 }
+
+/// Runs one in-process target on `bytes` (read as if from `path`): `onnx-read` / `tflite-read`
+/// decode, build the view and count parameters; `prune` also plans a 50% prune, applies it and
+/// encodes the result. Returns how far it got; a panic is a bug.
+pub fn exercise(target: &str, path: &std::path::Path, bytes: Vec<u8>) -> &'static str {
+    use pare::Document;
+    let doc = match Document::from_bytes(path, bytes::Bytes::from(bytes)) {
+        Ok(d) => d,
+        Err(_) => return "rejected at read",
+    };
+    let model = match doc.to_model() {
+        Ok(m) => m,
+        Err(_) => return "rejected at view",
+    };
+    let _ = pare::model::stats::collect(&model.graphs, &Default::default());
+    if target != "prune" {
+        return "read";
+    }
+    let opts = pare::prune::PruneOptions {
+        sparsity: Some(0.5),
+        ..Default::default()
+    };
+    let plan = match pare::prune::plan(&doc, &opts) {
+        Ok(p) => p,
+        Err(_) => return "rejected at prune",
+    };
+    match doc.with_tensor_data(&plan.edits) {
+        Document::Tflite(d) => match d.encode() {
+            Ok(_) => "pruned and encoded",
+            Err(_) => "rejected at encode",
+        },
+        Document::Onnx(d) => {
+            let _ = prost::Message::encode_to_vec(&d.model);
+            "pruned and encoded"
+        }
+    }
+}
