@@ -173,6 +173,13 @@ pub fn stage_checked(
         }
     };
     if let Some(v) = &verification {
+        if v.regressed {
+            return Err(Error::Verification(format!(
+                "{}: not written: tract runs the original but not the written model ({}); this is a bug in pare, please report it",
+                output.display(),
+                v.reason.as_deref().unwrap_or("unknown reason")
+            )));
+        }
         if !v.verified && opts.verify == VerifyPolicy::Require {
             return Err(Error::Verification(format!(
                 "{}: not written: tract could not verify it ({}) and --require-verified is set",

@@ -837,3 +837,35 @@ fn validation_api_compares_in_memory_and_written_candidates_alike() {
     assert_eq!(r.passed, in_memory.passed);
     assert!(r.latency.is_none());
 }
+
+/// A written model tract cannot run while it runs the original is pare's bug, never a file to
+/// ship: it is refused even under the default policy, which otherwise writes unverifiable models.
+#[test]
+fn a_written_model_that_breaks_in_tract_is_refused() {
+    let dir = tmpdir();
+    let original = Document::open(&fixtures().join("mlp.onnx")).unwrap();
+    let Document::Onnx(mut broken) = original.clone() else {
+        panic!()
+    };
+    // Drop the node that produces the graph's output.
+    let g = broken.model.graph.as_mut().unwrap();
+    let out = g.output[0].name.clone().unwrap();
+    g.node.retain(|n| !n.output.contains(&out));
+    broken.edited = true;
+    let dest = dir.path().join("broken.onnx");
+    let err = pare::convert::write_checked(
+        &original,
+        &Document::Onnx(broken),
+        &dest,
+        &WriteOptions::default(),
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(err, pare::Error::Verification(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("tract runs the original but not the written model"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+}

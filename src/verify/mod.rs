@@ -53,6 +53,10 @@ pub struct Verification {
     /// Why verification could not run (tract could not load or run one of the models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// tract loads and runs the original but not the written model: pare broke something, and
+    /// the model is not written (whatever the verification policy, short of skipping it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub regressed: bool,
     pub seed: u64,
     /// Rewrites applied to a validation copy so that tract can run the model (the written
     /// file is never lowered); empty when tract ran the file as it is.
@@ -68,9 +72,17 @@ impl Verification {
         self.verified && self.outputs.iter().all(|o| o.identical)
     }
 
+    fn regressed(reason: String) -> Self {
+        Verification {
+            regressed: true,
+            ..Self::unverified(reason)
+        }
+    }
+
     fn unverified(reason: String) -> Self {
         Verification {
             verified: false,
+            regressed: false,
             reason: Some(reason),
             seed: DEFAULT_SEED,
             lowered: Lowering::default(),
@@ -542,10 +554,10 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
     };
     let b = match Runner::load(candidate) {
         Ok(r) => r,
-        Err(e) => return Ok(Verification::unverified(format!("written model: {e}"))),
+        Err(e) => return Ok(Verification::regressed(format!("written model: {e}"))),
     };
     if a.inputs != b.inputs {
-        return Ok(Verification::unverified(format!(
+        return Ok(Verification::regressed(format!(
             "the written model's inputs {:?} differ from the original's {:?}",
             b.inputs, a.inputs
         )));
@@ -560,10 +572,10 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
     };
     let out_b = match b.run(inputs) {
         Ok(o) => o,
-        Err(e) => return Ok(Verification::unverified(format!("written model: {e}"))),
+        Err(e) => return Ok(Verification::regressed(format!("written model: {e}"))),
     };
     if out_a.len() != out_b.len() {
-        return Ok(Verification::unverified(format!(
+        return Ok(Verification::regressed(format!(
             "output count differs: {} vs {}",
             out_a.len(),
             out_b.len()
@@ -577,6 +589,7 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
         .collect();
     Ok(Verification {
         verified: true,
+        regressed: false,
         reason: None,
         seed,
         lowered: a.lowered.clone(),
