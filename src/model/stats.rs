@@ -87,9 +87,14 @@ pub fn nonzeros(t: &Tensor) -> Option<u64> {
         Some(q) if q.zero_point.len() > 1 && q.zero_point.iter().any(|&z| z != q.zero_point[0]) => {
             let shape = t.fixed_shape()?;
             let axis = q.axis?;
+            // A damaged file's quantized dimension may lie outside the shape, or a dimension
+            // may be 0: no count rather than a panic.
+            let channels = shape.get(axis).copied().filter(|&c| c > 0)?;
             let inner: u64 = shape[axis + 1..].iter().product();
             let size = t.dtype.size()?;
-            let channels = shape.get(axis).copied()?;
+            if inner == 0 {
+                return None;
+            }
             let mut nz = 0;
             for (i, chunk) in data.chunks(inner as usize * size).enumerate() {
                 let c = (i as u64 % channels) as usize;
