@@ -197,6 +197,26 @@ fn crashes_found_by_mutation_stay_fixed() {
         ("mlp.tflite", 11400714819323200315, "prune", "buffer size"),
         // A buffer that does not fit its shape was carried through and written back.
         ("cnn.tflite", 5000151, "convert", "buffer size"),
+        // A quantized dimension outside the shape: per-channel nonzero counts sliced past it
+        // (found by the 1M-iteration tflite-read run).
+        (
+            "cnn_int8.tflite",
+            15548128363301696605,
+            "inspect",
+            "quantized axis",
+        ),
+        (
+            "ops/ops_int8.tflite",
+            15548128363301863625,
+            "inspect",
+            "quantized axis",
+        ),
+        (
+            "mlp_int8.tflite",
+            15548128363302533481,
+            "inspect",
+            "quantized axis",
+        ),
     ];
     let dir = tmpdir();
     for &(fixture, seed, command, what) in cases {
