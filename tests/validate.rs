@@ -532,7 +532,7 @@ fn bad_data_and_mismatched_models_are_clear_errors() {
     );
     // Integer data for a float input.
     let ints = dir.path().join("ints.npy");
-    write_npy(&ints, "<i8", &[2, 1, 8, 8], &[0u8; 2 * 64 * 8]);
+    write_npy(&ints, &[2, 1, 8, 8], vec![0i64; 2 * 64]);
     check(
         &[&cnn, &cnn, "--data", ints.to_str().unwrap()],
         "int64 data cannot feed input",
@@ -541,7 +541,7 @@ fn bad_data_and_mismatched_models_are_clear_errors() {
     let nan = dir.path().join("nan.npy");
     let mut v = vec![0.5f32; 3 * 64];
     v[64 + 5] = f32::NAN;
-    write_npy(&nan, "<f4", &[3, 1, 8, 8], &f32_bytes(&v));
+    write_npy(&nan, &[3, 1, 8, 8], v);
     check(
         &[&cnn, &cnn, "--data", nan.to_str().unwrap()],
         "sample 1 holds NaN",

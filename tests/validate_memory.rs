@@ -11,20 +11,14 @@ fn validating_half_a_million_samples_streams_the_data() {
     let dir = tmpdir();
     // 500 000 samples of the mlp's 64 features in float64: 256 MB of data.
     let n = 500_000usize;
-    // Written in chunks: this process must stay small, because a forked child starts out
-    // with its parent's resident pages in its peak.
+    // Streamed to disk: this process must stay small, because a forked child starts out with
+    // its parent's resident pages in its peak.
     let x = dir.path().join("x.npy");
-    write_npy(&x, "<f8", &[n, 64], &[]);
-    {
-        use std::io::Write;
-        let f = std::fs::OpenOptions::new().append(true).open(&x).unwrap();
-        let mut w = std::io::BufWriter::new(f);
-        for i in 0..n * 64 {
-            w.write_all(&(((i * 7919) % 17) as f64 / 16.0).to_le_bytes())
-                .unwrap();
-        }
-        w.flush().unwrap();
-    }
+    write_npy(
+        &x,
+        &[n, 64],
+        (0..n * 64).map(|i| ((i * 7919) % 17) as f64 / 16.0),
+    );
     let o = run(&[
         "validate",
         fixtures().join("mlp.onnx").to_str().unwrap(),

@@ -668,16 +668,10 @@ fn run(cli: &Cli) -> Result<i32, Error> {
 
 /// Writes a JSON report atomically (temporary file beside it, then rename).
 fn write_report_file(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
-    serde_json::to_writer_pretty(&mut tmp, value)
-        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
-    tmp.write_all(b"\n").map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    let mut bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+    bytes.push(b'\n');
+    crate::output::write_atomic(path, &bytes)
 }
 
 /// A spinner on stderr naming the current stage: drawn only on a terminal (indicatif hides it

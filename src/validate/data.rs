@@ -1206,33 +1206,16 @@ mod tests {
         }
     }
 
-    fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
-        let shape_s = match shape.len() {
-            1 => format!("({},)", shape[0]),
-            _ => format!(
-                "({})",
-                shape
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        std::fs::write(path, out).unwrap();
-    }
-
-    fn f32s(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    fn write_npy<T: npyz::AutoSerialize>(path: &Path, shape: &[u64], data: Vec<T>) {
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(std::fs::File::create(path).unwrap())
+            .begin_nd()
+            .unwrap();
+        w.extend(data).unwrap();
+        w.finish().unwrap();
     }
 
     #[test]
@@ -1240,7 +1223,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.npy");
         let v: Vec<f32> = (0..10).map(|i| i as f32).collect();
-        write_npy(&p, "<f4", &[5, 2], &f32s(&v));
+        write_npy(&p, &[5, 2], v);
         let opts = DataOptions {
             source: DataSource::Path(p),
             batch_size: 2,
@@ -1267,12 +1250,7 @@ mod tests {
     fn bad_data_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.npy");
-        write_npy(
-            &p,
-            "<f4",
-            &[2, 3],
-            &f32s(&[0.0, 1.0, 2.0, 3.0, f32::NAN, 5.0]),
-        );
+        write_npy(&p, &[2, 3], vec![0.0f32, 1.0, 2.0, 3.0, f32::NAN, 5.0]);
         let opts = DataOptions {
             source: DataSource::Path(p.clone()),
             ..Default::default()
@@ -1294,7 +1272,12 @@ mod tests {
         assert!(e.to_string().contains("sample 1 holds NaN"), "{e}");
         // Truncated file.
         let t = dir.path().join("t.npy");
-        write_npy(&t, "<f4", &[4, 3], &f32s(&[0.0; 6]));
+        // A header for 4 samples, data for 2.
+        write_npy(&t, &[2, 3], vec![0.0f32; 6]);
+        let mut bytes = std::fs::read(&t).unwrap();
+        let at = bytes.windows(6).position(|w| w == b"(2, 3,").unwrap();
+        bytes[at + 1] = b'4';
+        std::fs::write(&t, bytes).unwrap();
         let opts = DataOptions {
             source: DataSource::Path(t),
             ..Default::default()
@@ -1303,7 +1286,7 @@ mod tests {
         assert!(e.to_string().contains("truncated"), "{e}");
         // Labels of the wrong length.
         let l = dir.path().join("y.npy");
-        write_npy(&l, "<i8", &[3], &[0u8; 24]);
+        write_npy(&l, &[3], vec![0i64; 3]);
         let opts = DataOptions {
             source: DataSource::Path(p),
             labels: Some(l),

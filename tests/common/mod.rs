@@ -187,29 +187,23 @@ pub fn convert_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Val
     write_json("convert", input, out, extra)
 }
 
-/// Writes a `.npy` file (format 1.0, C order) with the given NumPy type string (`<f4`, `<i8`…).
-pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = match dims.len() {
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    std::fs::write(path, out).unwrap();
-}
-
-/// Little-endian bytes of f32 values.
-pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// Writes a `.npy` file of `data` with `shape` (C order), streaming the elements.
+pub fn write_npy<T: npyz::AutoSerialize>(
+    path: &Path,
+    shape: &[usize],
+    data: impl IntoIterator<Item = T>,
+) {
+    use npyz::WriterBuilder;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    w.extend(data).unwrap();
+    w.finish().unwrap();
 }
 
 /// Runs pare with `args` plus `--json`; returns the exit code and the parsed report (`Null`
