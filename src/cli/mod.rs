@@ -534,12 +534,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             };
             spinner.finish();
             let result = result?;
-            if let Some(path) = report {
-                write_report_file(path, &result)?;
-            }
-            if cli.json {
-                print_json(&result)?;
-            }
+            emit(cli, report.as_deref(), &result)?;
             if !cli.quiet {
                 let mut err = std::io::stderr().lock();
                 if let Some(s) = &result.search {
@@ -602,12 +597,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             })();
             spinner.finish();
             let result = result?;
-            if let Some(path) = report {
-                write_report_file(path, &result)?;
-            }
-            if cli.json {
-                print_json(&result)?;
-            }
+            emit(cli, report.as_deref(), &result)?;
             if !cli.quiet {
                 let _ = crate::validate::render(&result, &mut std::io::stderr().lock());
             }
@@ -649,21 +639,31 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             let result = crate::sensitivity::sensitivity(model, &opts, &spinner);
             spinner.finish();
             let result = result?;
-            if let Some(path) = report {
-                write_report_file(path, &result)?;
-            }
             if let Some(path) = plot {
                 crate::sensitivity::plot(&result, path)?;
             }
-            if cli.json {
-                print_json(&result)?;
-            }
+            emit(cli, report.as_deref(), &result)?;
             if !cli.quiet {
                 let _ = crate::sensitivity::render(&result, &mut std::io::stderr().lock());
             }
             Ok(exit::OK)
         }
     }
+}
+
+/// The machine-readable result: `--report FILE` (atomically) and `--json` (stdout).
+fn emit(
+    cli: &Cli,
+    report: Option<&std::path::Path>,
+    value: &impl serde::Serialize,
+) -> Result<(), Error> {
+    if let Some(path) = report {
+        write_report_file(path, value)?;
+    }
+    if cli.json {
+        print_json(value)?;
+    }
+    Ok(())
 }
 
 /// Writes a JSON report atomically (temporary file beside it, then rename).
