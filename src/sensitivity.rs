@@ -286,13 +286,7 @@ pub fn sensitivity(
 
 /// The table: one row per layer, one column per ratio (drop in points).
 pub fn render(r: &SensitivityReport, w: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let name_w = r
-        .layers
-        .iter()
-        .map(|l| l.name.chars().count())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 40);
+    let name_w = crate::inspect::name_width(r.layers.iter().map(|l| l.name.as_str()), 40);
     writeln!(
         w,
         "metric: {} drop in points ({}baseline {:.2}); {} samples",

@@ -109,8 +109,18 @@ fn gates_set_the_exit_code_and_the_report_says_why() {
     let pruned = pruned.display().to_string();
     let npz = fx("data/test_cnn_onnx.npz");
 
-    let (code, r, _) = validate(&model, &pruned, &["--data", &npz]);
+    let report = dir.path().join("validate.json");
+    let (code, r, _) = validate(
+        &model,
+        &pruned,
+        &["--data", &npz, "--report", report.to_str().unwrap()],
+    );
     assert_eq!(code, 0);
+    let file: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        file["outputs"], r["outputs"],
+        "--report holds the --json report"
+    );
     let drop = r["accuracy"]["drop_points"].as_f64().unwrap();
     assert!(drop > 1.0, "LAMP 50% on the cnn loses {drop} points");
     assert_eq!(r["passed"], true);

@@ -1104,13 +1104,7 @@ pub fn prune_with_progress(
 /// The human-readable report: a per-layer table, skipped weights and totals.
 pub fn render(r: &PruneReport, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let pct = |f: f64| format!("{:.1}%", 100.0 * f);
-    let name_w = r
-        .layers
-        .iter()
-        .map(|l| l.name.chars().count())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 48);
+    let name_w = crate::inspect::name_width(r.layers.iter().map(|l| l.name.as_str()), 48);
     writeln!(
         out,
         "{:<name_w$}  {:<18} {:<14} {:<5} {:>9}  {:>16}  {:>10}",
