@@ -78,6 +78,14 @@ impl Document {
         }
     }
 
+    /// A copy with structural edits applied (channel pruning).
+    pub fn with_structure(&self, edits: &crate::model::StructureEdits) -> Self {
+        match self {
+            Document::Onnx(d) => Document::Onnx(d.with_structure(edits)),
+            Document::Tflite(d) => Document::Tflite(d.with_structure(edits)),
+        }
+    }
+
     pub fn to_model(&self) -> Result<Model> {
         match self {
             Document::Onnx(d) => d.to_model(),

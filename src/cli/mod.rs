@@ -50,6 +50,8 @@ pub struct Cli {
     quiet: bool,
 }
 
+// One Command exists per process: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show a model's format, inputs/outputs, ops, per-layer weights, params, sparsity, MACs and size.
@@ -109,6 +111,8 @@ enum Command {
         /// With --scope sensitivity: the profile written by `pare sensitivity --report`.
         #[arg(long, value_name = "FILE")]
         sensitivity: Option<PathBuf>,
+        #[command(flatten)]
+        structural: ChannelFlags,
         /// Compare the pruned model with the original on this data before writing it: a .npy,
         /// a .npz (one array per input name, optional `labels`), an ONNX test_data_set folder,
         /// or `random`. The comparison goes into the report; gates decide whether it is written.
@@ -269,6 +273,70 @@ fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((name.to_string(), dims))
+}
+
+/// Structural pruning flags of `pare prune`.
+#[derive(Args, Debug)]
+struct ChannelFlags {
+    /// Remove this fraction of the prunable channels (conv filters, dense neurons) in [0, 1),
+    /// rewiring every dependent layer. Combines with --sparsity (channels first).
+    #[arg(long, value_name = "R", group = "channel_amount")]
+    channels: Option<f64>,
+    /// Remove channels until the MACs are at most this fraction of the original's.
+    #[arg(long, value_name = "F", group = "channel_amount")]
+    target_macs: Option<f64>,
+    /// Remove channels until the parameters are at most this fraction of the original's.
+    #[arg(long, value_name = "F", group = "channel_amount")]
+    target_params: Option<f64>,
+    /// How channels are ranked: l1 or l2 (filter norm), bn (|gamma| of an explicit
+    /// batch-norm), fpgm (distance to the geometric median of the layer's filters) [default: l1].
+    #[arg(long, value_name = "l1|l2|bn|fpgm", requires = "channel_amount")]
+    importance: Option<crate::prune::structural::Importance>,
+    /// layer: every group of coupled layers loses the ratio; global: one ranking of
+    /// normalized scores over all groups [default: --scope if layer or global, else layer].
+    #[arg(long, value_name = "layer|global", requires = "channel_amount")]
+    channel_scope: Option<crate::prune::structural::ChannelScope>,
+    /// Keep channel counts multiples of K (e.g. 8 for SIMD-friendly kernels).
+    #[arg(long, value_name = "K", requires = "channel_amount")]
+    round_to: Option<usize>,
+    /// With a global channel scope, no group loses more than this fraction [default: 0.9].
+    #[arg(long, value_name = "F", requires = "channel_amount")]
+    max_layer_ratio: Option<f64>,
+    /// Drop removed channels' constant output instead of folding it into the next layer's bias.
+    #[arg(long, requires = "channel_amount")]
+    no_fold: bool,
+}
+
+impl ChannelFlags {
+    fn options(
+        &self,
+        scope: Option<crate::prune::Scope>,
+        exclude: &[regex::Regex],
+        rules: Vec<crate::prune::structural::ChannelRule>,
+    ) -> Option<crate::prune::structural::ChannelOptions> {
+        use crate::prune::structural::{Amount, ChannelOptions, ChannelScope};
+        let amount = match (self.channels, self.target_macs, self.target_params) {
+            (Some(r), _, _) => Amount::Ratio(r),
+            (_, Some(f), _) => Amount::TargetMacs(f),
+            (_, _, Some(f)) => Amount::TargetParams(f),
+            _ if !rules.is_empty() => Amount::Ratio(0.0),
+            _ => return None,
+        };
+        let d = ChannelOptions::default();
+        Some(ChannelOptions {
+            amount,
+            importance: self.importance.unwrap_or(d.importance),
+            scope: self.channel_scope.unwrap_or(match scope {
+                Some(crate::prune::Scope::Global) => ChannelScope::Global,
+                _ => ChannelScope::Layer,
+            }),
+            round_to: self.round_to.unwrap_or(d.round_to),
+            max_layer_ratio: self.max_layer_ratio.unwrap_or(d.max_layer_ratio),
+            exclude: exclude.to_vec(),
+            rules,
+            fold: !self.no_fold,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -467,6 +535,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             exclude,
             config,
             sensitivity,
+            structural,
             validate,
             eval,
             gates,
@@ -503,6 +572,11 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             if let Some(p) = sensitivity {
                 opts.sensitivity = Some(std::sync::Arc::new(crate::sensitivity::Profile::load(p)?));
             }
+            opts.channels = structural.options(
+                *scope,
+                &opts.exclude,
+                std::mem::take(&mut opts.channel_rules),
+            );
             let gates = gates.gates();
             if validate.is_none() && !gates.is_empty() {
                 return Err(Error::Usage(
@@ -540,7 +614,10 @@ fn run(cli: &Cli) -> Result<i32, Error> {
                 if let Some(s) = &result.search {
                     let _ = render_search(s, &mut err);
                 }
-                if s_layers_nonempty(&result) {
+                if let Some(c) = &result.channels {
+                    let _ = crate::prune::structural::render(c, &mut err);
+                }
+                if s_layers_nonempty(&result) && !result.layers.is_empty() {
                     let _ = crate::prune::render(&result, &mut err);
                 }
                 if let Some(v) = &result.validation {
@@ -733,13 +810,23 @@ fn s_layers_nonempty(r: &crate::prune::PruneReport) -> bool {
 fn render_search(s: &crate::prune::SearchReport, w: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         w,
-        "search: {} on a {} grid up to {}",
-        s.strategy, s.step, s.upper_bound
+        "search ({}): {} on a {} grid up to {}",
+        s.parameter, s.strategy, s.step, s.upper_bound
     )?;
     writeln!(
         w,
         "{:>4} {:>9} {:>9} {:>10} {:>9} {:>10} {:>7}  result",
-        "step", "sparsity", "reached", "accuracy", "drop", "cosine", "top-1"
+        "step",
+        s.parameter,
+        if s.parameter == "channels" {
+            "params-"
+        } else {
+            "reached"
+        },
+        "accuracy",
+        "drop",
+        "cosine",
+        "top-1"
     )?;
     for st in &s.steps {
         writeln!(
@@ -757,8 +844,8 @@ fn render_search(s: &crate::prune::SearchReport, w: &mut dyn Write) -> std::io::
         )?;
     }
     match s.chosen {
-        Some(c) => writeln!(w, "chosen sparsity: {c:.4}\n"),
-        None => writeln!(w, "no sparsity meets the gates\n"),
+        Some(c) => writeln!(w, "chosen {}: {c:.4}\n", s.parameter),
+        None => writeln!(w, "no {} meets the gates\n", s.parameter),
     }
 }
 

@@ -138,6 +138,28 @@ pub struct Attrs {
     /// Gemm `transB`, TFLite BATCH_MATMUL `adj_y`: the weight is stored [N, K].
     pub trans_b: bool,
     pub depth_multiplier: Option<u64>,
+    /// Transpose `perm` (ONNX attribute; TFLite reads it from a constant input).
+    pub perm: Option<Vec<i64>>,
+    /// Axes of Reduce*/Squeeze/Unsqueeze when given as an attribute (ONNX before opsets 13/18,
+    /// TFLite SQUEEZE `squeeze_dims`).
+    pub axes: Option<Vec<i64>>,
+    /// Reduce ops: keep the reduced axes as size 1 (ONNX `keepdims`, TFLite `keep_dims`).
+    pub keepdims: Option<bool>,
+    /// ONNX Pad `pads` before opset 11 (later opsets take them as an input).
+    pub pads: Option<Vec<i64>>,
+    /// BatchNormalization / normalization `epsilon`.
+    pub epsilon: Option<f32>,
+    /// TFLite RESHAPE `new_shape` option.
+    pub new_shape: Option<Vec<i64>>,
+    /// Gemm `transA`.
+    pub trans_a: bool,
+    /// A fused activation (TFLite `fused_activation_function`): RELU, RELU6, RELU_N1_TO_1, TANH.
+    pub fused_activation: Option<String>,
+    /// The weight is stored in a packed layout, not a plain matrix (TFLite FULLY_CONNECTED
+    /// `SHUFFLED4x16INT8`).
+    pub packed_weights: bool,
+    /// LeakyRelu `alpha`.
+    pub alpha: Option<f32>,
 }
 
 /// One graph: the main graph, a TFLite subgraph, or an ONNX If/Loop/Scan body.
@@ -196,4 +218,36 @@ impl Model {
     pub fn main(&self) -> &Graph {
         &self.graphs[0]
     }
+}
+
+/// Structural edits to a document, built by channel pruning and applied by each format's
+/// writer: new payloads and dimensions for constants, new channel counts for activations,
+/// and the attributes that follow them. Everything not named here stays as it was.
+#[derive(Debug, Default, Clone)]
+pub struct StructureEdits {
+    /// Constants with new dimensions and payload, by storage handle.
+    pub constants: std::collections::HashMap<usize, ConstantEdit>,
+    /// Declared shapes of main-graph values whose channel count changed.
+    pub dims: Vec<DimEdit>,
+    /// ONNX `group` attributes of main-graph nodes (depthwise convolutions).
+    pub groups: Vec<(usize, u64)>,
+    /// TFLite RESHAPE `new_shape` options: (node, position, value).
+    pub new_shapes: Vec<(usize, usize, i64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConstantEdit {
+    pub dims: Vec<u64>,
+    pub data: Bytes,
+    /// The slices applied: (axis, kept positions). Per-channel quantization stored on the
+    /// tensor (TFLite) along one of these axes is sliced the same way.
+    pub keeps: Vec<(usize, Vec<usize>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DimEdit {
+    pub tensor: TensorId,
+    pub name: String,
+    pub axis: usize,
+    pub len: u64,
 }

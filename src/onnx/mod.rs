@@ -4,6 +4,7 @@
 
 mod external;
 pub mod lower;
+mod structure;
 mod tensor;
 mod view;
 pub mod write;

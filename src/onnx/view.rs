@@ -227,6 +227,13 @@ fn build_graph(
                 }
                 "axis" => attrs.axis = Some(a.i()),
                 "transB" => attrs.trans_b = a.i() != 0,
+                "transA" => attrs.trans_a = a.i() != 0,
+                "perm" => attrs.perm = Some(a.ints.clone()),
+                "axes" => attrs.axes = Some(a.ints.clone()),
+                "keepdims" => attrs.keepdims = Some(a.i() != 0),
+                "pads" => attrs.pads = Some(a.ints.clone()),
+                "epsilon" => attrs.epsilon = Some(a.f()),
+                "alpha" => attrs.alpha = Some(a.f()),
                 _ => {}
             }
         }

@@ -20,6 +20,10 @@
 //! [[layer]]
 //! match = "probs"
 //! skip = true
+//!
+//! [[layer]]                  # structural pruning: this layer loses 50% of its channels
+//! match = "conv2"
+//! channels = 0.5
 //! ```
 
 use super::{LayerRule, Pattern, PruneOptions};
@@ -52,6 +56,8 @@ struct Layer {
     sparsity: Option<f64>,
     #[serde(rename = "pattern")]
     weight_pattern: Option<String>,
+    /// Channel ratio for structural pruning of the matching layers.
+    channels: Option<f64>,
     #[serde(default)]
     skip: bool,
 }
@@ -102,10 +108,25 @@ pub fn load(path: &Path, opts: &mut PruneOptions) -> Result<()> {
                 "{what}: `skip = true` cannot be combined with sparsity or pattern"
             )));
         }
-        if !l.skip && l.sparsity.is_none() && pattern.is_none() {
+        if !l.skip && l.sparsity.is_none() && pattern.is_none() && l.channels.is_none() {
             return Err(Error::Usage(format!(
-                "{what}: give `sparsity`, `pattern` or `skip = true`"
+                "{what}: give `sparsity`, `pattern`, `channels` or `skip = true`"
             )));
+        }
+        if let Some(c) = l.channels {
+            if !(0.0..1.0).contains(&c) {
+                return Err(Error::Usage(format!(
+                    "{what}: channels {c} is outside [0, 1)"
+                )));
+            }
+            opts.channel_rules.push(super::structural::ChannelRule {
+                source: what.clone(),
+                regex: regex(&what, &l.pattern)?,
+                ratio: c,
+            });
+            if l.sparsity.is_none() && pattern.is_none() && !l.skip {
+                continue;
+            }
         }
         if let Some(s) = l.sparsity {
             super::check_sparsity(s).map_err(|e| Error::Usage(format!("{what}: {e}")))?;

@@ -9,6 +9,7 @@
 
 pub mod config;
 mod select;
+pub mod structural;
 pub mod validated;
 mod values;
 
@@ -170,6 +171,11 @@ pub struct PruneOptions {
     pub rules: Vec<LayerRule>,
     /// The profile `--scope sensitivity` allocates from.
     pub sensitivity: Option<std::sync::Arc<crate::sensitivity::Profile>>,
+    /// Structural pruning, applied before magnitude pruning.
+    pub channels: Option<structural::ChannelOptions>,
+    /// Per-layer channel ratios from the config file (`[[layer]] channels = R`), moved into
+    /// `channels` by the caller.
+    pub channel_rules: Vec<structural::ChannelRule>,
 }
 
 impl Default for PruneOptions {
@@ -184,6 +190,8 @@ impl Default for PruneOptions {
             exclude: Vec::new(),
             rules: Vec::new(),
             sensitivity: None,
+            channels: None,
+            channel_rules: Vec::new(),
         }
     }
 }
@@ -222,9 +230,27 @@ impl PruneOptions {
         }
     }
 
+    /// Is magnitude pruning asked for (a sparsity, an N:M pattern or a rule that sets one)?
+    /// Without it, a structural prune (`channels`) runs alone.
+    pub fn magnitude_requested(&self) -> bool {
+        self.channels.is_none()
+            || self.sparsity.is_some()
+            || matches!(self.pattern, Pattern::NOfM { .. })
+            || self
+                .rules
+                .iter()
+                .any(|r| r.sparsity.is_some() || r.pattern.is_some())
+    }
+
     /// Checks the combination of settings; every failure is a usage error.
     pub fn validate(&self) -> Result<()> {
         let usage = |m: String| Err(Error::Usage(m));
+        if let Some(c) = &self.channels {
+            c.validate()?;
+            if !self.magnitude_requested() {
+                return Ok(());
+            }
+        }
         if let Some(s) = self.sparsity {
             check_sparsity(s).or_else(|e| usage(format!("--sparsity: {e}")))?;
         }
@@ -392,6 +418,9 @@ pub struct PruneReport {
     /// The steps of `--search`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchReport>,
+    /// Structural pruning (`--channels`, `--target-macs`, `--target-params`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<structural::ChannelReport>,
 }
 
 impl PruneReport {
@@ -1066,8 +1095,43 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
             sensitivity_tolerance,
             validation: None,
             search: None,
+            channels: None,
         },
     })
+}
+
+/// Prunes `doc` in memory as `opts` say: channels first (structural), then magnitude on what
+/// remains. The edited document and the report (without `write`).
+pub fn prune_document(doc: &Document, opts: &PruneOptions) -> Result<(Document, PruneReport)> {
+    opts.validate()?;
+    let (base, channels) = match &opts.channels {
+        Some(c) => {
+            let (d, r) = structural::prune_channels(doc, c)?;
+            (d, Some(r))
+        }
+        None => (doc.clone(), None),
+    };
+    let (edited, mut report) = if opts.magnitude_requested() {
+        let p = plan(&base, opts)?;
+        (base.with_tensor_data(&p.edits), p.report)
+    } else {
+        let report = PruneReport {
+            schema: REPORT_SCHEMA,
+            settings: opts.settings(),
+            layers: Vec::new(),
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+            totals: PruneTotals::default(),
+            write: None,
+            sensitivity_tolerance: None,
+            validation: None,
+            search: None,
+            channels: None,
+        };
+        (base, report)
+    };
+    report.channels = channels;
+    Ok((edited, report))
 }
 
 /// `pare prune`: read, prune, write atomically, verify against the original in tract.
@@ -1092,11 +1156,9 @@ pub fn prune_with_progress(
     progress.stage("reading");
     let doc = Document::open(input)?;
     progress.stage("pruning");
-    let plan = plan(&doc, opts)?;
-    let edited = doc.with_tensor_data(&plan.edits);
+    let (edited, mut report) = prune_document(&doc, opts)?;
     let written =
         crate::convert::write_checked_with_progress(&doc, &edited, output, write, false, progress)?;
-    let mut report = plan.report;
     report.write = Some(written);
     Ok(report)
 }

@@ -10,7 +10,8 @@
 //! passing sparsity with a failing one a step above, not necessarily the largest passing one;
 //! the report lists every step so this is visible.
 
-use super::{plan, PruneOptions, PruneReport};
+use super::structural::Amount;
+use super::{prune_document, PruneOptions, PruneReport};
 use crate::convert::{Progress, WriteOptions};
 use crate::document::Document;
 use crate::error::{Error, Result};
@@ -42,12 +43,30 @@ impl Default for Search {
 /// Upper bound of the search when `--sparsity` does not give one.
 pub const SEARCH_MAX: f64 = 0.99;
 
+/// Upper bound of a channel-ratio search when `--channels` does not give one.
+pub const CHANNEL_SEARCH_MAX: f64 = 0.9;
+
+/// `opts` with the searched value set: the sparsity, or the channel ratio when channels are
+/// pruned without magnitude pruning.
+fn with_value(opts: &PruneOptions, x: f64) -> PruneOptions {
+    let mut o = opts.clone();
+    if !opts.magnitude_requested() {
+        if let Some(c) = o.channels.as_mut() {
+            c.amount = Amount::Ratio(x);
+        }
+    } else {
+        o.sparsity = Some(x);
+    }
+    o
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchStep {
     pub step: usize,
-    /// The sparsity asked for.
+    /// The value tried: the sparsity, or with `parameter: "channels"` the channel ratio.
     pub sparsity: f64,
-    /// The sparsity reached over the pruned tensors.
+    /// The sparsity reached over the pruned tensors, or with `parameter: "channels"` the
+    /// fraction of the model's parameters removed.
     pub eligible_sparsity: f64,
     pub passed: bool,
     /// Candidate accuracy (percent) and drop (points), with labels.
@@ -64,6 +83,9 @@ pub struct SearchStep {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchReport {
+    /// What is searched: `sparsity` (magnitude), or `channels` (the channel ratio, when
+    /// channels are pruned without a sparsity).
+    pub parameter: &'static str,
     pub strategy: &'static str,
     pub step: f64,
     pub upper_bound: f64,
@@ -73,10 +95,14 @@ pub struct SearchReport {
 }
 
 fn record(step: usize, sparsity: f64, report: &PruneReport, c: &Comparison) -> SearchStep {
+    let reached = match (&report.channels, report.layers.is_empty()) {
+        (Some(ch), true) => 1.0 - ch.params_after as f64 / ch.params_before.max(1) as f64,
+        _ => report.totals.eligible_sparsity_after,
+    };
     SearchStep {
         step,
         sparsity,
-        eligible_sparsity: report.totals.eligible_sparsity_after,
+        eligible_sparsity: reached,
         passed: c.passed,
         accuracy: c.accuracy.as_ref().map(|a| a.candidate),
         drop_points: c.accuracy.as_ref().map(|a| a.drop_points),
@@ -101,11 +127,10 @@ fn evaluate(
     v: &ValidateOptions,
     progress: &dyn Progress,
 ) -> Result<(PruneReport, Comparison)> {
-    let p = plan(doc, opts)?;
-    let edited = doc.with_tensor_data(&p.edits);
+    let (edited, report) = prune_document(doc, opts)?;
     let runner = reference.load_candidate(&edited)?;
     let c = reference.compare(&runner, &v.gates, progress)?;
-    Ok((p.report, c))
+    Ok((report, c))
 }
 
 fn search(
@@ -116,16 +141,24 @@ fn search(
     s: &Search,
     progress: &dyn Progress,
 ) -> Result<SearchReport> {
-    let hi0 = opts.sparsity.unwrap_or(SEARCH_MAX);
+    let channels = !opts.magnitude_requested();
+    let hi0 = if channels {
+        match opts.channels.as_ref().map(|c| c.amount) {
+            Some(Amount::Ratio(r)) if r > 0.0 => r,
+            _ => CHANNEL_SEARCH_MAX,
+        }
+    } else {
+        opts.sparsity.unwrap_or(SEARCH_MAX)
+    };
     let grid = |x: f64| ((x / s.step).round() * s.step).clamp(0.0, hi0);
     let mut steps = Vec::new();
     let mut try_at = |sp: f64, steps: &mut Vec<SearchStep>| -> Result<bool> {
         let n = steps.len() + 1;
-        progress.stage(&format!("search step {n}: sparsity {sp:.4}"));
-        let o = PruneOptions {
-            sparsity: Some(sp),
-            ..opts.clone()
-        };
+        progress.stage(&format!(
+            "search step {n}: {} {sp:.4}",
+            if channels { "channels" } else { "sparsity" }
+        ));
+        let o = with_value(opts, sp);
         let (report, c) = evaluate(doc, &o, reference, &v.options, progress)?;
         steps.push(record(n, sp, &report, &c));
         Ok(c.passed)
@@ -147,6 +180,7 @@ fn search(
         }
     }
     Ok(SearchReport {
+        parameter: if channels { "channels" } else { "sparsity" },
         strategy: "bisection",
         step: s.step,
         upper_bound: hi0,
@@ -167,7 +201,7 @@ pub fn prune_validated(
     progress: &dyn Progress,
 ) -> Result<PruneReport> {
     let mut opts = opts.clone();
-    if v.search.is_some() && opts.sparsity.is_none() {
+    if v.search.is_some() && opts.sparsity.is_none() && opts.magnitude_requested() {
         opts.sparsity = Some(SEARCH_MAX);
     }
     opts.validate()?;
@@ -176,6 +210,16 @@ pub fn prune_validated(
         if v.options.gates.is_empty() {
             return Err(Error::Usage(
                 "--search needs a gate to search within: --max-accuracy-drop, --min-cosine or --min-top1-agreement".into(),
+            ));
+        }
+        if !opts.magnitude_requested()
+            && opts
+                .channels
+                .as_ref()
+                .is_some_and(|c| !matches!(c.amount, Amount::Ratio(_)))
+        {
+            return Err(Error::Usage(
+                "--search varies the channel ratio; --target-macs/--target-params fix it".into(),
             ));
         }
         if matches!(opts.pattern, super::Pattern::NOfM { .. }) {
@@ -199,17 +243,10 @@ pub fn prune_validated(
         Some(s) => {
             let r = search(&doc, &opts, &mut reference, v, s, progress)?;
             match r.chosen {
-                Some(sp) => opts.sparsity = Some(sp),
+                Some(sp) => opts = with_value(&opts, sp),
                 None => {
                     // Nothing to write: report the steps (the report says why).
-                    let mut p = plan(
-                        &doc,
-                        &PruneOptions {
-                            sparsity: Some(0.0),
-                            ..opts.clone()
-                        },
-                    )?
-                    .report;
+                    let (_, mut p) = prune_document(&doc, &with_value(&opts, 0.0))?;
                     p.search = Some(r);
                     return Ok(p);
                 }
@@ -219,8 +256,7 @@ pub fn prune_validated(
         None => None,
     };
     progress.stage("pruning");
-    let p = plan(&doc, &opts)?;
-    let edited = doc.with_tensor_data(&p.edits);
+    let (edited, mut report) = prune_document(&doc, &opts)?;
     let staged = crate::convert::stage_checked(&doc, &edited, output, write, false, progress)?;
     let runner = reference.load_candidate(&staged.doc)?;
     let mut vr = validate::validate_with(
@@ -232,7 +268,6 @@ pub fn prune_validated(
         progress,
     )?;
     vr.candidate.path = output.display().to_string();
-    let mut report = p.report;
     report.search = search_report;
     if vr.passed || v.keep_failed {
         report.write = Some(staged.commit()?);

@@ -143,6 +143,40 @@ impl Codec {
         }
     }
 
+    /// Real (dequantized) value of element `e`; NaN reads as 0.
+    fn value(&self, e: usize, b: &[u8]) -> f32 {
+        let v = match self.dtype {
+            DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            DType::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+            DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            int => {
+                let q = match int {
+                    DType::I8 => b[0] as i8 as i64,
+                    DType::U8 => b[0] as i64,
+                    DType::I16 => i16::from_le_bytes([b[0], b[1]]) as i64,
+                    _ => u16::from_le_bytes([b[0], b[1]]) as i64,
+                };
+                let (s, z) = self.params(self.channel(e));
+                (q - z) as f32 * s
+            }
+        };
+        if v.is_nan() {
+            0.0
+        } else {
+            v
+        }
+    }
+
+    /// Real (dequantized) values of every element of `data`, computed on all cores.
+    pub fn values(&self, data: &[u8]) -> Vec<f32> {
+        data.par_chunks_exact(self.size)
+            .with_min_len(CHUNK)
+            .enumerate()
+            .map(|(e, c)| self.value(e, c))
+            .collect()
+    }
+
     /// Magnitudes of every element of `data`, computed on all cores.
     pub fn magnitudes(&self, data: &[u8]) -> Vec<f32> {
         // Collected straight into place (no zero-filled buffer first).

@@ -3,6 +3,7 @@
 //!
 //! This module is the only code that touches the generated flatbuffer types.
 
+mod structure;
 mod view;
 mod write;
 

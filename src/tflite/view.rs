@@ -172,16 +172,54 @@ fn tensor(doc: &TfliteDocument, t: &fb::TensorT) -> Tensor {
 
 fn attrs(o: &fb::BuiltinOptionsT) -> Attrs {
     let mut a = Attrs::default();
+    let act = |f: fb::ActivationFunctionType| {
+        (f != fb::ActivationFunctionType::NONE)
+            .then(|| f.variant_name().unwrap_or("UNKNOWN").to_string())
+    };
     match o {
         fb::BuiltinOptionsT::Conv2DOptions(c) => {
-            a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64])
+            a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64]);
+            a.fused_activation = act(c.fused_activation_function);
         }
         fb::BuiltinOptionsT::DepthwiseConv2DOptions(c) => {
             a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64]);
             a.depth_multiplier = Some(c.depth_multiplier.max(0) as u64);
+            a.fused_activation = act(c.fused_activation_function);
         }
-        fb::BuiltinOptionsT::ConcatenationOptions(c) => a.axis = Some(c.axis as i64),
+        fb::BuiltinOptionsT::FullyConnectedOptions(c) => {
+            a.fused_activation = act(c.fused_activation_function);
+            // Only the default weight layout is a plain [out, in] matrix.
+            a.packed_weights = c.weights_format != fb::FullyConnectedOptionsWeightsFormat::DEFAULT;
+            a.keepdims = Some(c.keep_num_dims);
+        }
+        fb::BuiltinOptionsT::ConcatenationOptions(c) => {
+            a.axis = Some(c.axis as i64);
+            a.fused_activation = act(c.fused_activation_function);
+        }
+        fb::BuiltinOptionsT::AddOptions(c) => a.fused_activation = act(c.fused_activation_function),
+        fb::BuiltinOptionsT::SubOptions(c) => a.fused_activation = act(c.fused_activation_function),
+        fb::BuiltinOptionsT::MulOptions(c) => a.fused_activation = act(c.fused_activation_function),
+        fb::BuiltinOptionsT::DivOptions(c) => a.fused_activation = act(c.fused_activation_function),
+        fb::BuiltinOptionsT::Pool2DOptions(c) => {
+            a.fused_activation = act(c.fused_activation_function)
+        }
         fb::BuiltinOptionsT::BatchMatMulOptions(c) => a.trans_b = c.adj_y,
+        fb::BuiltinOptionsT::ReshapeOptions(c) => {
+            a.new_shape = c
+                .new_shape
+                .as_ref()
+                .map(|v| v.iter().map(|&d| d as i64).collect())
+        }
+        fb::BuiltinOptionsT::ReducerOptions(c) => a.keepdims = Some(c.keep_dims),
+        fb::BuiltinOptionsT::SqueezeOptions(c) => {
+            a.axes = c
+                .squeeze_dims
+                .as_ref()
+                .map(|v| v.iter().map(|&d| d as i64).collect())
+        }
+        fb::BuiltinOptionsT::LeakyReluOptions(c) => a.alpha = Some(c.alpha),
+        fb::BuiltinOptionsT::PackOptions(c) => a.axis = Some(c.axis as i64),
+        fb::BuiltinOptionsT::SoftmaxOptions(_) => a.axis = Some(-1),
         _ => {}
     }
     a
