@@ -290,20 +290,20 @@ struct ChannelFlags {
     target_params: Option<f64>,
     /// How channels are ranked: l1 or l2 (filter norm), bn (|gamma| of an explicit
     /// batch-norm), fpgm (distance to the geometric median of the layer's filters) [default: l1].
-    #[arg(long, value_name = "l1|l2|bn|fpgm", requires = "channel_amount")]
+    #[arg(long, value_name = "l1|l2|bn|fpgm")]
     importance: Option<crate::prune::structural::Importance>,
     /// layer: every group of coupled layers loses the ratio; global: one ranking of
     /// normalized scores over all groups [default: --scope if layer or global, else layer].
-    #[arg(long, value_name = "layer|global", requires = "channel_amount")]
+    #[arg(long, value_name = "layer|global")]
     channel_scope: Option<crate::prune::structural::ChannelScope>,
     /// Keep channel counts multiples of K (e.g. 8 for SIMD-friendly kernels).
-    #[arg(long, value_name = "K", requires = "channel_amount")]
+    #[arg(long, value_name = "K")]
     round_to: Option<usize>,
     /// With a global channel scope, no group loses more than this fraction [default: 0.9].
-    #[arg(long, value_name = "F", requires = "channel_amount")]
+    #[arg(long, value_name = "F")]
     max_layer_ratio: Option<f64>,
     /// Drop removed channels' constant output instead of folding it into the next layer's bias.
-    #[arg(long, requires = "channel_amount")]
+    #[arg(long)]
     no_fold: bool,
 }
 
@@ -313,17 +313,29 @@ impl ChannelFlags {
         scope: Option<crate::prune::Scope>,
         exclude: &[regex::Regex],
         rules: Vec<crate::prune::structural::ChannelRule>,
-    ) -> Option<crate::prune::structural::ChannelOptions> {
+    ) -> Result<Option<crate::prune::structural::ChannelOptions>, Error> {
         use crate::prune::structural::{Amount, ChannelOptions, ChannelScope};
         let amount = match (self.channels, self.target_macs, self.target_params) {
             (Some(r), _, _) => Amount::Ratio(r),
             (_, Some(f), _) => Amount::TargetMacs(f),
             (_, _, Some(f)) => Amount::TargetParams(f),
             _ if !rules.is_empty() => Amount::Ratio(0.0),
-            _ => return None,
+            _ => {
+                let tuning = self.importance.is_some()
+                    || self.channel_scope.is_some()
+                    || self.round_to.is_some()
+                    || self.max_layer_ratio.is_some()
+                    || self.no_fold;
+                if tuning {
+                    return Err(Error::Usage(
+                        "--importance, --channel-scope, --round-to, --max-layer-ratio and --no-fold tune channel pruning: give --channels R, --target-macs F or --target-params F (or `channels` in a config rule)".into(),
+                    ));
+                }
+                return Ok(None);
+            }
         };
         let d = ChannelOptions::default();
-        Some(ChannelOptions {
+        Ok(Some(ChannelOptions {
             amount,
             importance: self.importance.unwrap_or(d.importance),
             scope: self.channel_scope.unwrap_or(match scope {
@@ -335,7 +347,7 @@ impl ChannelFlags {
             exclude: exclude.to_vec(),
             rules,
             fold: !self.no_fold,
-        })
+        }))
     }
 }
 
@@ -576,7 +588,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
                 *scope,
                 &opts.exclude,
                 std::mem::take(&mut opts.channel_rules),
-            );
+            )?;
             let gates = gates.gates();
             if validate.is_none() && !gates.is_empty() {
                 return Err(Error::Usage(

@@ -233,6 +233,18 @@ pub struct StructureEdits {
     pub groups: Vec<(usize, u64)>,
     /// TFLite RESHAPE `new_shape` options: (node, position, value).
     pub new_shapes: Vec<(usize, usize, i64)>,
+    /// Constants that one reader needs sliced and others need whole: that reader (main-graph
+    /// node, input slot) gets its own copy of `tensor`, with this shape and payload.
+    pub copies: Vec<CopyEdit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyEdit {
+    pub node: usize,
+    pub slot: usize,
+    pub tensor: TensorId,
+    pub name: String,
+    pub edit: ConstantEdit,
 }
 
 #[derive(Debug, Clone)]

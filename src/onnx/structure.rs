@@ -56,6 +56,57 @@ impl OnnxDocument {
                 }
             }
         }
+        // Copies for readers of shared constants: a new initializer each, the original
+        // dropped when no node reads it any more.
+        let mut orphans = Vec::new();
+        for c in &edits.copies {
+            let Some(n) = g.node.get(c.node) else {
+                continue;
+            };
+            let Some(old) = n.input.get(c.slot).cloned() else {
+                continue;
+            };
+            let template = g
+                .initializer
+                .iter()
+                .find(|t| t.name() == old)
+                .cloned()
+                .or_else(|| {
+                    g.node
+                        .iter()
+                        .find(|n| n.output.first() == Some(&old))
+                        .and_then(|n| n.attribute.iter().find_map(|a| a.t.clone()))
+                });
+            let Some(mut t) = template else { continue };
+            let mut k = 0usize;
+            let name = loop {
+                let candidate = format!("{old}__pare{k}");
+                if !g.initializer.iter().any(|t| t.name() == candidate)
+                    && !g.node.iter().any(|n| n.output.contains(&candidate))
+                {
+                    break candidate;
+                }
+                k += 1;
+            };
+            t.name = Some(name.clone());
+            t.dims = c.edit.dims.iter().map(|&d| d as i64).collect();
+            set_raw(&mut t, c.edit.data.clone());
+            g.initializer.push(t);
+            g.node[c.node].input[c.slot] = name;
+            orphans.push(old);
+        }
+        for old in orphans {
+            let used = g.node.iter().any(|n| {
+                n.input.contains(&old)
+                    || n.attribute
+                        .iter()
+                        .any(|a| a.g.is_some() || !a.graphs.is_empty())
+            }) || g.output.iter().any(|o| o.name() == old);
+            if !used {
+                g.initializer.retain(|t| t.name() != old);
+                g.input.retain(|i| i.name() != old);
+            }
+        }
         for &(node, group) in &edits.groups {
             if let Some(n) = g.node.get_mut(node) {
                 for a in n.attribute.iter_mut().filter(|a| a.name() == "group") {

@@ -93,6 +93,9 @@ pub struct DepGraph {
     pub groups: Vec<(usize, TensorId)>,
     pub shape_consts: Vec<ShapeConst>,
     pub boundaries: Vec<Boundary>,
+    /// Stored constants read by several ops that slice them differently (or not at all):
+    /// each slicing reader gets its own copy (by storage handle).
+    pub copied: std::collections::HashSet<usize>,
 }
 
 impl DepGraph {
@@ -239,7 +242,7 @@ impl DepGraph {
                 || idx
                     .iter()
                     .any(|&i| nested_uses.contains(&g.tensors[self.slices[i].tensor].name));
-            if !agree || !all_covered || nested {
+            if nested {
                 for &i in idx {
                     to_pin.extend(self.slices[i].ids.iter().copied());
                 }
@@ -249,17 +252,27 @@ impl DepGraph {
                     node: n.name.clone(),
                     op: n.op.clone(),
                     reason: format!(
-                        "constant {:?} is shared with {}",
-                        g.tensors[s.tensor].name,
-                        if nested {
-                            "a nested graph"
-                        } else if !all_covered {
-                            "an op that does not slice it"
-                        } else {
-                            "an op that slices it differently"
-                        }
+                        "constant {:?} is shared with a nested graph",
+                        g.tensors[s.tensor].name
                     ),
                 });
+            } else if !agree || !all_covered {
+                // Shared by readers that slice it differently, or not at all (exporters merge
+                // equal constants, e.g. the zero biases of a randomly initialized network):
+                // every slicing reader gets its own copy. One reader slicing one axis two
+                // ways would need two copies at once: that reader keeps its channels.
+                let mut per_reader: HashMap<(usize, usize), Vec<ChannelId>> = HashMap::new();
+                for &i in idx {
+                    let s = &self.slices[i];
+                    let r = roots(s);
+                    match per_reader.get(&(s.node, s.slot.expect("constant"))) {
+                        Some(prev) if *prev != r => to_pin.extend(s.ids.iter().copied()),
+                        _ => {
+                            per_reader.insert((s.node, s.slot.expect("constant")), r);
+                        }
+                    }
+                }
+                self.copied.insert(key.0);
             }
         }
         self.pin_all(&to_pin);

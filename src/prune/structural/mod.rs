@@ -579,19 +579,30 @@ impl<'a> Planner<'a> {
                 base.insert(h, b);
             }
         }
-        let mut per_handle: BTreeMap<usize, (usize, BTreeMap<usize, Vec<usize>>)> = BTreeMap::new();
+        // Slices by storage: a handle, or one reader's copy of a shared handle.
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Key {
+            Handle(usize),
+            Reader(usize, usize),
+        }
+        let mut per_key: BTreeMap<Key, (usize, BTreeMap<usize, Vec<usize>>)> = BTreeMap::new();
         for s in &d.slices {
             let kept = d.kept(&s.ids, removed);
             if kept.len() == s.ids.len() {
                 continue;
             }
             match s.slot {
-                Some(_) => {
+                Some(slot) => {
                     let Some(h) = g.tensors[s.tensor].handle else {
                         continue;
                     };
-                    per_handle
-                        .entry(h)
+                    let key = if d.copied.contains(&h) {
+                        Key::Reader(s.node, slot)
+                    } else {
+                        Key::Handle(h)
+                    };
+                    per_key
+                        .entry(key)
                         .or_insert((s.tensor, BTreeMap::new()))
                         .1
                         .insert(s.axis, kept);
@@ -604,28 +615,44 @@ impl<'a> Planner<'a> {
                 }),
             }
         }
-        for (h, (t, axes)) in per_handle {
-            let t = &g.tensors[t];
-            let (Some(mut shape), Some(data), Some(esize)) =
-                (t.fixed_shape(), t.data.as_ref(), t.dtype.size())
-            else {
+        for (key, (t, axes)) in per_key {
+            let tensor = &g.tensors[t];
+            let (Some(mut shape), Some(data), Some(esize), Some(h)) = (
+                tensor.fixed_shape(),
+                tensor.data.as_ref(),
+                tensor.dtype.size(),
+                tensor.handle,
+            ) else {
                 continue; // the graph only records slices of dense, fixed-shape constants
             };
-            let mut bytes = base.remove(&h).unwrap_or_else(|| data.to_vec());
+            let mut bytes = match key {
+                Key::Handle(_) => base.remove(&h),
+                Key::Reader(..) => base.get(&h).cloned(),
+            }
+            .unwrap_or_else(|| data.to_vec());
             let mut keeps = Vec::new();
             for (axis, keep) in axes {
                 bytes = slice_bytes(&bytes, &shape, axis, &keep, esize);
                 shape[axis] = keep.len() as u64;
                 keeps.push((axis, keep));
             }
-            e.constants.insert(
-                h,
-                ConstantEdit {
-                    dims: shape,
-                    data: Bytes::from(bytes),
-                    keeps,
-                },
-            );
+            let edit = ConstantEdit {
+                dims: shape,
+                data: Bytes::from(bytes),
+                keeps,
+            };
+            match key {
+                Key::Handle(h) => {
+                    e.constants.insert(h, edit);
+                }
+                Key::Reader(node, slot) => e.copies.push(crate::model::CopyEdit {
+                    node,
+                    slot,
+                    tensor: t,
+                    name: tensor.name.clone(),
+                    edit,
+                }),
+            }
         }
         for (h, bytes) in base {
             // Folded into but not sliced.

@@ -222,7 +222,9 @@ impl Builder<'_> {
             return false;
         };
         let pn = &self.g.nodes[p];
-        if !is_widening(&pn.op) || pn.op == "DENSIFY" || self.consumers.get(&t) != Some(&1) {
+        // Identity: exporters alias shared constants through it.
+        let view = is_widening(&pn.op) || pn.op == "Identity";
+        if !view || pn.op == "DENSIFY" || self.consumers.get(&t) != Some(&1) {
             return false;
         }
         let Some(x) = pn.inputs.first().copied().flatten() else {
