@@ -239,11 +239,7 @@ fn onnx_opset(info: &FormatInfo) -> i64 {
 
 /// Concrete shapes of the main graph's values (dynamic dimensions as 1): declared, else
 /// inferred by tract (ONNX files rarely declare intermediate shapes).
-fn value_shapes(doc: &Document, g: &Graph) -> Vec<Option<Vec<u64>>> {
-    let inferred = match doc {
-        Document::Onnx(d) => crate::verify::onnx_value_shapes(d),
-        Document::Tflite(_) => HashMap::new(),
-    };
+fn value_shapes(g: &Graph, inferred: &HashMap<String, Vec<u64>>) -> Vec<Option<Vec<u64>>> {
     g.tensors
         .iter()
         .map(|t| {
@@ -289,7 +285,11 @@ impl<'a> Planner<'a> {
         opts: &'a ChannelOptions,
     ) -> Result<Self> {
         let g = model.main();
-        let shapes = value_shapes(doc, g);
+        let inferred = match doc {
+            Document::Onnx(dd) => crate::verify::onnx_value_shapes(dd),
+            Document::Tflite(_) => HashMap::new(),
+        };
+        let shapes = value_shapes(g, &inferred);
         let mut nested_names = HashSet::new();
         let mut nested_handles = HashSet::new();
         for sub in &model.graphs[1..] {
@@ -425,10 +425,6 @@ impl<'a> Planner<'a> {
         }
 
         // Costs: every sliced constant, its parameters and the MACs of the layer it feeds.
-        let inferred = match doc {
-            Document::Onnx(dd) => crate::verify::onnx_value_shapes(dd),
-            Document::Tflite(_) => HashMap::new(),
-        };
         let (layers, totals) = stats::collect(&model.graphs, &inferred);
         let mut layer_macs: HashMap<&str, u64> = HashMap::new();
         for l in layers.iter().filter(|l| l.graph == 0) {

@@ -299,6 +299,23 @@ impl Builder<'_> {
         self.slice_input(ni, slot, axis, ids, role)
     }
 
+    /// Keeps `ids` (the output channels of `ni`) and records why.
+    fn refuse(&mut self, ni: usize, ids: &[ChannelId], reason: &str) {
+        let n = &self.g.nodes[ni];
+        let mut free = ids.iter().any(|&i| !self.d.is_pinned(i));
+        self.d.pin_all(ids);
+        for t in n.inputs.iter().flatten() {
+            free |= self.d.pin_track(*t);
+        }
+        if free {
+            self.d.boundaries.push(super::graph::Boundary {
+                node: n.name.clone(),
+                op: n.op.clone(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
     fn set(&mut self, t: TensorId, axis: usize, ids: Vec<ChannelId>) {
         self.d.tracks[t] = Some(Track { axis, ids });
     }
@@ -370,6 +387,12 @@ impl Builder<'_> {
         if !ok {
             self.d.slices.truncate(mark);
             self.d.pin_all(&ids);
+            let n = &self.g.nodes[ni];
+            self.d.boundaries.push(super::graph::Boundary {
+                node: n.name.clone(),
+                op: n.op.clone(),
+                reason: "its weight or bias cannot be sliced (computed at run time, shared through an op, or stored sparsely)".into(),
+            });
             return None;
         }
         self.d.producers.push(super::graph::Producer {
@@ -698,31 +721,16 @@ impl Builder<'_> {
                         self.d.union(a, b);
                     }
                 } else if tr.ids.len() > 1 {
-                    self.d.pin_all(&ids);
-                    return self.d.boundary(
-                        self.g,
-                        ni,
-                        "operands carry channels on different axes",
-                    );
+                    return self.refuse(ni, &ids, "operands carry channels on different axes");
                 }
-            } else if dim == c {
-                if self.is_dense_const(t) {
-                    if !self.slice_input(ni, slot, ai as usize, &ids, Role::Coupled) {
-                        self.d.pin_all(&ids);
-                        return self.d.boundary(
-                            self.g,
-                            ni,
-                            "a per-channel constant cannot be sliced",
-                        );
-                    }
-                } else {
-                    self.d.pin_all(&ids);
-                    return self.d.boundary(
-                        self.g,
-                        ni,
-                        "combined with a tensor whose channels pare cannot slice",
-                    );
-                }
+            } else if dim == c && !self.slice_input(ni, slot, ai as usize, &ids, Role::Coupled) {
+                // Constants (directly or through Identity / DequantizeLinear) are sliced;
+                // anything else of this size cannot follow the channels.
+                return self.refuse(
+                    ni,
+                    &ids,
+                    "combined with a tensor whose channels pare cannot slice",
+                );
             }
         }
         self.set(out, axis, ids);
