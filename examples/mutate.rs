@@ -57,9 +57,9 @@ fn main() {
     let seeds: Vec<(PathBuf, Vec<u8>)> = match target {
         "onnx-read" => fixtures("onnx"),
         "tflite-read" => fixtures("tflite"),
-        "prune" => [fixtures("onnx"), fixtures("tflite")].concat(),
+        "prune" | "channels" => [fixtures("onnx"), fixtures("tflite")].concat(),
         other => {
-            eprintln!("unknown target {other:?}: onnx-read, tflite-read or prune");
+            eprintln!("unknown target {other:?}: onnx-read, tflite-read, prune or channels");
             std::process::exit(2);
         }
     };

@@ -1,8 +1,9 @@
-//! Damaged and hostile model files as users' pipelines would meet them: 500 mutations of every
+//! Damaged and hostile model files as users' pipelines would meet them: 320 mutations (set
+//! PARE_MUTATIONS for more) of every
 //! bundled model fixture (tests/common/mutate.rs: truncation, bit flips, length fields and
 //! offsets rewritten, huge varints, dims made huge or negative, tensor data shorter than its
 //! shape, cycles, missing inputs, indices out of range), each run through the CLI (inspect,
-//! convert with verification, or prune, by turns). Every run must end with exit 0–3, never a
+//! convert with verification, prune, or prune --channels, by turns). Every run must end with exit 0–3, never a
 //! panic (101) or a signal, within 10 seconds and 2 GiB of address space; a written model
 //! must read back.
 
@@ -16,7 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const PER_FIXTURE: u64 = 500;
+/// Mutations per fixture; `PARE_MUTATIONS` raises it (scheduled runs: 500 or more).
+fn per_fixture() -> u64 {
+    std::env::var("PARE_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(320)
+}
 const TIME_LIMIT: Duration = Duration::from_secs(10);
 
 fn model_fixtures() -> Vec<PathBuf> {
@@ -79,17 +86,18 @@ fn check_fixture(fixture: &Path, seed0: u64) -> (BTreeMap<String, u64>, Vec<Stri
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut slowest = Duration::ZERO;
-    for i in 0..PER_FIXTURE {
+    for i in 0..per_fixture() {
         let seed = seed0 + i;
         let (bytes, kind) = mutate::mutate(&original, seed);
         let input = dir.path().join(format!("m{seed}.{ext}"));
         std::fs::write(&input, &bytes).unwrap();
         let out = dir.path().join(format!("o{seed}.{ext}"));
         let (inp, outp) = (input.to_str().unwrap(), out.to_str().unwrap());
-        let args: Vec<&str> = match i % 3 {
+        let args: Vec<&str> = match i % 4 {
             0 => vec!["inspect", inp, "--json"],
             1 => vec!["convert", inp, "-o", outp],
-            _ => vec!["prune", inp, "-o", outp, "--sparsity", "0.5"],
+            2 => vec!["prune", inp, "-o", outp, "--sparsity", "0.5"],
+            _ => vec!["prune", inp, "-o", outp, "--channels", "0.5"],
         };
         let (code, killed, err, took) = run_limited(&args);
         slowest = slowest.max(took);
@@ -156,7 +164,7 @@ fn five_hundred_mutations_of_every_fixture_end_cleanly() {
     let mut total = 0u64;
     for h in handles {
         for (f, (outcomes, failures, slowest)) in h.join().unwrap() {
-            total += PER_FIXTURE;
+            total += per_fixture();
             eprintln!(
                 "{}: {outcomes:?}, slowest run {slowest:?}",
                 f.file_name().unwrap().to_string_lossy()
@@ -241,12 +249,13 @@ fn crashes_found_by_mutation_stay_fixed() {
 }
 
 /// A short run of the in-process harness (`examples/mutate.rs`) for each target, as CI's smoke
-/// of the fuzzers: 1000 mutations per target, no panic.
+/// of the fuzzers: 1000 mutations per target (300 for channel pruning, which runs tract's shape
+/// inference on every ONNX case), no panic.
 #[test]
 fn in_process_mutation_smoke_of_every_target() {
     let mut seeds: Vec<PathBuf> = model_fixtures();
     seeds.sort();
-    for target in ["onnx-read", "tflite-read", "prune"] {
+    for target in ["onnx-read", "tflite-read", "prune", "channels"] {
         let files: Vec<(PathBuf, Vec<u8>)> = seeds
             .iter()
             .filter(|p| match target {
@@ -258,7 +267,8 @@ fn in_process_mutation_smoke_of_every_target() {
             .collect();
         let mut panics = Vec::new();
         let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
-        for i in 0..1000u64 {
+        let runs = if target == "channels" { 300 } else { 1000u64 };
+        for i in 0..runs {
             let seed = 0xC0FFEE + i;
             let (path, original) = &files[(seed % files.len() as u64) as usize];
             let (bytes, kind) = mutate::mutate(original, seed);

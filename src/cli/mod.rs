@@ -34,7 +34,8 @@ and writes them back losslessly. Every model it writes is loaded and run in trac
 and compared with the original before the command reports success. TFLite models run in tract \
 through a validation copy that rewrites what tract cannot run as it is (constant DEQUANTIZE, int8 \
 kernels emulated in float, PRELU, masked STRIDED_SLICE, …); the written file is never rewritten.\n\n\
-Exit codes: 0 success, 1 error (unreadable or invalid input, I/O), 2 usage (bad flags, bad data, refused output path), \
+Exit codes: 0 success, 1 error (unreadable or invalid input, I/O, a model with no prunable channels, \
+a --target-macs/--target-params that cannot be reached), 2 usage (bad flags, bad data, refused output path), \
 3 verification failed (with --require-verified, or outputs changed by a conversion), \
 4 a validation gate failed (validate; prune --validate / --search); nothing is written on failure \
 (prune --keep-failed writes a model that failed its gate, and still exits 4)."
@@ -72,9 +73,10 @@ enum Command {
         #[command(flatten)]
         write: WriteFlags,
     },
-    /// Zero the weights closest to zero (magnitude pruning): per layer, with one global
-    /// threshold, or by LAMP score; unstructured, N:M or in blocks; float, f16 and int8 weights
-    /// in their stored type. The written model is checked against the original in tract.
+    /// Zero the weights closest to zero (magnitude pruning: per layer, global, LAMP; unstructured,
+    /// N:M or blocks; float, f16 and int8 weights in their stored type), and/or remove whole
+    /// channels (structural pruning: --channels, --target-macs). The written model is checked
+    /// against the original in tract.
     #[command(after_help = PRUNE_HELP)]
     Prune {
         /// The input model.
@@ -392,9 +394,20 @@ DequantizeLinear, Cast or DEQUANTIZE, in Constant nodes and in If/Loop/Scan bodi
 normalization parameters are never pruned. Quantized weights are ranked by |q - zero_point| * scale \
 and pruned to their zero point.
 
+Structural pruning (--channels R, --target-macs F, --target-params F): removes whole output \
+channels of Conv/Gemm/MatMul/CONV_2D/FULLY_CONNECTED layers and slices every tensor coupled to them \
+(biases, batch-norm, depthwise kernels and groups, the next layer's input axis, residual Add/Mul \
+partners, Concat offsets, flattened rows, per-channel quantization, Reshape targets), so the written \
+model has smaller tensors and fewer MACs with the same inputs and outputs. Channels that reach an op \
+pare cannot reason about are kept; the report lists these boundaries. The constant output of removed \
+channels with all-zero filters is folded into the next layer's bias (exact for dense and unpadded \
+consumers). Runs before magnitude pruning when both are given; --search with --channels and no \
+--sparsity searches the channel ratio.
+
 Config file (--config pare.toml): top-level keys sparsity, scope, pattern, min_params, \
-max_layer_sparsity, include, exclude, and [[layer]] tables with match (regex), sparsity, pattern \
-or skip = true; the first matching rule wins. A rule that matches nothing is an error.
+max_layer_sparsity, include, exclude, and [[layer]] tables with match (regex), sparsity, pattern, \
+channels (a channel ratio for the matching layers) or skip = true; the first matching rule wins. A \
+magnitude rule that matches nothing is an error.
 
 Validation: --validate DATA compares the pruned model with the original on DATA (see pare validate \
 --help) and puts the result in the report; with a gate, a model that fails it is not written and pare \
@@ -411,7 +424,9 @@ Examples:
   pare prune model.onnx -o model.pruned.onnx --sparsity 0.75
   pare prune model.tflite -o model.24.tflite --pattern 2:4
   pare prune model.onnx -o out.onnx --sparsity 0.8 --scope lamp --exclude '^classifier' --json
-  pare prune model.onnx -o out.onnx --scope lamp --validate test.npz --max-accuracy-drop 1 --search";
+  pare prune model.onnx -o out.onnx --scope lamp --validate test.npz --max-accuracy-drop 1 --search
+  pare prune model.tflite -o small.tflite --target-macs 0.5 --round-to 8
+  pare prune model.onnx -o out.onnx --channels 0.5 --validate val.npz --max-accuracy-drop 1 --search";
 
 #[derive(Args, Debug)]
 struct DataFlags {

@@ -279,6 +279,23 @@ pub fn exercise(target: &str, path: &std::path::Path, bytes: Vec<u8>) -> &'stati
         Err(_) => return "rejected at view",
     };
     let _ = pare::model::stats::collect(&model.graphs, &Default::default());
+    if target == "channels" {
+        let opts = pare::prune::structural::ChannelOptions {
+            amount: pare::prune::structural::Amount::Ratio(0.5),
+            ..Default::default()
+        };
+        return match pare::prune::structural::prune_channels(&doc, &opts) {
+            Err(_) => "rejected at channels",
+            Ok((Document::Tflite(d), _)) => match d.encode() {
+                Ok(_) => "channels removed and encoded",
+                Err(_) => "rejected at encode",
+            },
+            Ok((Document::Onnx(d), _)) => {
+                let _ = prost::Message::encode_to_vec(&d.model);
+                "channels removed and encoded"
+            }
+        };
+    }
     if target != "prune" {
         return "read";
     }

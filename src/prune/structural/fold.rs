@@ -32,7 +32,8 @@ fn values(g: &Graph, t: TensorId) -> Option<Vec<f32>> {
     let t = &g.tensors[t];
     let shape = t.fixed_shape()?;
     let codec = Codec::new(t.dtype, &shape, t.quant.as_ref()).ok()?;
-    Some(codec.values(t.data.as_ref()?))
+    let v = codec.values(t.data.as_ref()?);
+    (v.len() as u64 == shape.iter().product::<u64>()).then_some(v)
 }
 
 thread_local! {
@@ -217,7 +218,9 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
                             .and_then(|t| values(g, t))
                     })
                     .collect();
-                let Some(pv) = params else { continue };
+                let Some(pv) = params.filter(|pv| pv.iter().all(|v| v.len() == len)) else {
+                    continue;
+                };
                 for (p, &id) in out_tr.ids.iter().enumerate() {
                     if let Some(&v) = vals[x].get(&id) {
                         let (s, b, m, var) = (pv[0][p], pv[1][p], pv[2][p], pv[3][p]);

@@ -59,7 +59,8 @@ fn real_values(g: &Graph, t: usize) -> Option<(Vec<f32>, Vec<u64>)> {
     let t = &g.tensors[t];
     let shape = t.fixed_shape()?;
     let codec = Codec::new(t.dtype, &shape, t.quant.as_ref()).ok()?;
-    Some((codec.values(t.data.as_ref()?), shape))
+    let values = codec.values(t.data.as_ref()?);
+    (values.len() as u64 == shape.iter().product::<u64>()).then_some((values, shape))
 }
 
 /// Per-position scores of one tensor along `axis`.

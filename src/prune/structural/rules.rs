@@ -180,9 +180,14 @@ impl Builder<'_> {
         self.g.nodes[ni].inputs.get(slot).copied().flatten()
     }
 
+    /// A constant whose payload has exactly the bytes its shape says (so slicing stays in
+    /// bounds even on a damaged file).
     fn is_dense_const(&self, t: TensorId) -> bool {
         let t = &self.g.tensors[t];
-        t.data.is_some() && t.dtype.size().is_some()
+        match (t.data.as_ref(), t.dtype.size(), t.numel()) {
+            (Some(d), Some(size), Some(n)) => (d.len() as u64) == n.saturating_mul(size as u64),
+            _ => false,
+        }
     }
 
     /// A constant input to slice along `axis`, directly or through a widening op
@@ -1096,7 +1101,7 @@ impl Builder<'_> {
 pub fn map_reshape(a: &[u64], tr: &Track, b: &[u64]) -> Option<(usize, Vec<ChannelId>)> {
     let t = tr.axis;
     let c = *a.get(t)?;
-    if c != tr.ids.len() as u64 || c == 0 {
+    if c != tr.ids.len() as u64 || a.contains(&0) || b.contains(&0) {
         return None;
     }
     let prefix = |d: &[u64]| -> Vec<u64> {
