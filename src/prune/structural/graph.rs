@@ -70,6 +70,9 @@ pub struct ShapeConst {
     pub node: usize,
     /// The shape input (ONNX Reshape input 1, TFLite RESHAPE input 1), if constant.
     pub tensor: Option<TensorId>,
+    /// The node and input slot that read `tensor` (a copy is made for it when the constant
+    /// is shared).
+    pub reader: (usize, usize),
     pub position: usize,
     pub out: TensorId,
 }

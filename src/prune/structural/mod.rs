@@ -698,14 +698,30 @@ impl<'a> Planner<'a> {
                         continue;
                     };
                     v[sc.position] = kept as i64;
-                    e.constants.insert(
-                        h,
-                        ConstantEdit {
-                            dims: tensor.fixed_shape().unwrap_or_default(),
-                            data: Bytes::from(encode_ints(tensor.dtype, &v)),
-                            keeps: Vec::new(),
-                        },
-                    );
+                    let edit = ConstantEdit {
+                        dims: tensor.fixed_shape().unwrap_or_default(),
+                        data: Bytes::from(encode_ints(tensor.dtype, &v)),
+                        keeps: Vec::new(),
+                    };
+                    // Converters share equal shape constants (every SE block of one width):
+                    // a shared one gets a copy for this reader.
+                    let readers = g
+                        .nodes
+                        .iter()
+                        .flat_map(|n| n.inputs.iter().flatten())
+                        .filter(|&&i| g.tensors[i].handle == Some(h))
+                        .count();
+                    if readers > 1 {
+                        e.copies.push(crate::model::CopyEdit {
+                            node: sc.reader.0,
+                            slot: sc.reader.1,
+                            tensor: t,
+                            name: tensor.name.clone(),
+                            edit,
+                        });
+                    } else {
+                        e.constants.insert(h, edit);
+                    }
                 }
                 None => e.new_shapes.push((sc.node, sc.position, kept as i64)),
             }
@@ -859,7 +875,20 @@ pub fn prune_channels(doc: &Document, opts: &ChannelOptions) -> Result<(Document
         return Ok((doc.clone(), report));
     }
     let edits = p.edits(&removed, &folds);
-    Ok((doc.with_structure(&edits), report))
+    let edited = doc.with_structure(&edits);
+    let mut report = report;
+    if !edits.copies.is_empty() {
+        // Copies of shared constants add parameters the plan's estimate does not see:
+        // count the result.
+        let inferred = match &edited {
+            Document::Onnx(d) => crate::verify::onnx_value_shapes(d),
+            Document::Tflite(_) => HashMap::new(),
+        };
+        let (_, t) = stats::collect(&edited.to_model()?.graphs, &inferred);
+        report.params_after = t.params;
+        report.macs_after = t.macs;
+    }
+    Ok((edited, report))
 }
 
 /// The human-readable summary of a channel prune.

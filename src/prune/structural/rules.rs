@@ -102,6 +102,10 @@ fn normalize(axis: i64, rank: usize) -> Option<usize> {
     (0..rank as i64).contains(&a).then_some(a as usize)
 }
 
+/// A constant piece of a run-time shape: the constant, the entry in it, and its reader
+/// (node, input slot).
+type ShapePiece = (TensorId, usize, (usize, usize));
+
 struct Builder<'a> {
     g: &'a Graph,
     shapes: &'a [Option<Vec<u64>>],
@@ -374,7 +378,7 @@ impl Builder<'_> {
         self.g.nodes[ni].outputs.first().copied()
     }
 
-    /// A weight-bearing op's new output channels, or `None` when its filters cannot be sliced.
+    /// A weight-bearing op's new output channels (pinned when its filters cannot be sliced).
     fn produce(
         &mut self,
         ni: usize,
@@ -382,7 +386,7 @@ impl Builder<'_> {
         out_axis: usize,
         n: usize,
         bias: Option<(usize, usize)>,
-    ) -> Option<Vec<ChannelId>> {
+    ) -> Vec<ChannelId> {
         let ids = self.d.fresh(n, false);
         let mark = self.d.slices.len();
         let ok = self.slice_input(ni, w_slot, out_axis, &ids, Role::Filters)
@@ -398,13 +402,19 @@ impl Builder<'_> {
                 op: n.op.clone(),
                 reason: "its weight or bias cannot be sliced (computed at run time, shared through an op, or stored sparsely)".into(),
             });
-            return None;
+            // Still the model's channels (kept ones): they flow on, so that whatever they
+            // are coupled with is kept too.
+            self.d.producers.push(super::graph::Producer {
+                node: ni,
+                ids: ids.clone(),
+            });
+            return ids;
         }
         self.d.producers.push(super::graph::Producer {
             node: ni,
             ids: ids.clone(),
         });
-        Some(ids)
+        ids
     }
 
     /// Slices a consumer's weight along its input axis by the input's track.
@@ -450,7 +460,8 @@ impl Builder<'_> {
         let (o, iw) = (ws[0], ws[1]);
         if group == 1 {
             self.consume(ni, x, 1, 1, 1, iw);
-            if let Some(ids) = self.produce(ni, 1, 0, o as usize, Some((2, 0))) {
+            {
+                let ids = self.produce(ni, 1, 0, o as usize, Some((2, 0)));
                 self.set(out, 1, ids);
             }
         } else if iw == 1 && cin == Some(group) && o == group {
@@ -517,7 +528,8 @@ impl Builder<'_> {
                 .boundary(self.g, ni, "grouped convolution is not pruned");
         }
         self.consume(ni, x, 3, 1, 3, ws[3]);
-        if let Some(ids) = self.produce(ni, 1, 0, ws[0] as usize, Some((2, 0))) {
+        {
+            let ids = self.produce(ni, 1, 0, ws[0] as usize, Some((2, 0)));
             self.set(out, 3, ids);
         }
     }
@@ -584,7 +596,8 @@ impl Builder<'_> {
         if out_rank == 0 {
             return;
         }
-        if let Some(ids) = self.produce(ni, 1, out_axis, ws[out_axis] as usize, bias) {
+        {
+            let ids = self.produce(ni, 1, out_axis, ws[out_axis] as usize, bias);
             self.set(out, out_rank - 1, ids);
         }
     }
@@ -835,25 +848,21 @@ impl Builder<'_> {
                 Some(s) if self.g.tensors[s].data.is_some() => {
                     let v = const_ints(self.g, s).unwrap_or_default();
                     if explicit(&v) {
-                        if self.consumers.get(&s) != Some(&1) {
-                            return self.d.boundary(self.g, ni, "its shape constant is shared");
-                        }
                         self.d.shape_consts.push(ShapeConst {
                             node: ni,
                             tensor: Some(s),
+                            reader: (ni, 1),
                             position: j,
                             out,
                         });
                     }
                 }
                 Some(s) => match self.shape_piece(s, j, b[j]) {
-                    Ok(Some((c, pos))) => {
-                        if self.consumers.get(&c) != Some(&1) {
-                            return self.d.boundary(self.g, ni, "its shape constant is shared");
-                        }
+                    Ok(Some((c, pos, reader))) => {
                         self.d.shape_consts.push(ShapeConst {
                             node: ni,
                             tensor: Some(c),
+                            reader,
                             position: pos,
                             out,
                         });
@@ -873,6 +882,7 @@ impl Builder<'_> {
                 self.d.shape_consts.push(ShapeConst {
                     node: ni,
                     tensor: None,
+                    reader: (ni, 1),
                     position: j,
                     out,
                 });
@@ -891,7 +901,7 @@ impl Builder<'_> {
         t: TensorId,
         j: usize,
         value: u64,
-    ) -> Result<Option<(TensorId, usize)>, ()> {
+    ) -> Result<Option<ShapePiece>, ()> {
         let mut t = t;
         while let Some(&p) = self.prod.get(&t) {
             let pn = &self.g.nodes[p];
@@ -904,7 +914,12 @@ impl Builder<'_> {
                 && pn.attrs.axis.unwrap_or(0) == 0
             {
                 let mut off = 0usize;
-                for &i in pn.inputs.iter().flatten() {
+                for (slot, &i) in pn
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, i)| i.as_ref().map(|i| (k, i)))
+                {
                     let len = if pack {
                         1
                     } else {
@@ -914,7 +929,9 @@ impl Builder<'_> {
                         let pos = j - off;
                         if let Some(v) = const_ints(self.g, i) {
                             return match v.get(pos) {
-                                Some(&x) if x > 0 && x as u64 == value => Ok(Some((i, pos))),
+                                Some(&x) if x > 0 && x as u64 == value => {
+                                    Ok(Some((i, pos, (p, slot))))
+                                }
                                 Some(_) => Ok(None),
                                 None => Err(()),
                             };
