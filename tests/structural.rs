@@ -430,3 +430,187 @@ proptest! {
         shapes_stay_consistent(file, ratio, importance, scope, round_to);
     }
 }
+
+mod built {
+    //! Small ONNX graphs built here for the ops the fixtures do not have.
+    use pare::onnx_pb as pb;
+
+    pub fn vi(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+        pb::ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: Some(pb::tensor_proto::DataType::Float as i32),
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| pb::tensor_shape_proto::Dimension {
+                                value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn node(
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> pb::NodeProto {
+        pb::NodeProto {
+            op_type: Some(op.into()),
+            name: Some(outputs[0].into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    pub fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+            i: Some(v),
+            ..Default::default()
+        }
+    }
+
+    pub fn floats(name: &str, dims: &[i64], seed: u32) -> pb::TensorProto {
+        let n: i64 = dims.iter().product();
+        // A small deterministic generator: values in [-1, 1).
+        let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+        let raw: Vec<u8> = (0..n)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                ((x % 2000) as f32 / 1000.0 - 1.0).to_le_bytes()
+            })
+            .collect();
+        pb::TensorProto {
+            name: Some(name.into()),
+            dims: dims.to_vec(),
+            data_type: Some(pb::tensor_proto::DataType::Float as i32),
+            raw_data: Some(raw.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn ints(name: &str, v: &[i64]) -> pb::TensorProto {
+        pb::TensorProto {
+            name: Some(name.into()),
+            dims: vec![v.len() as i64],
+            data_type: Some(pb::tensor_proto::DataType::Int64 as i32),
+            raw_data: Some(
+                v.iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// x → Conv(16) → Relu → Split([6, 10], channel axis) → Conv(4) on each part → Add → y:
+    /// both parts of the split lose channels, and the split sizes must follow.
+    pub fn split_model() -> pb::ModelProto {
+        let nodes = vec![
+            node("Conv", &["x", "w1", "b1"], &["c1"], vec![]),
+            node("Relu", &["c1"], &["r1"], vec![]),
+            node(
+                "Split",
+                &["r1", "sizes"],
+                &["s0", "s1"],
+                vec![int_attr("axis", 1)],
+            ),
+            node("Conv", &["s0", "wa", "ba"], &["a"], vec![]),
+            node("Conv", &["s1", "wb", "bb"], &["b"], vec![]),
+            node("Add", &["a", "b"], &["y"], vec![]),
+        ];
+        let initializer = vec![
+            floats("w1", &[16, 3, 1, 1], 1),
+            floats("b1", &[16], 2),
+            ints("sizes", &[6, 10]),
+            floats("wa", &[4, 6, 1, 1], 3),
+            floats("ba", &[4], 4),
+            floats("wb", &[4, 10, 1, 1], 5),
+            floats("bb", &[4], 6),
+        ];
+        pb::ModelProto {
+            ir_version: Some(9),
+            producer_name: Some("pare-tests".into()),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(pb::GraphProto {
+                name: Some("split".into()),
+                node: nodes,
+                initializer,
+                input: vec![vi("x", &[1, 3, 5, 5])],
+                output: vec![vi("y", &[1, 4, 5, 5])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// A Split on the channel axis: its parts lose channels and the sizes follow; the result runs
+/// in onnxruntime; and removing zeroed filters through it is exact (1x1 consumers, folded).
+#[test]
+fn split_sizes_follow_the_channels() {
+    use prost::Message;
+    let dir = tmpdir();
+    let path = dir.path().join("split.onnx");
+    std::fs::write(&path, built::split_model().encode_to_vec()).unwrap();
+    let out = dir.path().join("split.pruned.onnx");
+    let r = prune_json(&path, &out, &["--channels", "0.5"]);
+    assert_eq!(r["channels"]["channels"]["removed"], 8, "{}", r["channels"]);
+    assert_eq!(r["write"]["verification"]["verified"], true);
+    let m = pare::onnx_pb::ModelProto::decode(bytes::Bytes::from(std::fs::read(&out).unwrap()))
+        .unwrap();
+    let g = m.graph.unwrap();
+    let sizes = g.initializer.iter().find(|t| t.name() == "sizes").unwrap();
+    let v: Vec<i64> = sizes
+        .raw_data
+        .as_ref()
+        .unwrap()
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(v.iter().sum::<i64>(), 8, "sizes {v:?}");
+    let r = interop(
+        &["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        r["checker_output"].is_null() && r.get("ort_output_error").is_none(),
+        "{r}"
+    );
+
+    // Zero 8 of the 16 filters (weights only, biases kept): removing them folds relu(bias)
+    // into the biases of both consumers, and the output does not change.
+    let zeroed = dir.path().join("zeroed.onnx");
+    zero_filters(&path, &zeroed, "w1", 0, &[0, 2, 4, 6, 9, 11, 13, 15], None);
+    let removed = dir.path().join("removed.onnx");
+    let r = prune_json(&zeroed, &removed, &["--channels", "0.5"]);
+    let o = &r["write"]["verification"]["outputs"][0];
+    assert!(o["max_abs_diff"].as_f64().unwrap() < 1e-5, "{o}");
+    let r = interop(
+        &[
+            "onnx-pair",
+            zeroed.to_str().unwrap(),
+            removed.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(r["max_abs_diff"].as_f64().unwrap() < 1e-5, "{r}");
+}

@@ -291,6 +291,16 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
                     outv.extend(vals[t].iter().map(|(k, v)| (*k, *v)));
                 }
             }
+            Rule::Split => {
+                let src = if n.op == "SPLIT" {
+                    n.inputs.get(1).copied().flatten()
+                } else {
+                    x
+                };
+                if let Some(src) = src {
+                    outv = vals[src].clone();
+                }
+            }
             Rule::Transpose | Rule::Reshape | Rule::Pad | Rule::Resize => {
                 if let Some(x) = x {
                     outv = vals[x].clone();

@@ -683,6 +683,8 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        // Shape and split-size constants: every entry of one constant (per reader) at once.
+        let mut shape_edits: BTreeMap<(usize, (usize, usize)), Vec<(usize, i64)>> = BTreeMap::new();
         for sc in &d.shape_consts {
             let Some(tr) = &d.tracks[sc.out] else {
                 continue;
@@ -692,38 +694,46 @@ impl<'a> Planner<'a> {
                 continue;
             }
             match sc.tensor {
-                Some(t) => {
-                    let tensor = &g.tensors[t];
-                    let (Some(mut v), Some(h)) = (rules::const_ints(g, t), tensor.handle) else {
-                        continue;
-                    };
-                    v[sc.position] = kept as i64;
-                    let edit = ConstantEdit {
-                        dims: tensor.fixed_shape().unwrap_or_default(),
-                        data: Bytes::from(encode_ints(tensor.dtype, &v)),
-                        keeps: Vec::new(),
-                    };
-                    // Converters share equal shape constants (every SE block of one width):
-                    // a shared one gets a copy for this reader.
-                    let readers = g
-                        .nodes
-                        .iter()
-                        .flat_map(|n| n.inputs.iter().flatten())
-                        .filter(|&&i| g.tensors[i].handle == Some(h))
-                        .count();
-                    if readers > 1 {
-                        e.copies.push(crate::model::CopyEdit {
-                            node: sc.reader.0,
-                            slot: sc.reader.1,
-                            tensor: t,
-                            name: tensor.name.clone(),
-                            edit,
-                        });
-                    } else {
-                        e.constants.insert(h, edit);
-                    }
-                }
+                Some(t) => shape_edits
+                    .entry((t, sc.reader))
+                    .or_default()
+                    .push((sc.position, kept as i64)),
                 None => e.new_shapes.push((sc.node, sc.position, kept as i64)),
+            }
+        }
+        for ((t, reader), entries) in shape_edits {
+            let tensor = &g.tensors[t];
+            let (Some(mut v), Some(h)) = (rules::const_ints(g, t), tensor.handle) else {
+                continue;
+            };
+            for (pos, value) in entries {
+                if let Some(x) = v.get_mut(pos) {
+                    *x = value;
+                }
+            }
+            let edit = ConstantEdit {
+                dims: tensor.fixed_shape().unwrap_or_default(),
+                data: Bytes::from(encode_ints(tensor.dtype, &v)),
+                keeps: Vec::new(),
+            };
+            // Converters share equal shape constants (every SE block of one width): a shared
+            // one gets a copy for this reader.
+            let readers = g
+                .nodes
+                .iter()
+                .flat_map(|n| n.inputs.iter().flatten())
+                .filter(|&&i| g.tensors[i].handle == Some(h))
+                .count();
+            if readers > 1 {
+                e.copies.push(crate::model::CopyEdit {
+                    node: reader.0,
+                    slot: reader.1,
+                    tensor: t,
+                    name: tensor.name.clone(),
+                    edit,
+                });
+            } else {
+                e.constants.insert(h, edit);
             }
         }
         e

@@ -24,6 +24,9 @@ pub enum Rule {
     /// Broadcasting elementwise ops: couple their activation operands, slice constant ones.
     Elementwise,
     Concat,
+    /// Split along the channel axis with explicit sizes (ONNX Split, TFLite SPLIT_V), or
+    /// along another axis; sizes follow the kept channels.
+    Split,
     Transpose,
     /// Reshape, Flatten, Squeeze, Unsqueeze (mapped through the shapes they change).
     Reshape,
@@ -63,6 +66,7 @@ pub fn rule(op: &str) -> Rule {
         | "Where" | "ADD" | "SUB" | "MUL" | "DIV" | "MAXIMUM" | "MINIMUM"
         | "SQUARED_DIFFERENCE" | "POW" | "PRELU" | "ADD_N" => Elementwise,
         "Concat" | "CONCATENATION" => Concat,
+        "Split" | "SPLIT" | "SPLIT_V" => Split,
         "Transpose" | "TRANSPOSE" => Transpose,
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "RESHAPE" | "SQUEEZE" | "EXPAND_DIMS" => {
             Reshape
@@ -359,6 +363,7 @@ impl Builder<'_> {
             Rule::PassThrough => self.pass_through(ni),
             Rule::Elementwise => self.elementwise(ni),
             Rule::Concat => self.concat(ni),
+            Rule::Split => self.split(ni),
             Rule::Transpose => self.transpose(ni),
             Rule::Reshape => self.reshape(ni),
             Rule::Reduce => self.reduce(ni),
@@ -799,6 +804,70 @@ impl Builder<'_> {
         }
     }
 
+    fn split(&mut self, ni: usize) {
+        let n = &self.g.nodes[ni];
+        let const_axis = |b: &Self, slot: usize| {
+            b.input(ni, slot)
+                .and_then(|t| const_ints(b.g, t))
+                .and_then(|v| v.first().copied())
+        };
+        let (x_slot, axis, sizes_slot) = match n.op.as_str() {
+            "Split" => (0, n.attrs.axis.or(Some(0)), Some(1)),
+            "SPLIT_V" => (0, const_axis(self, 2), Some(1)),
+            _ => (1, const_axis(self, 0), None), // SPLIT: equal parts
+        };
+        let Some(x) = self.input(ni, x_slot) else {
+            return;
+        };
+        let (Some(tr), Some(rank)) = (self.track(x), self.shape(x).map(Vec::len)) else {
+            return self
+                .d
+                .boundary(self.g, ni, "channels enter through a parameter input");
+        };
+        let Some(axis) = axis.and_then(|a| normalize(a, rank)) else {
+            return self.d.boundary(self.g, ni, "split axis unknown");
+        };
+        let outs = n.outputs.clone();
+        if axis != tr.axis {
+            for o in outs {
+                self.set(o, tr.axis, tr.ids.clone());
+            }
+            return;
+        }
+        let sizes = sizes_slot.and_then(|s| self.input(ni, s).map(|t| (s, t)));
+        let Some((slot, st)) = sizes else {
+            return self
+                .d
+                .boundary(self.g, ni, "splits the channel axis into equal parts");
+        };
+        let Some(v) = const_ints(self.g, st) else {
+            return self
+                .d
+                .boundary(self.g, ni, "split sizes computed at run time");
+        };
+        if v.len() != outs.len()
+            || v.iter().any(|&d| d < 0)
+            || v.iter().sum::<i64>() != tr.ids.len() as i64
+        {
+            return self
+                .d
+                .boundary(self.g, ni, "split sizes do not match the channels");
+        }
+        let mut off = 0usize;
+        for (k, (&o, &len)) in outs.iter().zip(&v).enumerate() {
+            let len = len as usize;
+            self.set(o, axis, tr.ids[off..off + len].to_vec());
+            self.d.shape_consts.push(ShapeConst {
+                node: ni,
+                tensor: Some(st),
+                reader: (ni, slot),
+                position: k,
+                out: o,
+            });
+            off += len;
+        }
+    }
+
     fn transpose(&mut self, ni: usize) {
         let n = &self.g.nodes[ni];
         let x = self.input(ni, 0).expect("tracked");
@@ -896,12 +965,7 @@ impl Builder<'_> {
     /// constant and the position in it. `Ok(None)` when the entry is computed from shapes at
     /// run time (it follows the pruned tensor by itself); `Err` when a constant somewhere in
     /// its computation spells out the channel count and pare cannot tell where it lands.
-    fn shape_piece(
-        &self,
-        t: TensorId,
-        j: usize,
-        value: u64,
-    ) -> Result<Option<ShapePiece>, ()> {
+    fn shape_piece(&self, t: TensorId, j: usize, value: u64) -> Result<Option<ShapePiece>, ()> {
         let mut t = t;
         while let Some(&p) = self.prod.get(&t) {
             let pn = &self.g.nodes[p];
