@@ -684,7 +684,9 @@ impl<'a> Planner<'a> {
             }
         }
         // Shape and split-size constants: every entry of one constant (per reader) at once.
-        let mut shape_edits: BTreeMap<(usize, (usize, usize)), Vec<(usize, i64)>> = BTreeMap::new();
+        // (constant, its reader) → [(entry, new value)]
+        type Entries = Vec<(usize, i64)>;
+        let mut shape_edits: BTreeMap<(usize, (usize, usize)), Entries> = BTreeMap::new();
         for sc in &d.shape_consts {
             let Some(tr) = &d.tracks[sc.out] else {
                 continue;
