@@ -482,6 +482,15 @@ mod built {
         }
     }
 
+    pub fn pads_attr(p: i64) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: Some("pads".into()),
+            r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+            ints: vec![p; 4],
+            ..Default::default()
+        }
+    }
+
     pub fn floats(name: &str, dims: &[i64], seed: u32) -> pb::TensorProto {
         let n: i64 = dims.iter().product();
         // A small deterministic generator: values in [-1, 1).
@@ -561,6 +570,70 @@ mod built {
             ..Default::default()
         }
     }
+}
+
+/// A grouped convolution (group 4): every group gets narrower by the same count, the group
+/// count stays, and the result runs in onnxruntime.
+#[test]
+fn grouped_convolutions_narrow_every_group_alike() {
+    use built::*;
+    use prost::Message;
+    let dir = tmpdir();
+    let path = dir.path().join("grouped.onnx");
+    let mut m = split_model();
+    let g = m.graph.as_mut().unwrap();
+    g.node = vec![
+        node("Conv", &["x", "w1", "b1"], &["c1"], vec![]),
+        node("Relu", &["c1"], &["r1"], vec![]),
+        node(
+            "Conv",
+            &["r1", "wg", "bg"],
+            &["c2"],
+            vec![int_attr("group", 4), pads_attr(1)],
+        ),
+        node("Relu", &["c2"], &["r2"], vec![]),
+        node("Conv", &["r2", "w3", "b3"], &["y"], vec![]),
+    ];
+    g.initializer = vec![
+        floats("w1", &[16, 3, 1, 1], 1),
+        floats("b1", &[16], 2),
+        floats("wg", &[16, 4, 3, 3], 3),
+        floats("bg", &[16], 4),
+        floats("w3", &[4, 16, 1, 1], 5),
+        floats("b3", &[4], 6),
+    ];
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let out = dir.path().join("grouped.pruned.onnx");
+    let r = prune_json(&path, &out, &["--channels", "0.5"]);
+    assert_eq!(
+        r["write"]["verification"]["verified"], true,
+        "{}",
+        r["write"]
+    );
+    let pruned =
+        pare::onnx_pb::ModelProto::decode(bytes::Bytes::from(std::fs::read(&out).unwrap()))
+            .unwrap();
+    let g = pruned.graph.unwrap();
+    let dims = |n: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name() == n)
+            .unwrap()
+            .dims
+            .clone()
+    };
+    // 16 = 4 groups x 4: half of each group's channels go, on both sides of the grouped conv.
+    assert_eq!(dims("w1"), vec![8, 3, 1, 1]);
+    assert_eq!(dims("wg"), vec![8, 2, 3, 3]);
+    assert_eq!(dims("w3"), vec![4, 8, 1, 1]);
+    let r = interop(
+        &["onnx-pair", path.to_str().unwrap(), out.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        r["checker_output"].is_null() && r.get("ort_output_error").is_none(),
+        "{r}"
+    );
 }
 
 /// A Split on the channel axis: its parts lose channels and the sizes follow; the result runs

@@ -348,6 +348,10 @@ fn fold_into(
     let Some(x) = n.inputs.first().copied().flatten() else {
         return;
     };
+    // A grouped consumer reads each input channel with one group's filters only: no fold.
+    let grouped = d.tracks[x]
+        .as_ref()
+        .is_some_and(|t| t.ids.len() != rec.ids.len());
     let contrib: Vec<(usize, f32)> = rec
         .ids
         .iter()
@@ -360,6 +364,10 @@ fn fold_into(
         return;
     }
     let count = contrib.len();
+    if grouped {
+        folds.dropped += count;
+        return;
+    }
     let Some(w) = stored_constant(g, prod, rec.tensor) else {
         folds.dropped += count;
         return;

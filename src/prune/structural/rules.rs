@@ -475,12 +475,64 @@ impl Builder<'_> {
                 self.d.groups.push((ni, out));
             }
         } else {
-            self.d.boundary(
+            self.grouped(ni, x, 1, 1, group as usize, o as usize, iw as usize, out);
+        }
+    }
+
+    /// A grouped convolution (`g` groups; `iw` input channels per group, weight axis `w_in`):
+    /// every group must keep the same width, so channel `o` of every group is coupled with
+    /// channel `o` of the others, on the input side and on the output side. The group count
+    /// stays; each group gets narrower.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped(
+        &mut self,
+        ni: usize,
+        x: TensorId,
+        x_axis: usize,
+        w_in: usize,
+        g: usize,
+        o: usize,
+        iw: usize,
+        out: TensorId,
+    ) {
+        let cin = self
+            .shape(x)
+            .and_then(|s| s.get(x_axis).copied())
+            .unwrap_or(0) as usize;
+        if g == 0 || cin != g * iw || o % g != 0 {
+            return self.d.boundary(
                 self.g,
                 ni,
-                format!("grouped convolution (group {group}) is not pruned"),
+                format!("grouped convolution (group {g}) with an unexpected shape"),
             );
         }
+        if let Some(tr) = self.track(x) {
+            if tr.axis != x_axis || tr.ids.len() != cin {
+                return self
+                    .d
+                    .boundary(self.g, ni, "channels on an unexpected axis");
+            }
+            for k in 1..g {
+                for j in 0..iw {
+                    self.d.union(tr.ids[j], tr.ids[k * iw + j]);
+                }
+            }
+            if !self.slice_input(ni, 1, w_in, &tr.ids[..iw], Role::Inputs) {
+                self.d.boundary(
+                    self.g,
+                    ni,
+                    "its weight cannot be sliced (computed at run time, shared or packed)",
+                );
+            }
+        }
+        let ids = self.produce(ni, 1, 0, o, Some((2, 0)));
+        let ow = o / g;
+        for k in 1..g {
+            for j in 0..ow {
+                self.d.union(ids[j], ids[k * ow + j]);
+            }
+        }
+        self.set(out, x_axis, ids);
     }
 
     /// Depthwise: output channel c is input channel c, filtered by kernel c.
@@ -528,9 +580,8 @@ impl Builder<'_> {
         };
         let cin = self.shape(x).and_then(|s| s.last().copied());
         if cin != Some(ws[3]) {
-            return self
-                .d
-                .boundary(self.g, ni, "grouped convolution is not pruned");
+            let g = cin.unwrap_or(0) / ws[3].max(1);
+            return self.grouped(ni, x, 3, 3, g as usize, ws[0] as usize, ws[3] as usize, out);
         }
         self.consume(ni, x, 3, 1, 3, ws[3]);
         {
