@@ -203,3 +203,73 @@ fn pruned_keras_exports_verify_in_tract_and_agree_with_litert() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `pare prune --channels 0.3` on real converter output: every float32 export and two int8
+/// ones (SE blocks, hard-swish, depthwise, dense concat, bottleneck residuals, shared shape
+/// constants, per-channel int8 scales). Nearly every channel must be prunable, half the
+/// parameters must go, and LiteRT must run each result as tract does.
+#[test]
+fn channel_pruned_keras_exports_run_in_tract_and_litert() {
+    let dir = corpus();
+    let out_dir = tmpdir();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.ends_with("_f32.tflite")
+                || n == "MobileNetV2_int8.tflite"
+                || n == "EfficientNetB0_int8.tflite"
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    let mut failures = Vec::new();
+    for src in &files {
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        let out = out_dir.path().join(&name);
+        let o = run(&[
+            "prune",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--channels",
+            "0.3",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let r = json(&o);
+        let c = &r["channels"];
+        let prunable = c["channels"]["prunable_fraction"].as_f64().unwrap();
+        let params = c["params_after"].as_f64().unwrap() / c["params_before"].as_f64().unwrap();
+        let macs = c["macs_after"].as_f64().unwrap() / c["macs_before"].as_f64().unwrap();
+        let v = &r["write"]["verification"];
+        if v["verified"] != true {
+            failures.push(format!("{name}: not verified: {}", v["reason"]));
+            continue;
+        }
+        let doc = Document::open(&out).unwrap();
+        let runner = Runner::load(&doc).unwrap();
+        let a = agree_with_litert(&out, &runner, 2, |k| {
+            runner.random_inputs(DEFAULT_SEED + k as u64).unwrap()
+        });
+        eprintln!(
+            "{name}: {:.1}% of channels prunable, params {:.1}%, MACs {:.1}% of the original | {}",
+            100.0 * prunable,
+            100.0 * params,
+            100.0 * macs,
+            a.describe()
+        );
+        if prunable < 0.95 || params > 0.6 {
+            failures.push(format!("{name}: prunable {prunable}, params kept {params}"));
+        }
+        let close_int8 = a.int_total > 0 && a.int_worst_steps <= 4.0;
+        if !a.ok() && !close_int8 {
+            failures.push(format!(
+                "{name}: tract disagrees with LiteRT: {}",
+                a.describe()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
