@@ -49,15 +49,23 @@ fn corpus() -> std::path::PathBuf {
     setup_script("scripts/tflite-corpus.sh", "build the Keras TFLite corpus")
 }
 
-#[test]
-fn tract_validates_every_keras_export_and_agrees_with_litert() {
-    let dir = corpus();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+/// The corpus files whose names `keep` accepts, sorted.
+fn corpus_files(keep: impl Fn(&str) -> bool) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(corpus())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tflite"))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.ends_with(".tflite") && keep(&n)
+        })
         .collect();
     files.sort();
+    files
+}
+
+#[test]
+fn tract_validates_every_keras_export_and_agrees_with_litert() {
+    let files = corpus_files(|_| true);
     assert!(files.len() >= 15, "the corpus has {} files", files.len());
     let mut failures = Vec::new();
     let mut plain_ok = 0;
@@ -127,22 +135,14 @@ fn tract_validates_every_keras_export_and_agrees_with_litert() {
 /// run in LiteRT like tract runs it.
 #[test]
 fn pruned_keras_exports_verify_in_tract_and_agree_with_litert() {
-    let dir = corpus();
     let out_dir = tmpdir();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tflite"))
-        .collect();
     // The float16-weight exports (weights behind DEQUANTIZE, pruned in f16) and two int8
     // families: what pruning adds over the validation test above, at a CI-friendly cost.
-    files.retain(|p| {
-        let n = p.file_name().unwrap().to_string_lossy();
+    let files = corpus_files(|n| {
         n.ends_with("_f16.tflite")
             || n == "MobileNetV2_int8.tflite"
             || n == "EfficientNetB0_int8.tflite"
     });
-    files.sort();
     // 5 families by default (7 files), 6 with PARE_CORPUS_FAMILIES including NASNetMobile.
     assert!(files.len() >= 7, "{files:?}");
     let mut failures = Vec::new();
@@ -210,19 +210,12 @@ fn pruned_keras_exports_verify_in_tract_and_agree_with_litert() {
 /// parameters must go, and LiteRT must run each result as tract does.
 #[test]
 fn channel_pruned_keras_exports_run_in_tract_and_litert() {
-    let dir = corpus();
     let out_dir = tmpdir();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.ends_with("_f32.tflite")
-                || n == "MobileNetV2_int8.tflite"
-                || n == "EfficientNetB0_int8.tflite"
-        })
-        .collect();
-    files.sort();
+    let files = corpus_files(|n| {
+        n.ends_with("_f32.tflite")
+            || n == "MobileNetV2_int8.tflite"
+            || n == "EfficientNetB0_int8.tflite"
+    });
     assert!(files.len() >= 7, "{files:?}");
     let mut failures = Vec::new();
     for src in &files {

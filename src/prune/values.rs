@@ -117,35 +117,9 @@ impl Codec {
         (s.abs(), z)
     }
 
-    /// Magnitude of element `e` (stored bytes `b`). NaN weights get +∞: they are never
-    /// preferred for pruning, and pruning never creates one.
-    fn magnitude(&self, e: usize, b: &[u8]) -> f32 {
-        let v = match self.dtype {
-            DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs(),
-            DType::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")).abs() as f32,
-            DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32().abs(),
-            DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32().abs(),
-            int => {
-                let q = match int {
-                    DType::I8 => b[0] as i8 as i64,
-                    DType::U8 => b[0] as i64,
-                    DType::I16 => i16::from_le_bytes([b[0], b[1]]) as i64,
-                    _ => u16::from_le_bytes([b[0], b[1]]) as i64,
-                };
-                let (s, z) = self.params(self.channel(e));
-                return ((q - z).unsigned_abs() as f32) * s;
-            }
-        };
-        if v.is_nan() {
-            f32::INFINITY
-        } else {
-            v
-        }
-    }
-
-    /// Real (dequantized) value of element `e`; NaN reads as 0.
-    fn value(&self, e: usize, b: &[u8]) -> f32 {
-        let v = match self.dtype {
+    /// Real (dequantized) value of element `e` (stored bytes `b`), NaN included.
+    fn real(&self, e: usize, b: &[u8]) -> f32 {
+        match self.dtype {
             DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             DType::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
             DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
@@ -160,7 +134,23 @@ impl Codec {
                 let (s, z) = self.params(self.channel(e));
                 (q - z) as f32 * s
             }
-        };
+        }
+    }
+
+    /// Magnitude of element `e`. NaN weights get +∞: they are never preferred for pruning,
+    /// and pruning never creates one.
+    fn magnitude(&self, e: usize, b: &[u8]) -> f32 {
+        let v = self.real(e, b).abs();
+        if v.is_nan() {
+            f32::INFINITY
+        } else {
+            v
+        }
+    }
+
+    /// Real value of element `e`; NaN reads as 0.
+    fn value(&self, e: usize, b: &[u8]) -> f32 {
+        let v = self.real(e, b);
         if v.is_nan() {
             0.0
         } else {

@@ -219,3 +219,19 @@ pub fn run_json(args: &[&str]) -> (i32, serde_json::Value, String) {
     };
     (o.status.code().unwrap_or(-1), v, stderr(&o))
 }
+
+/// The accuracy of `model` in the answer of `interop accuracy`; fails the test if the model did
+/// not pass the checker or did not run.
+pub fn accuracy_in(results: &[serde_json::Value], model: &Path) -> f64 {
+    let r = results
+        .iter()
+        .find(|r| Path::new(r["model"].as_str().unwrap()) == model)
+        .unwrap_or_else(|| panic!("{}: not in the interop answer", model.display()));
+    assert!(
+        r.get("error").is_none() && r.get("checker_error").is_none(),
+        "{}: does not run in {}: {r}",
+        model.display(),
+        r["runtime"]
+    );
+    r["accuracy"].as_f64().unwrap()
+}

@@ -21,6 +21,11 @@ use std::collections::HashMap;
 
 pub type ChannelId = u32;
 
+/// Channels along one axis, and in the whole model, beyond which a dimension is treated as
+/// damage rather than a model (the widest real layers have tens of thousands).
+pub const MAX_CHANNELS: usize = 1 << 24;
+const MAX_TOTAL_CHANNELS: usize = 1 << 27;
+
 /// Where the channels of an activation are, position by position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Track {
@@ -109,14 +114,18 @@ impl DepGraph {
         }
     }
 
-    /// `n` new channel ids; pinned ones can never be removed.
-    pub fn fresh(&mut self, n: usize, pinned: bool) -> Vec<ChannelId> {
+    /// `n` new channel ids; pinned ones can never be removed. `None` for an implausible count
+    /// (a damaged file's dimension), so that no allocation follows a declared size blindly.
+    pub fn fresh(&mut self, n: usize, pinned: bool) -> Option<Vec<ChannelId>> {
+        if n > MAX_CHANNELS || self.parent.len() + n > MAX_TOTAL_CHANNELS {
+            return None;
+        }
         let start = self.parent.len() as ChannelId;
         for i in 0..n as ChannelId {
             self.parent.push(start + i);
             self.pinned.push(pinned);
         }
-        (start..start + n as ChannelId).collect()
+        Some((start..start + n as ChannelId).collect())
     }
 
     pub fn find(&self, mut id: ChannelId) -> ChannelId {

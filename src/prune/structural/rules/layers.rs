@@ -21,8 +21,7 @@ impl Builder<'_> {
         let (o, iw) = (ws[0], ws[1]);
         if group == 1 {
             self.consume(ni, x, 1, 1, 1, iw);
-            {
-                let ids = self.produce(ni, 1, 0, o as usize, Some((2, 0)));
+            if let Some(ids) = self.produce(ni, 1, 0, o as usize, Some((2, 0))) {
                 self.set(out, 1, ids);
             }
         } else if iw == 1 && cin == Some(group) && o == group {
@@ -81,7 +80,9 @@ impl Builder<'_> {
                 );
             }
         }
-        let ids = self.produce(ni, 1, 0, o, Some((2, 0)));
+        let Some(ids) = self.produce(ni, 1, 0, o, Some((2, 0))) else {
+            return;
+        };
         let ow = o / g;
         for k in 1..g {
             for j in 0..ow {
@@ -140,8 +141,7 @@ impl Builder<'_> {
             return self.grouped(ni, x, 3, 3, g as usize, ws[0] as usize, ws[3] as usize, out);
         }
         self.consume(ni, x, 3, 1, 3, ws[3]);
-        {
-            let ids = self.produce(ni, 1, 0, ws[0] as usize, Some((2, 0)));
+        if let Some(ids) = self.produce(ni, 1, 0, ws[0] as usize, Some((2, 0))) {
             self.set(out, 3, ids);
         }
     }
@@ -208,8 +208,7 @@ impl Builder<'_> {
         if out_rank == 0 {
             return;
         }
-        {
-            let ids = self.produce(ni, 1, out_axis, ws[out_axis] as usize, bias);
+        if let Some(ids) = self.produce(ni, 1, out_axis, ws[out_axis] as usize, bias) {
             self.set(out, out_rank - 1, ids);
         }
     }

@@ -395,8 +395,11 @@ impl Builder<'_> {
         out_axis: usize,
         n: usize,
         bias: Option<(usize, usize)>,
-    ) -> Vec<ChannelId> {
-        let ids = self.d.fresh(n, false);
+    ) -> Option<Vec<ChannelId>> {
+        let Some(ids) = self.d.fresh(n, false) else {
+            self.d.boundary(self.g, ni, "an implausible channel count");
+            return None;
+        };
         let mark = self.d.slices.len();
         let ok = self.slice_input(ni, w_slot, out_axis, &ids, Role::Filters)
             && bias.is_none_or(|(slot, axis)| {
@@ -417,13 +420,13 @@ impl Builder<'_> {
                 node: ni,
                 ids: ids.clone(),
             });
-            return ids;
+            return Some(ids);
         }
         self.d.producers.push(super::graph::Producer {
             node: ni,
             ids: ids.clone(),
         });
-        ids
+        Some(ids)
     }
 
     /// Slices a consumer's weight along its input axis by the input's track.

@@ -3,7 +3,7 @@
 
 use super::{const_ints, normalize, Builder, ShapePiece};
 use crate::model::{DType, Format, TensorId};
-use crate::prune::structural::graph::{ChannelId, ShapeConst, Track};
+use crate::prune::structural::graph::{ChannelId, ShapeConst, Track, MAX_CHANNELS};
 
 impl Builder<'_> {
     pub(super) fn concat(&mut self, ni: usize) {
@@ -26,7 +26,10 @@ impl Builder<'_> {
                         let Some(len) = self.shape(t).and_then(|s| s.get(axis).copied()) else {
                             return self.d.boundary(self.g, ni, "input shape unknown");
                         };
-                        ids.extend(self.d.fresh(len as usize, true));
+                        let Some(fresh) = self.d.fresh(len as usize, true) else {
+                            return self.d.boundary(self.g, ni, "an implausible channel count");
+                        };
+                        ids.extend(fresh);
                     }
                 }
             }
@@ -430,6 +433,10 @@ pub fn map_reshape(a: &[u64], tr: &Track, b: &[u64]) -> Option<(usize, Vec<Chann
     let t = tr.axis;
     let c = *a.get(t)?;
     if c != tr.ids.len() as u64 || a.contains(&0) || b.contains(&0) {
+        return None;
+    }
+    // A merged axis holds one id per position: refuse sizes only a damaged file declares.
+    if b.iter().any(|&d| d > MAX_CHANNELS as u64) {
         return None;
     }
     let prefix = |d: &[u64]| -> Vec<u64> {
