@@ -225,6 +225,27 @@ fn crashes_found_by_mutation_stay_fixed() {
             "inspect",
             "quantized axis",
         ),
+        // Channel pruning (found in-process): damaged counts underflowed the cost estimate,
+        // and a layer with zero output channels made the kept-count bounds cross.
+        (
+            "mobilenet.onnx",
+            4354685564936872720,
+            "channels",
+            "cost estimate",
+        ),
+        ("cnn.onnx", 4354685564936847840, "channels", "cost estimate"),
+        (
+            "mlp_int8.tflite",
+            4354685564936875022,
+            "channels",
+            "cost estimate",
+        ),
+        (
+            "ops/mlp_f16.tflite",
+            4354685564936854179,
+            "channels",
+            "zero channels",
+        ),
     ];
     let dir = tmpdir();
     for &(fixture, seed, command, what) in cases {
@@ -238,6 +259,7 @@ fn crashes_found_by_mutation_stay_fixed() {
         let args: Vec<&str> = match command {
             "inspect" => vec!["inspect", inp],
             "convert" => vec!["convert", inp, "-o", outp],
+            "channels" => vec!["prune", inp, "-o", outp, "--channels", "0.5"],
             _ => vec!["prune", inp, "-o", outp, "--sparsity", "0.5"],
         };
         let (code, killed, err, _) = run_limited(&args);

@@ -281,13 +281,13 @@ impl<'a> Planner<'a> {
     /// Kept count after removing `k` of `n` channels, rounded up to a multiple of
     /// `--round-to`, never below one.
     fn keep_count(&self, n_total: usize, n_free: usize, k: usize) -> usize {
-        let pinned = n_total - n_free;
-        let mut keep = n_total - k.min(n_free);
+        let pinned = n_total.saturating_sub(n_free);
+        let mut keep = n_total.saturating_sub(k.min(n_free));
         let r = self.opts.round_to;
         if r > 1 && n_total >= r {
             keep = keep.div_ceil(r) * r;
         }
-        keep.clamp(pinned.max(1), n_total)
+        keep.clamp(pinned.max(1).min(n_total), n_total)
     }
 
     /// The channels (group roots) removed at `ratio`.
@@ -365,10 +365,15 @@ impl<'a> Planner<'a> {
                 let s = &self.d.slices[si];
                 frac *= self.d.kept(&s.ids, removed).len() as f64 / s.ids.len().max(1) as f64;
             }
+            // Saturating: a damaged file's counts need not add up.
             if c.param {
-                params -= c.numel - (c.numel as f64 * frac).round() as u64;
+                params = params.saturating_sub(
+                    c.numel
+                        .saturating_sub((c.numel as f64 * frac).round() as u64),
+                );
             }
-            macs -= c.macs - (c.macs as f64 * frac).round() as u64;
+            macs =
+                macs.saturating_sub(c.macs.saturating_sub((c.macs as f64 * frac).round() as u64));
         }
         (params, macs)
     }
