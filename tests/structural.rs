@@ -461,6 +461,13 @@ mod built {
         }
     }
 
+    /// The main graph of an ONNX file.
+    pub fn read_graph(path: &std::path::Path) -> pb::GraphProto {
+        use prost::Message;
+        let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
+        pb::ModelProto::decode(bytes).unwrap().graph.unwrap()
+    }
+
     pub fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
         pb::AttributeProto {
             name: Some(name.into()),
@@ -598,10 +605,7 @@ fn grouped_convolutions_narrow_every_group_alike() {
         "{}",
         r["write"]
     );
-    let pruned =
-        pare::onnx_pb::ModelProto::decode(bytes::Bytes::from(std::fs::read(&out).unwrap()))
-            .unwrap();
-    let g = pruned.graph.unwrap();
+    let g = built::read_graph(&out);
     let dims = |n: &str| {
         g.initializer
             .iter()
@@ -636,9 +640,7 @@ fn split_sizes_follow_the_channels() {
     let r = prune_json(&path, &out, &["--channels", "0.5"]);
     assert_eq!(r["channels"]["channels"]["removed"], 8, "{}", r["channels"]);
     assert_eq!(r["write"]["verification"]["verified"], true);
-    let m = pare::onnx_pb::ModelProto::decode(bytes::Bytes::from(std::fs::read(&out).unwrap()))
-        .unwrap();
-    let g = m.graph.unwrap();
+    let g = built::read_graph(&out);
     let sizes = g.initializer.iter().find(|t| t.name() == "sizes").unwrap();
     let v: Vec<i64> = sizes
         .raw_data
@@ -674,4 +676,63 @@ fn split_sizes_follow_the_channels() {
         None,
     );
     assert!(r["max_abs_diff"].as_f64().unwrap() < 1e-5, "{r}");
+}
+
+/// The flags around a channel prune as users combine them: `--exclude` keeps a layer,
+/// `--search` bisects the channel ratio within a gate, and tuning flags without an amount are
+/// a usage error.
+#[test]
+fn exclude_search_and_tuning_flags_work_from_the_cli() {
+    let dir = tmpdir();
+    let model = fixtures().join("mlp.onnx");
+    let out = dir.path().join("excluded.onnx");
+    let r = prune_json(&model, &out, &["--channels", "0.5", "--exclude", "fc1"]);
+    let c = &r["channels"];
+    let groups = c["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .all(|g| !g["layers"].to_string().contains("fc1")),
+        "{c}"
+    );
+    assert!(c["boundaries"].to_string().contains("excluded by"), "{c}");
+
+    let data = fixtures().join("data/test_mlp_onnx.npz");
+    let out = dir.path().join("searched.onnx");
+    let r = prune_json(
+        &model,
+        &out,
+        &[
+            "--channels",
+            "0.5",
+            "--validate",
+            data.to_str().unwrap(),
+            "--max-accuracy-drop",
+            "2",
+            "--search",
+            "--latency-runs",
+            "0",
+        ],
+    );
+    let s = &r["search"];
+    assert_eq!(s["parameter"], "channels", "{s}");
+    let chosen = s["chosen"].as_f64().unwrap();
+    assert!(chosen > 0.0 && chosen < 0.5, "{s}");
+    assert_eq!(r["channels"]["ratio"].as_f64().unwrap(), chosen);
+    assert_eq!(r["validation"]["passed"], true);
+    assert!(out.exists());
+
+    let o = run(&[
+        "prune",
+        model.to_str().unwrap(),
+        "-o",
+        dir.path().join("none.onnx").to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--importance",
+        "l2",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give --channels R"), "{}", stderr(&o));
+    assert!(!dir.path().join("none.onnx").exists());
 }

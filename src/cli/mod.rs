@@ -314,14 +314,14 @@ impl ChannelFlags {
         &self,
         scope: Option<crate::prune::Scope>,
         exclude: &[regex::Regex],
-        rules: Vec<crate::prune::structural::ChannelRule>,
+        config: Option<crate::prune::structural::ChannelOptions>,
     ) -> Result<Option<crate::prune::structural::ChannelOptions>, Error> {
         use crate::prune::structural::{Amount, ChannelOptions, ChannelScope};
         let amount = match (self.channels, self.target_macs, self.target_params) {
             (Some(r), _, _) => Amount::Ratio(r),
             (_, Some(f), _) => Amount::TargetMacs(f),
             (_, _, Some(f)) => Amount::TargetParams(f),
-            _ if !rules.is_empty() => Amount::Ratio(0.0),
+            _ if config.is_some() => Amount::Ratio(0.0),
             _ => {
                 let tuning = self.importance.is_some()
                     || self.channel_scope.is_some()
@@ -347,7 +347,7 @@ impl ChannelFlags {
             round_to: self.round_to.unwrap_or(d.round_to),
             max_layer_ratio: self.max_layer_ratio.unwrap_or(d.max_layer_ratio),
             exclude: exclude.to_vec(),
-            rules,
+            rules: config.map(|c| c.rules).unwrap_or_default(),
             fold: !self.no_fold,
         }))
     }
@@ -599,11 +599,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             if let Some(p) = sensitivity {
                 opts.sensitivity = Some(std::sync::Arc::new(crate::sensitivity::Profile::load(p)?));
             }
-            opts.channels = structural.options(
-                *scope,
-                &opts.exclude,
-                std::mem::take(&mut opts.channel_rules),
-            )?;
+            opts.channels = structural.options(*scope, &opts.exclude, opts.channels.take())?;
             let gates = gates.gates();
             if validate.is_none() && !gates.is_empty() {
                 return Err(Error::Usage(

@@ -95,13 +95,16 @@ impl OnnxDocument {
             g.node[c.node].input[c.slot] = name;
             orphans.push(old);
         }
+        // A nested body may read any outer name: with one, orphans are kept.
+        let has_bodies = g.node.iter().any(|n| {
+            n.attribute
+                .iter()
+                .any(|a| a.g.is_some() || !a.graphs.is_empty())
+        });
         for old in orphans {
-            let used = g.node.iter().any(|n| {
-                n.input.contains(&old)
-                    || n.attribute
-                        .iter()
-                        .any(|a| a.g.is_some() || !a.graphs.is_empty())
-            }) || g.output.iter().any(|o| o.name() == old);
+            let used = has_bodies
+                || g.node.iter().any(|n| n.input.contains(&old))
+                || g.output.iter().any(|o| o.name() == old);
             if !used {
                 g.initializer.retain(|t| t.name() != old);
                 g.input.retain(|i| i.name() != old);

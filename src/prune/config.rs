@@ -119,7 +119,10 @@ pub fn load(path: &Path, opts: &mut PruneOptions) -> Result<()> {
                     "{what}: channels {c} is outside [0, 1)"
                 )));
             }
-            opts.channel_rules.push(super::structural::ChannelRule {
+            // Channel rules alone mean structural pruning (ratio 0 elsewhere, unless a flag
+            // sets one).
+            let channels = opts.channels.get_or_insert_with(Default::default);
+            channels.rules.push(super::structural::ChannelRule {
                 source: what.clone(),
                 regex: regex(&what, &l.pattern)?,
                 ratio: c,

@@ -173,9 +173,6 @@ pub struct PruneOptions {
     pub sensitivity: Option<std::sync::Arc<crate::sensitivity::Profile>>,
     /// Structural pruning, applied before magnitude pruning.
     pub channels: Option<structural::ChannelOptions>,
-    /// Per-layer channel ratios from the config file (`[[layer]] channels = R`), moved into
-    /// `channels` by the caller.
-    pub channel_rules: Vec<structural::ChannelRule>,
 }
 
 impl Default for PruneOptions {
@@ -191,7 +188,6 @@ impl Default for PruneOptions {
             rules: Vec::new(),
             sensitivity: None,
             channels: None,
-            channel_rules: Vec::new(),
         }
     }
 }

@@ -12,11 +12,13 @@
 //! closer than dropping the constant).
 
 use super::graph::{ChannelId, DepGraph, Role};
+use super::importance::real_values;
 use super::rules::{rule, Rule};
 use crate::model::stats::{producers, stored_constant};
 use crate::model::{DType, Graph, TensorId};
-use crate::prune::values::Codec;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 /// Per bias constant (tensor id): what to add to each element, in real units.
 pub struct Folds {
@@ -28,33 +30,31 @@ pub struct Folds {
     pub dropped: usize,
 }
 
-fn values(g: &Graph, t: TensorId) -> Option<Vec<f32>> {
-    let t = &g.tensors[t];
-    let shape = t.fixed_shape()?;
-    let codec = Codec::new(t.dtype, &shape, t.quant.as_ref()).ok()?;
-    let v = codec.values(t.data.as_ref()?);
-    (v.len() as u64 == shape.iter().product::<u64>()).then_some(v)
+/// Decoded small constants (biases, normalization vectors, clip bounds) of one fold: each is
+/// read once however many channels ask for it.
+struct Consts<'a> {
+    g: &'a Graph,
+    cache: RefCell<HashMap<TensorId, Option<Rc<Vec<f32>>>>>,
 }
 
-thread_local! {
-    /// Decoded small constants (biases, normalization vectors) during one fold.
-    static CACHE: std::cell::RefCell<HashMap<TensorId, Option<std::rc::Rc<Vec<f32>>>>> =
-        std::cell::RefCell::new(HashMap::new());
-}
-
-/// Value of a constant operand at channel position `p`: scalars broadcast; per-channel
-/// constants have one element per channel.
-fn const_at(g: &Graph, t: TensorId, p: usize, len: usize) -> Option<f32> {
-    let v = CACHE.with(|c| {
-        c.borrow_mut()
+impl Consts<'_> {
+    fn values(&self, t: TensorId) -> Option<Rc<Vec<f32>>> {
+        self.cache
+            .borrow_mut()
             .entry(t)
-            .or_insert_with(|| values(g, t).map(std::rc::Rc::new))
+            .or_insert_with(|| real_values(self.g, t).map(|(v, _)| Rc::new(v)))
             .clone()
-    })?;
-    match v.len() {
-        1 => Some(v[0]),
-        n if n == len => Some(v[p]),
-        _ => None,
+    }
+
+    /// Value of a constant operand at channel position `p`: scalars broadcast; per-channel
+    /// constants have one element per channel.
+    fn at(&self, t: TensorId, p: usize, len: usize) -> Option<f32> {
+        let v = self.values(t)?;
+        match v.len() {
+            1 => Some(v[0]),
+            n if n == len => Some(v[p]),
+            _ => None,
+        }
     }
 }
 
@@ -125,7 +125,10 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
             readers.entry(t).or_default().push(ni);
         }
     }
-    CACHE.with(|c| c.borrow_mut().clear());
+    let consts = Consts {
+        g,
+        cache: RefCell::new(HashMap::new()),
+    };
     let gone = |id: ChannelId| removed.contains(&d.find(id));
     let mut vals: Vec<HashMap<ChannelId, f32>> = vec![HashMap::new(); g.tensors.len()];
 
@@ -162,8 +165,7 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
                 // Per filter: the sum of its weights, and whether it is all zero.
                 let per_filter: Option<(Vec<f32>, Vec<bool>)> = filters.and_then(|s| {
                     let w = stored_constant(g, &prod, s.tensor)?;
-                    let v = values(g, w)?;
-                    let shape = g.tensors[w].fixed_shape()?;
+                    let (v, shape) = real_values(g, w)?;
                     let c = shape[s.axis] as usize;
                     let inner: usize = shape[s.axis + 1..].iter().product::<u64>() as usize;
                     let mut sums = vec![0f32; c];
@@ -180,7 +182,7 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
                         continue;
                     }
                     let b = match bias {
-                        Some(b) => match const_at(g, b, p, len) {
+                        Some(b) => match consts.at(b, p, len) {
                             Some(b) => b,
                             None => continue,
                         },
@@ -209,13 +211,13 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
             Rule::BatchNorm => {
                 let Some(x) = x else { continue };
                 let eps = n.attrs.epsilon.unwrap_or(1e-5);
-                let params: Option<Vec<Vec<f32>>> = (1..=4)
+                let params: Option<Vec<Rc<Vec<f32>>>> = (1..=4)
                     .map(|s| {
                         n.inputs
                             .get(s)
                             .copied()
                             .flatten()
-                            .and_then(|t| values(g, t))
+                            .and_then(|t| consts.values(t))
                     })
                     .collect();
                 let Some(pv) = params.filter(|pv| pv.iter().all(|v| v.len() == len)) else {
@@ -236,7 +238,7 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
                             .get(s)
                             .copied()
                             .flatten()
-                            .and_then(|t| const_at(g, t, 0, 1))
+                            .and_then(|t| consts.at(t, 0, 1))
                     };
                     (
                         bound(1).unwrap_or(f32::NEG_INFINITY),
@@ -276,7 +278,7 @@ pub fn fold(g: &Graph, d: &DepGraph, removed: &HashSet<ChannelId>) -> Folds {
                     let operand = |t: TensorId| -> Option<f32> {
                         match d.tracks[t].as_ref() {
                             Some(tr) if tr.ids.len() == len => vals[t].get(&tr.ids[p]).copied(),
-                            _ => const_at(g, t, p, len),
+                            _ => consts.at(t, p, len),
                         }
                     };
                     if let (Some(a), Some(b)) = (operand(ops[0]), operand(ops[1])) {
@@ -372,7 +374,7 @@ fn fold_into(
         folds.dropped += count;
         return;
     };
-    let (Some(wv), Some(shape)) = (values(g, w), g.tensors[w].fixed_shape()) else {
+    let Some((wv, shape)) = real_values(g, w) else {
         folds.dropped += count;
         return;
     };
