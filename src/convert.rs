@@ -3,8 +3,10 @@
 
 use crate::document::Document;
 use crate::error::{Error, Result};
+use crate::inspect::SizeComparison;
 use crate::onnx::ExternalDataMode;
 use crate::output::{check_destination, Staging};
+use crate::sparse::{Storage, StoragePolicy, StorageReport};
 use crate::verify::{self, Verification};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,8 @@ impl Progress for Silent {
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
     pub external_data: ExternalDataMode,
+    /// Dense or sparse constants (`--storage`); [`Storage::Keep`] by default.
+    pub storage: StoragePolicy,
     pub verify: VerifyPolicy,
     pub force: bool,
     pub seed: u64,
@@ -49,6 +53,7 @@ impl Default for WriteOptions {
     fn default() -> Self {
         WriteOptions {
             external_data: ExternalDataMode::Keep,
+            storage: StoragePolicy::new(Storage::Keep),
             verify: VerifyPolicy::Check,
             force: false,
             seed: verify::DEFAULT_SEED,
@@ -65,6 +70,12 @@ pub struct WriteReport {
     pub files: Vec<String>,
     pub input_bytes: u64,
     pub output_bytes: u64,
+    /// The written files' sizes, raw, gzip -9 and zstd -9, against the input's.
+    pub sizes: SizeComparison,
+    /// Sparse and dense storage of the written constants (absent when neither the policy nor
+    /// the model involves sparse storage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
 }
@@ -134,9 +145,13 @@ pub fn stage_checked(
         )));
     }
 
+    progress.stage("encoding");
+    let (encoded, storage) = edited.with_storage(&opts.storage)?;
+    let storage =
+        (opts.storage.storage != Storage::Keep || encoded.has_sparse()).then_some(storage);
     progress.stage("writing");
     let mut staging = Staging::beside(output)?;
-    match edited {
+    match &encoded {
         Document::Onnx(d) => {
             let data_file = match &opts.external_data {
                 ExternalDataMode::Into(n) => Some(n.clone()),
@@ -208,15 +223,17 @@ pub fn stage_checked(
                 .unwrap_or(0)
         })
         .sum();
-    let input_bytes = original.file_bytes()
-        + match original {
-            Document::Onnx(d) => d
-                .external_paths()?
-                .iter()
-                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-                .sum(),
-            Document::Tflite(_) => 0,
-        };
+    progress.stage("measuring sizes");
+    let staged_files: Vec<PathBuf> = staging
+        .destinations()
+        .map(|d| staging.staged_path(d))
+        .collect();
+    let (original_sizes, written_sizes) = rayon::join(
+        || crate::inspect::file_sizes(original),
+        || crate::inspect::sizes_of(&staged_files),
+    );
+    let sizes = SizeComparison::new(original_sizes?, written_sizes?);
+    let input_bytes = sizes.original.file_bytes;
     Ok(Staged {
         staging,
         doc: staged,
@@ -227,6 +244,8 @@ pub fn stage_checked(
             files,
             input_bytes,
             output_bytes,
+            sizes,
+            storage,
             verification,
         },
     })

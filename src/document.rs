@@ -86,6 +86,44 @@ impl Document {
         }
     }
 
+    /// A copy with constants stored as `policy` asks (sparse or dense; see
+    /// [`crate::sparse::Storage`]), and what changed.
+    pub fn with_storage(
+        &self,
+        policy: &crate::sparse::StoragePolicy,
+    ) -> Result<(Self, crate::sparse::StorageReport)> {
+        Ok(match self {
+            Document::Onnx(d) => {
+                let (d, r) = d.with_storage(policy)?;
+                (Document::Onnx(d), r)
+            }
+            Document::Tflite(d) => {
+                let (d, r) = d.with_storage(policy)?;
+                (Document::Tflite(d), r)
+            }
+        })
+    }
+
+    /// True when some constant is stored sparse.
+    pub fn has_sparse(&self) -> bool {
+        match self {
+            Document::Onnx(d) => !d.dense.is_empty(),
+            Document::Tflite(d) => !d.dense.is_empty(),
+        }
+    }
+
+    /// The document with every sparse constant stored dense (itself when there is none).
+    pub fn densified(&self) -> Result<Self> {
+        if !self.has_sparse() {
+            return Ok(self.clone());
+        }
+        Ok(self
+            .with_storage(&crate::sparse::StoragePolicy::new(
+                crate::sparse::Storage::Dense,
+            ))?
+            .0)
+    }
+
     pub fn to_model(&self) -> Result<Model> {
         match self {
             Document::Onnx(d) => d.to_model(),

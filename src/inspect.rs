@@ -21,8 +21,67 @@ pub struct IoInfo {
 pub struct Sizes {
     /// Bytes of the model file plus its external data files.
     pub file_bytes: u64,
-    /// The same bytes compressed with gzip at level 9.
+    /// The same bytes compressed with gzip at level 9 (`gzip -9`).
     pub gzip_bytes: u64,
+    /// The same bytes compressed with zstd at level [`ZSTD_LEVEL`] (`zstd -9`).
+    pub zstd_bytes: u64,
+}
+
+/// zstd level of [`Sizes::zstd_bytes`]. On model files (float weights, index arrays) level 19
+/// compresses 0–4% better than 9 but runs 30–150 times slower (measured on a MobileNetV2
+/// export, dense and 87.5% sparse: 9 s instead of 0.06 s for 8.8 MB), which would dominate
+/// every command on large models.
+pub const ZSTD_LEVEL: i32 = 9;
+
+/// A written model's sizes against its input's: how many times smaller it is, raw and
+/// compressed (greater than 1 when smaller).
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeComparison {
+    pub original: Sizes,
+    pub written: Sizes,
+    pub file_ratio: f64,
+    pub gzip_ratio: f64,
+    pub zstd_ratio: f64,
+}
+
+impl SizeComparison {
+    pub fn new(original: Sizes, written: Sizes) -> Self {
+        let r = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        SizeComparison {
+            file_ratio: r(original.file_bytes, written.file_bytes),
+            gzip_ratio: r(original.gzip_bytes, written.gzip_bytes),
+            zstd_ratio: r(original.zstd_bytes, written.zstd_bytes),
+            original,
+            written,
+        }
+    }
+
+    /// One line per measure: `file bytes  70200 → 12011  (5.84x smaller)`.
+    pub fn render(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for (what, a, b, r) in [
+            (
+                "file",
+                self.original.file_bytes,
+                self.written.file_bytes,
+                self.file_ratio,
+            ),
+            (
+                "gzip -9",
+                self.original.gzip_bytes,
+                self.written.gzip_bytes,
+                self.gzip_ratio,
+            ),
+            (
+                "zstd -9",
+                self.original.zstd_bytes,
+                self.written.zstd_bytes,
+                self.zstd_ratio,
+            ),
+        ] {
+            writeln!(w, "  {what:<9} {a:>12} -> {b:>12} bytes  ({r:.2}x smaller)")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,26 +132,67 @@ pub fn gzip_size<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     enc.finish().expect("writing to a counter cannot fail").0
 }
 
-/// Sizes of the model's files as stored (model file plus external data).
-pub fn file_sizes(doc: &Document) -> Result<Sizes> {
-    let mut parts = vec![crate::io::map_file(doc.path())?];
-    if let Document::Onnx(d) = doc {
-        for p in d.external_paths()? {
-            parts.push(crate::io::map_file(&p)?);
+/// zstd size (level [`ZSTD_LEVEL`]) of the given byte slices taken as one stream.
+pub fn zstd_size<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    struct Counter(u64);
+    impl Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
+    let mut enc =
+        zstd::stream::write::Encoder::new(Counter(0), ZSTD_LEVEL).expect("a valid zstd level");
+    for p in parts {
+        enc.write_all(p).expect("writing to a counter cannot fail");
+    }
+    enc.finish().expect("writing to a counter cannot fail").0
+}
+
+/// Sizes of the files at `paths` taken as one stream (gzip and zstd run in parallel).
+pub fn sizes_of(paths: &[std::path::PathBuf]) -> Result<Sizes> {
+    let parts = paths
+        .iter()
+        .map(|p| crate::io::map_file(p))
+        .collect::<Result<Vec<_>>>()?;
     let file_bytes = parts.iter().map(|p| p.len() as u64).sum();
-    let gzip_bytes = gzip_size(parts.iter().map(|p| &p[..]));
+    let (gzip_bytes, zstd_bytes) = rayon::join(
+        || gzip_size(parts.iter().map(|p| &p[..])),
+        || zstd_size(parts.iter().map(|p| &p[..])),
+    );
     Ok(Sizes {
         file_bytes,
         gzip_bytes,
+        zstd_bytes,
     })
+}
+
+/// The files a model consists of: the model file, then its external data files.
+pub fn model_files(doc: &Document) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = vec![doc.path().to_path_buf()];
+    if let Document::Onnx(d) = doc {
+        files.extend(d.external_paths()?);
+    }
+    Ok(files)
+}
+
+/// Sizes of the model's files as stored (model file plus external data).
+pub fn file_sizes(doc: &Document) -> Result<Sizes> {
+    sizes_of(&model_files(doc)?)
 }
 
 pub fn inspect(doc: &Document) -> Result<InspectReport> {
     let model = doc.to_model()?;
+    // Shapes come from tract, which needs sparse initializers densified.
     let inferred = match doc {
-        Document::Onnx(d) => crate::verify::onnx_value_shapes(d),
+        Document::Onnx(d) if d.dense.is_empty() => crate::verify::onnx_value_shapes(d),
+        Document::Onnx(_) => match doc.densified()? {
+            Document::Onnx(d) => crate::verify::onnx_value_shapes(&d),
+            Document::Tflite(_) => unreachable!("densifying keeps the format"),
+        },
         Document::Tflite(_) => Default::default(),
     };
     let (layers, totals) = stats::collect(&model.graphs, &inferred);
@@ -281,7 +381,11 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
                 name,
                 l.op,
                 shape.join("x"),
-                l.dtype.to_string(),
+                if l.stored_sparse {
+                    format!("{}*", l.dtype)
+                } else {
+                    l.dtype.to_string()
+                },
                 human_count(l.params),
                 l.nonzeros.map(human_count).unwrap_or_else(|| "?".into()),
                 l.sparsity
@@ -300,6 +404,13 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
         human_count(t.nonzero_params),
         t.sparsity * 100.0
     )?;
+    if t.sparse_tensors > 0 {
+        writeln!(
+            w,
+            "sparse     {} constants stored sparse (* above): {} bytes stored, {} dense",
+            t.sparse_tensors, t.sparse_stored_bytes, t.sparse_dense_bytes
+        )?;
+    }
     let note = if t.layers_without_macs > 0 {
         format!(" ({} layer(s) without a MAC count)", t.layers_without_macs)
     } else {
@@ -312,8 +423,8 @@ pub fn render(r: &InspectReport, w: &mut dyn Write) -> std::io::Result<()> {
     )?;
     writeln!(
         w,
-        "size       {} bytes, {} gzipped",
-        r.sizes.file_bytes, r.sizes.gzip_bytes
+        "size       {} bytes, {} with gzip -9, {} with zstd -9",
+        r.sizes.file_bytes, r.sizes.gzip_bytes, r.sizes.zstd_bytes
     )?;
     Ok(())
 }

@@ -37,6 +37,7 @@ pub mod onnx;
 pub mod output;
 pub mod prune;
 pub mod sensitivity;
+pub mod sparse;
 pub mod tflite;
 pub mod validate;
 pub mod verify;

@@ -59,7 +59,8 @@ fn inspect_human_output_has_the_layer_table() {
         "6x2x3x2",
         "params",
         "MACs",
-        "gzipped",
+        "with gzip -9",
+        "with zstd -9",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

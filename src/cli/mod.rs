@@ -68,6 +68,10 @@ enum Command {
         /// Where to write the result.
         #[arg(short, long)]
         output: PathBuf,
+        /// Weight storage: keep (as read), auto (each weight in the smaller of dense and sparse),
+        /// sparse (every eligible weight sparse), dense (densify a sparse model back).
+        #[arg(long, value_name = "keep|auto|sparse|dense", default_value = "keep")]
+        storage: crate::sparse::Storage,
         #[command(flatten)]
         data: DataFlags,
         #[command(flatten)]
@@ -139,6 +143,11 @@ enum Command {
         /// Also write the JSON report to this file.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Weight storage: auto (each weight in the smaller of dense and sparse: TFLite sparse
+        /// tensors feeding DENSIFY, ONNX sparse_initializer), sparse (every eligible weight
+        /// sparse), dense, or keep (as read).
+        #[arg(long, value_name = "auto|sparse|dense|keep", default_value = "auto")]
+        storage: crate::sparse::Storage,
         #[command(flatten)]
         data: DataFlags,
         #[command(flatten)]
@@ -529,11 +538,13 @@ fn run(cli: &Cli) -> Result<i32, Error> {
         Command::Convert {
             input,
             output,
+            storage,
             data,
             write,
         } => {
             let opts = WriteOptions {
                 external_data: data.mode(output),
+                storage: crate::sparse::StoragePolicy::new(*storage),
                 verify: write.policy(),
                 force: write.force,
                 ..WriteOptions::default()
@@ -571,6 +582,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             search,
             search_step,
             report,
+            storage,
             data,
             write,
         } => {
@@ -608,6 +620,13 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             }
             let wopts = WriteOptions {
                 external_data: data.mode(output),
+                storage: crate::sparse::StoragePolicy {
+                    storage: *storage,
+                    block: match opts.pattern {
+                        crate::prune::Pattern::Block { rows, cols } => Some((rows, cols)),
+                        _ => None,
+                    },
+                },
                 verify: write.policy(),
                 force: write.force,
                 ..WriteOptions::default()
@@ -873,12 +892,30 @@ fn render_search(s: &crate::prune::SearchReport, w: &mut dyn Write) -> std::io::
 }
 
 fn render_write(r: &WriteReport) {
-    eprintln!(
-        "wrote {} ({} bytes; input {} bytes)",
-        r.files.join(", "),
-        r.output_bytes,
-        r.input_bytes
-    );
+    eprintln!("wrote {}", r.files.join(", "));
+    let _ = r.sizes.render(&mut std::io::stderr().lock());
+    if let Some(s) = &r.storage {
+        if s.sparse_tensors.is_empty() {
+            eprintln!("storage {}: every weight dense", s.storage);
+        } else {
+            eprintln!(
+                "storage {}: {} weights sparse ({} bytes dense, {} stored, {:.2}x){}",
+                s.storage,
+                s.sparse_tensors.len(),
+                s.sparse_dense_bytes,
+                s.sparse_stored_bytes,
+                s.sparse_dense_bytes as f64 / s.sparse_stored_bytes.max(1) as f64,
+                if s.densified > 0 {
+                    format!("; {} densified", s.densified)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if s.densified > 0 && s.sparse_tensors.is_empty() {
+            eprintln!("  {} sparse weights written dense", s.densified);
+        }
+    }
     match &r.verification {
         None => eprintln!("verification skipped (--no-verify)"),
         Some(v) if !v.verified => {

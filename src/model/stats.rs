@@ -119,6 +119,10 @@ pub struct LayerStats {
     pub nonzeros: Option<u64>,
     pub sparsity: Option<f64>,
     pub macs: Option<u64>,
+    /// The weight is stored sparse in the file (TFLite sparsity, ONNX sparse_initializer).
+    pub stored_sparse: bool,
+    /// Bytes the weight occupies in the file.
+    pub stored_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -129,6 +133,10 @@ pub struct Totals {
     pub macs: u64,
     /// Layers whose MACs could not be computed (unknown shapes, recurrent ops).
     pub layers_without_macs: usize,
+    /// Constants stored sparse, and their bytes as stored and dense.
+    pub sparse_tensors: usize,
+    pub sparse_stored_bytes: u64,
+    pub sparse_dense_bytes: u64,
 }
 
 /// Element count, saturating: shapes come from the file (or tract's inference on it), and a
@@ -249,6 +257,8 @@ pub fn collect(
                         }
                     }),
                     macs,
+                    stored_sparse: t.sparse,
+                    stored_bytes: t.stored_bytes,
                 });
                 found = true;
                 if matches!(kind, WeightKind::Dense) {
@@ -265,7 +275,12 @@ pub fn collect(
             if t.is_const() && is_parameter(t) && t.handle.is_none_or(|h| counted.insert(h)) {
                 let n = t.numel().unwrap_or(0);
                 totals.params = totals.params.saturating_add(n);
-                totals.nonzero_params = totals.nonzero_params.saturating_add(if t.sparse {
+                if t.sparse {
+                    totals.sparse_tensors += 1;
+                    totals.sparse_stored_bytes += t.stored_bytes;
+                    totals.sparse_dense_bytes += t.data.as_ref().map_or(0, |d| d.len() as u64);
+                }
+                totals.nonzero_params = totals.nonzero_params.saturating_add(if t.data.is_none() {
                     n
                 } else {
                     nonzeros(t).unwrap_or(n).min(n)

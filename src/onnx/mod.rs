@@ -4,6 +4,7 @@
 
 mod external;
 pub mod lower;
+mod sparse;
 mod structure;
 mod tensor;
 mod view;
@@ -36,6 +37,9 @@ pub struct OnnxDocument {
     /// Tensors were replaced in memory ([`OnnxDocument::with_tensor_data`]): `model` no longer
     /// matches the file at `path`.
     pub edited: bool,
+    /// Dense payloads of the sparse tensors, by the handle of their values, decoded and checked
+    /// when the file is read.
+    pub(crate) dense: std::collections::HashMap<usize, Bytes>,
 }
 
 impl OnnxDocument {
@@ -63,8 +67,10 @@ impl OnnxDocument {
             file_bytes,
             source: bytes,
             edited: false,
+            dense: Default::default(),
         };
         doc.map_external_files()?;
+        doc.dense = sparse::decode_all(&doc)?;
         Ok(doc)
     }
 
@@ -163,9 +169,11 @@ impl OnnxDocument {
     ) -> OnnxDocument {
         let mut doc = self.clone();
         doc.edited = doc.edited || !edits.is_empty();
+        // Sparse tensors take their edit as dense data and are re-encoded sparse.
+        let sparse = doc.reencode_sparse(edits);
         let mut ordinal = 0usize;
         tensor::for_each_tensor_mut(&mut doc.model, &mut |t| {
-            if let Some(b) = edits.get(&ordinal) {
+            if let Some(b) = edits.get(&ordinal).filter(|_| !sparse.contains(&ordinal)) {
                 tensor::set_raw(t, b.clone());
             }
             ordinal += 1;

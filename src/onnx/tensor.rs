@@ -229,12 +229,45 @@ pub fn set_raw(t: &mut pb::TensorProto, bytes: Bytes) {
     t.raw_data = Some(bytes);
 }
 
+/// A stored tensor met by [`walk`]: a TensorProto, or a SparseTensorProto just before its
+/// values and indices are met as TensorProtos.
+pub enum Item<'a> {
+    Tensor(&'a pb::TensorProto),
+    Sparse(&'a pb::SparseTensorProto),
+}
+
+/// Mutable twin of [`Item`].
+pub enum ItemMut<'a> {
+    Tensor(&'a mut pb::TensorProto),
+    Sparse(&'a mut pb::SparseTensorProto),
+}
+
 /// Calls `f` on every TensorProto that can hold weights: initializers, sparse initializers'
 /// values and indices, tensor-valued attributes (Constant nodes and others), in the main graph,
 /// every nested graph and every function.
 pub fn for_each_tensor(model: &pb::ModelProto, f: &mut dyn FnMut(&pb::TensorProto)) {
-    fn graph(g: &pb::GraphProto, f: &mut dyn FnMut(&pb::TensorProto)) {
-        g.initializer.iter().for_each(&mut *f);
+    walk(model, &mut |item| {
+        if let Item::Tensor(t) = item {
+            f(t)
+        }
+    });
+}
+
+/// Mutable twin of [`for_each_tensor`].
+pub fn for_each_tensor_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(&mut pb::TensorProto)) {
+    walk_mut(model, &mut |item| {
+        if let ItemMut::Tensor(t) = item {
+            f(t)
+        }
+    });
+}
+
+/// Visits every stored tensor in [`for_each_tensor`] order, sparse tensors announced first.
+pub fn walk(model: &pb::ModelProto, f: &mut dyn FnMut(Item)) {
+    fn graph(g: &pb::GraphProto, f: &mut dyn FnMut(Item)) {
+        for t in &g.initializer {
+            f(Item::Tensor(t));
+        }
         for s in &g.sparse_initializer {
             sparse(s, f);
         }
@@ -242,20 +275,23 @@ pub fn for_each_tensor(model: &pb::ModelProto, f: &mut dyn FnMut(&pb::TensorProt
             node(n, f);
         }
     }
-    fn sparse(s: &pb::SparseTensorProto, f: &mut dyn FnMut(&pb::TensorProto)) {
+    fn sparse(s: &pb::SparseTensorProto, f: &mut dyn FnMut(Item)) {
+        f(Item::Sparse(s));
         if let Some(v) = &s.values {
-            f(v);
+            f(Item::Tensor(v));
         }
         if let Some(i) = &s.indices {
-            f(i);
+            f(Item::Tensor(i));
         }
     }
-    fn node(n: &pb::NodeProto, f: &mut dyn FnMut(&pb::TensorProto)) {
+    fn node(n: &pb::NodeProto, f: &mut dyn FnMut(Item)) {
         for a in &n.attribute {
             if let Some(t) = &a.t {
-                f(t);
+                f(Item::Tensor(t));
             }
-            a.tensors.iter().for_each(&mut *f);
+            for t in &a.tensors {
+                f(Item::Tensor(t));
+            }
             if let Some(s) = &a.sparse_tensor {
                 sparse(s, f);
             }
@@ -285,10 +321,13 @@ pub fn for_each_tensor(model: &pb::ModelProto, f: &mut dyn FnMut(&pb::TensorProt
     }
 }
 
-/// Mutable twin of [`for_each_tensor`].
-pub fn for_each_tensor_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(&mut pb::TensorProto)) {
-    fn graph(g: &mut pb::GraphProto, f: &mut dyn FnMut(&mut pb::TensorProto)) {
-        g.initializer.iter_mut().for_each(&mut *f);
+/// Mutable twin of [`walk`]. A callback that rewrites a sparse tensor's values and indices
+/// sees the new ones next.
+pub fn walk_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(ItemMut)) {
+    fn graph(g: &mut pb::GraphProto, f: &mut dyn FnMut(ItemMut)) {
+        for t in &mut g.initializer {
+            f(ItemMut::Tensor(t));
+        }
         for s in &mut g.sparse_initializer {
             sparse(s, f);
         }
@@ -296,26 +335,65 @@ pub fn for_each_tensor_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(&mut pb
             node(n, f);
         }
     }
-    fn sparse(s: &mut pb::SparseTensorProto, f: &mut dyn FnMut(&mut pb::TensorProto)) {
+    fn sparse(s: &mut pb::SparseTensorProto, f: &mut dyn FnMut(ItemMut)) {
+        f(ItemMut::Sparse(s));
         if let Some(v) = &mut s.values {
-            f(v);
+            f(ItemMut::Tensor(v));
         }
         if let Some(i) = &mut s.indices {
-            f(i);
+            f(ItemMut::Tensor(i));
         }
     }
-    fn node(n: &mut pb::NodeProto, f: &mut dyn FnMut(&mut pb::TensorProto)) {
+    fn node(n: &mut pb::NodeProto, f: &mut dyn FnMut(ItemMut)) {
         for a in &mut n.attribute {
             if let Some(t) = &mut a.t {
-                f(t);
+                f(ItemMut::Tensor(t));
             }
-            a.tensors.iter_mut().for_each(&mut *f);
+            for t in &mut a.tensors {
+                f(ItemMut::Tensor(t));
+            }
             if let Some(s) = &mut a.sparse_tensor {
                 sparse(s, f);
             }
             for s in &mut a.sparse_tensors {
                 sparse(s, f);
             }
+            if let Some(g) = &mut a.g {
+                graph(g, f);
+            }
+            for g in &mut a.graphs {
+                graph(g, f);
+            }
+        }
+    }
+    if let Some(g) = &mut model.graph {
+        graph(g, f);
+    }
+    for func in &mut model.functions {
+        for n in &mut func.node {
+            node(n, f);
+        }
+    }
+    for ti in &mut model.training_info {
+        for g in [&mut ti.initialization, &mut ti.algorithm]
+            .into_iter()
+            .flatten()
+        {
+            graph(g, f);
+        }
+    }
+}
+
+/// Every graph of the model (main, nested bodies, training graphs), parents first.
+pub fn for_each_graph_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
+    fn graph(g: &mut pb::GraphProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
+        f(g);
+        for n in &mut g.node {
+            node(n, f);
+        }
+    }
+    fn node(n: &mut pb::NodeProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
+        for a in &mut n.attribute {
             if let Some(g) = &mut a.g {
                 graph(g, f);
             }

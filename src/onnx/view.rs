@@ -169,6 +169,13 @@ fn build_graph(
     }
     for s in &g.sparse_initializer {
         if let Some(v) = &s.values {
+            let handle = b.cx.handles.get(&(v as *const pb::TensorProto)).copied();
+            let stored = |t: &Option<pb::TensorProto>| match t.as_ref().map(|t| b.cx.doc.payload(t))
+            {
+                Some(Ok(TensorPayload::Dense(d))) => d.len() as u64,
+                _ => 0,
+            };
+            let stored_bytes = stored(&s.values) + stored(&s.indices);
             let id = b.id(v.name());
             let t = &mut b.g.tensors[id];
             t.dtype = dtype_from_onnx(v.data_type());
@@ -179,11 +186,9 @@ fn build_graph(
                     .collect(),
             );
             t.sparse = true;
-            t.stored_bytes = v.raw_data.as_ref().map_or(0, |r| r.len() as u64)
-                + s.indices
-                    .as_ref()
-                    .and_then(|i| i.raw_data.as_ref())
-                    .map_or(0, |r| r.len() as u64);
+            t.handle = handle;
+            t.data = handle.and_then(|h| b.cx.doc.dense.get(&h).cloned());
+            t.stored_bytes = stored_bytes;
         }
     }
     for vi in g.value_info.iter().chain(&g.output) {

@@ -1100,6 +1100,15 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
 /// remains. The edited document and the report (without `write`).
 pub fn prune_document(doc: &Document, opts: &PruneOptions) -> Result<(Document, PruneReport)> {
     opts.validate()?;
+    // Sparse weights (and their DENSIFY ops) are pruned dense; the write stores them as its
+    // storage policy says.
+    let dense;
+    let doc = if doc.has_sparse() {
+        dense = doc.densified()?;
+        &dense
+    } else {
+        doc
+    };
     let (base, channels) = match &opts.channels {
         Some(c) => {
             let (d, r) = structural::prune_channels(doc, c)?;

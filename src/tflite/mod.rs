@@ -3,6 +3,7 @@
 //!
 //! This module is the only code that touches the generated flatbuffer types.
 
+pub mod sparse;
 mod structure;
 mod view;
 mod write;
@@ -34,6 +35,9 @@ pub struct TfliteDocument {
     /// Buffers were replaced in memory ([`TfliteDocument::with_tensor_data`]): `source` no
     /// longer matches the document.
     pub edited: bool,
+    /// Dense payloads of the buffers that sparse tensors store (by buffer index), decoded and
+    /// checked when the file is read.
+    pub(crate) dense: std::collections::HashMap<usize, Bytes>,
 }
 
 pub fn has_identifier(bytes: &[u8]) -> bool {
@@ -41,6 +45,22 @@ pub fn has_identifier(bytes: &[u8]) -> bool {
 }
 
 impl TfliteDocument {
+    /// A document built in memory (a generated model): `buffers` holds the payload of each
+    /// entry of `model.buffers` (whose own `data` is ignored). Write it with
+    /// [`TfliteDocument::encode`].
+    pub fn new(path: &Path, model: fb::ModelT, buffers: Vec<Option<Bytes>>) -> Self {
+        TfliteDocument {
+            path: path.to_path_buf(),
+            model,
+            buffers,
+            offset_form: false,
+            file_bytes: 0,
+            source: Bytes::new(),
+            edited: true,
+            dense: Default::default(),
+        }
+    }
+
     pub fn from_bytes(path: &Path, bytes: Bytes) -> Result<Self> {
         if !has_identifier(&bytes) {
             return Err(Error::malformed(
@@ -70,10 +90,13 @@ impl TfliteDocument {
             buffers,
             offset_form,
             file_bytes: bytes.len() as u64,
+            dense: Default::default(),
             source: bytes.clone(),
             edited: false,
         };
         doc.check_references()?;
+        let mut doc = doc;
+        doc.dense = sparse::decode_all(&doc)?;
         Ok(doc)
     }
 
@@ -187,7 +210,9 @@ impl TfliteDocument {
         let mut doc = self.clone();
         doc.edited = doc.edited || !edits.is_empty();
         for (&i, b) in edits {
-            if let Some(slot) = doc.buffers.get_mut(i) {
+            if doc.dense.contains_key(&i) {
+                doc.reencode_sparse(i, b.clone());
+            } else if let Some(slot) = doc.buffers.get_mut(i) {
                 *slot = Some(b.clone());
             }
         }
@@ -201,6 +226,21 @@ impl TfliteDocument {
     pub fn encode(&self) -> Result<(Vec<u8>, WriteSummary)> {
         write::encode(self)
     }
+}
+
+/// Index of the operator code for `builtin`, added (version 1) if the model has none.
+pub(crate) fn opcode_index(model: &mut fb::ModelT, builtin: fb::BuiltinOperator) -> u32 {
+    let codes = model.operator_codes.get_or_insert_with(Vec::new);
+    if let Some(i) = codes.iter().position(|c| builtin_of(c) == builtin) {
+        return i as u32;
+    }
+    codes.push(fb::OperatorCodeT {
+        deprecated_builtin_code: builtin.0.min(127) as i8,
+        custom_code: None,
+        version: 1,
+        builtin_code: builtin,
+    });
+    (codes.len() - 1) as u32
 }
 
 pub fn builtin_of(code: &fb::OperatorCodeT) -> fb::BuiltinOperator {

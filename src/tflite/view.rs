@@ -163,9 +163,17 @@ fn tensor(doc: &TfliteDocument, t: &fb::TensorT) -> Tensor {
         dtype: dtype_from_tflite(t.type_),
         shape,
         quant,
-        stored_bytes: payload.as_ref().map_or(0, |b| b.len() as u64),
+        stored_bytes: if sparse {
+            super::sparse::stored_bytes(doc, t)
+        } else {
+            payload.as_ref().map_or(0, |b| b.len() as u64)
+        },
         handle: payload.as_ref().map(|_| t.buffer as usize),
-        data: if sparse { None } else { payload },
+        data: if sparse {
+            doc.dense.get(&(t.buffer as usize)).cloned()
+        } else {
+            payload
+        },
         sparse,
     }
 }

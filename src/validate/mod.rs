@@ -105,6 +105,7 @@ pub struct ModelSummary {
     /// Model file plus external data.
     pub file_bytes: u64,
     pub gzip_bytes: u64,
+    pub zstd_bytes: u64,
     pub params: u64,
     pub nonzero_params: u64,
     pub sparsity: f64,
@@ -120,6 +121,7 @@ impl ModelSummary {
             format: doc.format(),
             file_bytes: r.sizes.file_bytes,
             gzip_bytes: r.sizes.gzip_bytes,
+            zstd_bytes: r.sizes.zstd_bytes,
             params: r.totals.params,
             nonzero_params: r.totals.nonzero_params,
             sparsity: r.totals.sparsity,
@@ -887,6 +889,14 @@ pub fn render(r: &ValidateReport, w: &mut dyn Write) -> std::io::Result<()> {
         o.gzip_bytes,
         c.gzip_bytes,
         ratio(o.gzip_bytes, c.gzip_bytes)
+    )?;
+    writeln!(
+        w,
+        "{:<16} {:>14} {:>14} {:>9}",
+        "zstd -9 bytes",
+        o.zstd_bytes,
+        c.zstd_bytes,
+        ratio(o.zstd_bytes, c.zstd_bytes)
     )?;
     writeln!(w, "{:<16} {:>14} {:>14}", "params", o.params, c.params)?;
     writeln!(

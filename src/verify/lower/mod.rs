@@ -16,6 +16,8 @@
 //!   masks on activations becomes a mask-free slice plus `RESHAPE`; an omitted (`-1`) bias
 //!   becomes an explicit zero bias, where tract would panic (see [`ops`]).
 //! - Buffers stored after the flatbuffer (the >2 GiB form, which tract cannot read) go inline.
+//! - Sparse weights (TFLite `SparsityParameters`) are stored dense and their `DENSIFY` ops
+//!   removed: tract reads the sparse buffer as if it were dense.
 
 mod int8;
 mod ops;
@@ -68,6 +70,14 @@ pub(super) struct Const {
 pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
     let mut d = doc.clone();
     let mut report = Lowering::default();
+    // tract has no DENSIFY and reads sparse buffers as dense: give it the dense weights.
+    let densified = d.densify_all();
+    if densified > 0 {
+        report.rewrites.insert(
+            "sparse weights densified (DENSIFY removed)".into(),
+            densified,
+        );
+    }
     if d.offset_form {
         d.offset_form = false;
         report.count("inline large-model buffers");
@@ -90,17 +100,7 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
 
 /// Index of the operator code for `builtin`, added if the model has none.
 pub(super) fn opcode_for(d: &mut TfliteDocument, builtin: fb::BuiltinOperator) -> u32 {
-    let codes = d.model.operator_codes.get_or_insert_with(Vec::new);
-    if let Some(i) = codes.iter().position(|c| builtin_of(c) == builtin) {
-        return i as u32;
-    }
-    codes.push(fb::OperatorCodeT {
-        deprecated_builtin_code: builtin.0.min(127) as i8,
-        custom_code: None,
-        version: 1,
-        builtin_code: builtin,
-    });
-    (codes.len() - 1) as u32
+    crate::tflite::opcode_index(&mut d.model, builtin)
 }
 
 /// `MEAN` over the spatial axes of an NHWC tensor (global average pooling) →
