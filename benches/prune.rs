@@ -9,7 +9,9 @@
 //! - `pare prune --sparsity 0.5 --no-verify` with layer, global and LAMP scope,
 //! - `pare prune --sparsity 0.5` with the tract check, reported separately,
 //!
-//! and prints medians, ratios against `pare convert`, and peak resident memory (from
+//! all with `--no-compressed-sizes` (the gzip/zstd size report is measured separately, by
+//! `benches/sparse.rs`), and prints medians, ratios against `pare convert`, and peak resident
+//! memory (from
 //! `/usr/bin/time -f %M` when it exists). Ratios measured in one run hold on a noisy machine
 //! better than absolute times.
 
@@ -96,6 +98,7 @@ fn main() {
                 &out("conv.onnx"),
                 "--force",
                 "--no-verify",
+                "--no-compressed-sizes",
             ]),
         ),
         (
@@ -111,6 +114,7 @@ fn main() {
                 "0.5",
                 "--force",
                 "--no-verify",
+                "--no-compressed-sizes",
             ]),
         ),
         (
@@ -128,6 +132,7 @@ fn main() {
                 "global",
                 "--force",
                 "--no-verify",
+                "--no-compressed-sizes",
             ]),
         ),
         (
@@ -145,6 +150,7 @@ fn main() {
                 "lamp",
                 "--force",
                 "--no-verify",
+                "--no-compressed-sizes",
             ]),
         ),
         (
@@ -159,6 +165,7 @@ fn main() {
                 "--sparsity",
                 "0.5",
                 "--force",
+                "--no-compressed-sizes",
             ]),
         ),
     ];

@@ -23,7 +23,7 @@ use std::time::Instant;
 fn fixtures(ext: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let mut out = Vec::new();
-    for dir in [root.clone(), root.join("ops")] {
+    for dir in [root.clone(), root.join("ops"), root.join("sparse")] {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == ext) {

@@ -44,6 +44,8 @@ pub struct WriteOptions {
     pub external_data: ExternalDataMode,
     /// Dense or sparse constants (`--storage`); [`Storage::Keep`] by default.
     pub storage: StoragePolicy,
+    /// Measure gzip -9 / zstd -9 sizes of the input and output (true by default).
+    pub compressed_sizes: bool,
     pub verify: VerifyPolicy,
     pub force: bool,
     pub seed: u64,
@@ -54,6 +56,7 @@ impl Default for WriteOptions {
         WriteOptions {
             external_data: ExternalDataMode::Keep,
             storage: StoragePolicy::new(Storage::Keep),
+            compressed_sizes: true,
             verify: VerifyPolicy::Check,
             force: false,
             seed: verify::DEFAULT_SEED,
@@ -180,13 +183,32 @@ pub fn stage_checked(
     // check below runs on what is on disk, not on what we meant to write.
     progress.stage("reading back");
     let staged = Document::open(&staging.staged_path(output))?;
-    let verification = match opts.verify {
-        VerifyPolicy::Skip => None,
-        VerifyPolicy::Check | VerifyPolicy::Require => {
-            progress.stage("verifying in tract");
-            Some(verify::compare(original, &staged, opts.seed)?)
-        }
-    };
+    // Sizes are measured while tract verifies (compression runs on the other cores).
+    let staged_files: Vec<PathBuf> = staging
+        .destinations()
+        .map(|d| staging.staged_path(d))
+        .collect();
+    progress.stage(match opts.verify {
+        VerifyPolicy::Skip => "measuring sizes",
+        _ => "verifying in tract",
+    });
+    let (verification, sizes) = rayon::join(
+        || match opts.verify {
+            VerifyPolicy::Skip => Ok(None),
+            VerifyPolicy::Check | VerifyPolicy::Require => {
+                verify::compare(original, &staged, opts.seed).map(Some)
+            }
+        },
+        || -> Result<SizeComparison> {
+            let (a, b) = rayon::join(
+                || crate::inspect::file_sizes(original, opts.compressed_sizes),
+                || crate::inspect::sizes_of(&staged_files, opts.compressed_sizes),
+            );
+            Ok(SizeComparison::new(a?, b?))
+        },
+    );
+    let verification = verification?;
+    let sizes = sizes?;
     if let Some(v) = &verification {
         if v.regressed {
             return Err(Error::Verification(format!(
@@ -223,16 +245,6 @@ pub fn stage_checked(
                 .unwrap_or(0)
         })
         .sum();
-    progress.stage("measuring sizes");
-    let staged_files: Vec<PathBuf> = staging
-        .destinations()
-        .map(|d| staging.staged_path(d))
-        .collect();
-    let (original_sizes, written_sizes) = rayon::join(
-        || crate::inspect::file_sizes(original),
-        || crate::inspect::sizes_of(&staged_files),
-    );
-    let sizes = SizeComparison::new(original_sizes?, written_sizes?);
     let input_bytes = sizes.original.file_bytes;
     Ok(Staged {
         staging,

@@ -196,7 +196,8 @@ pub fn sensitivity(
         ));
     }
     progress.stage("reading");
-    let doc = Document::open(input)?;
+    // Sparse weights are pruned dense (as `pare prune` does).
+    let doc = Document::open(input)?.densified()?;
     progress.stage("loading the original in tract");
     let mut reference = Reference::new(&doc, &opts.data)?;
     let base = PruneOptions {

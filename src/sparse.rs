@@ -260,8 +260,10 @@ pub fn densify(
                 }
                 let extent = geo.extent[i];
                 for (p, w) in segments.windows(2).enumerate() {
-                    if w[0] > w[1] {
-                        return Err(format!("level {i}: segment offsets decrease at {p}"));
+                    if w[0] > w[1] || w[1] as usize > indices.len() {
+                        return Err(format!(
+                            "level {i}: segment offsets decrease or pass the index count at {p}"
+                        ));
                     }
                     let seg = &indices[w[0] as usize..w[1] as usize];
                     if let Some(&bad) = seg.iter().find(|&&x| x as usize >= extent) {
@@ -600,7 +602,8 @@ fn for_each_prefix(
 /// ((rows, cols) on the first and last dimensions, e.g. from `--pattern block:RxC`).
 pub fn candidate_plans(shape: &[usize], block: Option<(usize, usize)>) -> Vec<Plan> {
     let n = shape.len();
-    if n == 0 || shape.contains(&0) {
+    // Weights have rank 1 to 5; the encoder recurses once per level.
+    if n == 0 || n > MAX_LEVELS / 2 || shape.contains(&0) {
         return vec![];
     }
     let last = n - 1;
@@ -767,6 +770,15 @@ mod tests {
             indices: vec![0, 1],
         };
         assert!(densify(&[2, 2], 4, &values, &bad).is_err());
+        // A middle offset past the index count (found by the in-process fuzzer: it sliced out
+        // of bounds before the decrease after it was seen).
+        bad.levels[1] = Level::Csr {
+            segments: vec![0, 100, 2],
+            indices: vec![0, 1],
+        };
+        assert!(densify(&[2, 2], 4, &values, &bad)
+            .unwrap_err()
+            .contains("segment"));
         bad.levels[1] = Level::Csr {
             segments: vec![0, 1],
             indices: vec![0],

@@ -22,7 +22,7 @@ fn per_fixture() -> u64 {
     std::env::var("PARE_MUTATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(320)
+        .unwrap_or(280)
 }
 const TIME_LIMIT: Duration = Duration::from_secs(10);
 
@@ -31,7 +31,12 @@ fn model_fixtures() -> Vec<PathBuf> {
         .iter()
         .map(|m| fixtures().join(m["file"].as_str().unwrap()))
         .collect();
-    for extra in ["ops/cnn_qdq.onnx", "ops/mlp_f16.tflite", "ops/cond.onnx"] {
+    for extra in [
+        "ops/cnn_qdq.onnx",
+        "ops/mlp_f16.tflite",
+        "ops/cond.onnx",
+        "sparse/cnn_sparse.tflite",
+    ] {
         v.push(fixtures().join(extra));
     }
     v

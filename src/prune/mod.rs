@@ -532,7 +532,10 @@ fn add_weight(
     };
     let (Some(handle), Some(data)) = (t.handle, t.data.clone()) else {
         skip(if t.sparse {
-            "stored sparse; pare does not prune sparse-stored weights yet".into()
+            format!(
+                "stored sparse as {}, which pare cannot read as dense values",
+                t.dtype
+            )
         } else {
             format!(
                 "stored as {}, which pare cannot read as dense values",
