@@ -15,17 +15,6 @@ fn sparse_fixture(name: &str) -> PathBuf {
     fixtures().join("sparse").join(name)
 }
 
-fn inspect_json(model: &Path) -> Value {
-    let o = run(&["inspect", model.to_str().unwrap(), "--json"]);
-    assert!(
-        o.status.success(),
-        "inspect {}: {}",
-        model.display(),
-        stderr(&o)
-    );
-    json(&o)
-}
-
 fn tflite_pair(a: &Path, b: &Path) -> Value {
     interop(
         &["tflite-pair", a.to_str().unwrap(), b.to_str().unwrap()],

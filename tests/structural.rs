@@ -18,17 +18,6 @@ fn prune_json(input: &Path, out: &Path, extra: &[&str]) -> Value {
     write_json("prune", input, out, extra)
 }
 
-fn inspect_json(model: &Path) -> Value {
-    let o = run(&["inspect", model.to_str().unwrap(), "--json"]);
-    assert!(
-        o.status.success(),
-        "inspect {}: {}",
-        model.display(),
-        stderr(&o)
-    );
-    json(&o)
-}
-
 /// The acceptance matrix: 9 fixtures × 25% and 50% of the channels. Each output is
 /// verified by pare in tract, passes the ONNX checker, loads and runs in onnxruntime / LiteRT;
 /// the report's parameter and MAC counts are what `pare inspect` measures on the written file;

@@ -413,6 +413,8 @@ channels with all-zero filters is folded into the next layer's bias (exact for d
 consumers). Runs before magnitude pruning when both are given; --search with --channels and no \
 --sparsity searches the channel ratio.
 
+Storage (--storage, default auto): each eligible weight is written in the smaller of its dense and sparse encodings: TFLite sparse tensors (SparsityParameters, SPARSE_CSR with the narrowest index vectors; blocks with --pattern block:RxC) feeding a DENSIFY op, as TensorFlow's converter writes them; ONNX sparse_initializer with INT64 indices. int8 FULLY_CONNECTED weights stay dense (LiteRT's default XNNPACK delegate cannot prepare them behind DENSIFY). sparse forces it, dense writes every weight dense, keep leaves the input's encoding. Sparse files are smaller on disk, not in RAM: runtimes expand them at load. tract verifies the densified equivalent, and the report says so. Sparse inputs are pruned dense and written back as --storage says.
+
 Config file (--config pare.toml): top-level keys sparsity, scope, pattern, min_params, \
 max_layer_sparsity, include, exclude, and [[layer]] tables with match (regex), sparsity, pattern, \
 channels (a channel ratio for the matching layers) or skip = true; the first matching rule wins. A \
@@ -435,6 +437,7 @@ Examples:
   pare prune model.onnx -o out.onnx --sparsity 0.8 --scope lamp --exclude '^classifier' --json
   pare prune model.onnx -o out.onnx --scope lamp --validate test.npz --max-accuracy-drop 1 --search
   pare prune model.tflite -o small.tflite --target-macs 0.5 --round-to 8
+  pare prune model.tflite -o sparse.tflite --sparsity 0.875 --pattern block:1x4 --json
   pare prune model.onnx -o out.onnx --channels 0.5 --validate val.npz --max-accuracy-drop 1 --search";
 
 #[derive(Args, Debug)]

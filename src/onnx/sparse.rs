@@ -213,6 +213,7 @@ impl OnnxDocument {
                 );
                 done.insert(ordinal);
             }
+            ItemMut::Graph(_) => {}
         });
         for &h in &done {
             self.dense.insert(h, edits[&h].clone());

@@ -236,8 +236,9 @@ pub enum Item<'a> {
     Sparse(&'a pb::SparseTensorProto),
 }
 
-/// Mutable twin of [`Item`].
+/// Mutable twin of [`Item`], which also announces each graph before its contents.
 pub enum ItemMut<'a> {
+    Graph(&'a mut pb::GraphProto),
     Tensor(&'a mut pb::TensorProto),
     Sparse(&'a mut pb::SparseTensorProto),
 }
@@ -325,6 +326,7 @@ pub fn walk(model: &pb::ModelProto, f: &mut dyn FnMut(Item)) {
 /// sees the new ones next.
 pub fn walk_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(ItemMut)) {
     fn graph(g: &mut pb::GraphProto, f: &mut dyn FnMut(ItemMut)) {
+        f(ItemMut::Graph(g));
         for t in &mut g.initializer {
             f(ItemMut::Tensor(t));
         }
@@ -384,38 +386,12 @@ pub fn walk_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(ItemMut)) {
     }
 }
 
-/// Every graph of the model (main, nested bodies, training graphs), parents first.
+/// Every graph of the model (main, nested bodies, training graphs), parents first. A callback
+/// may move tensors between a graph's lists; the walk then goes on over the new lists.
 pub fn for_each_graph_mut(model: &mut pb::ModelProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
-    fn graph(g: &mut pb::GraphProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
-        f(g);
-        for n in &mut g.node {
-            node(n, f);
+    walk_mut(model, &mut |item| {
+        if let ItemMut::Graph(g) = item {
+            f(g)
         }
-    }
-    fn node(n: &mut pb::NodeProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
-        for a in &mut n.attribute {
-            if let Some(g) = &mut a.g {
-                graph(g, f);
-            }
-            for g in &mut a.graphs {
-                graph(g, f);
-            }
-        }
-    }
-    if let Some(g) = &mut model.graph {
-        graph(g, f);
-    }
-    for func in &mut model.functions {
-        for n in &mut func.node {
-            node(n, f);
-        }
-    }
-    for ti in &mut model.training_info {
-        for g in [&mut ti.initialization, &mut ti.algorithm]
-            .into_iter()
-            .flatten()
-        {
-            graph(g, f);
-        }
-    }
+    });
 }

@@ -416,6 +416,7 @@ impl TfliteDocument {
                     name: Some(format!("{}/densified", t.name.as_deref().unwrap_or(""))),
                     sparsity: None,
                     buffer: 0,
+                    external_buffer: 0,
                     has_rank: true,
                     ..t.clone()
                 };

@@ -182,6 +182,18 @@ pub fn write_json(command: &str, input: &Path, out: &Path, extra: &[&str]) -> se
     json(&o)
 }
 
+/// `pare inspect MODEL --json`, asserted to succeed.
+pub fn inspect_json(model: &Path) -> serde_json::Value {
+    let o = run(&["inspect", model.to_str().unwrap(), "--json"]);
+    assert!(
+        o.status.success(),
+        "inspect {}: {}",
+        model.display(),
+        stderr(&o)
+    );
+    json(&o)
+}
+
 /// Runs `pare convert INPUT -o OUT --json EXTRA…`, asserts it succeeded, returns the report.
 pub fn convert_json(input: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     write_json("convert", input, out, extra)
