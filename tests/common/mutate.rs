@@ -307,14 +307,23 @@ pub fn exercise(target: &str, path: &std::path::Path, bytes: Vec<u8>) -> &'stati
         Ok(p) => p,
         Err(_) => return "rejected at prune",
     };
-    match doc.with_tensor_data(&plan.edits) {
-        Document::Tflite(d) => match d.encode() {
-            Ok(_) => "pruned and encoded",
-            Err(_) => "rejected at encode",
-        },
-        Document::Onnx(d) => {
-            let _ = prost::Message::encode_to_vec(&d.model);
-            "pruned and encoded"
+    // The storage pass of every write: sparse where smaller, then everything dense.
+    let edited = doc.with_tensor_data(&plan.edits);
+    for storage in [pare::sparse::Storage::Auto, pare::sparse::Storage::Dense] {
+        let stored = match edited.with_storage(&pare::sparse::StoragePolicy::new(storage)) {
+            Ok((d, _)) => d,
+            Err(_) => return "rejected at storage",
+        };
+        match stored {
+            Document::Tflite(d) => {
+                if d.encode().is_err() {
+                    return "rejected at encode";
+                }
+            }
+            Document::Onnx(d) => {
+                let _ = prost::Message::encode_to_vec(&d.model);
+            }
         }
     }
+    "pruned and encoded"
 }
