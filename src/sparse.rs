@@ -657,6 +657,21 @@ pub fn count_nonzero(data: &[u8], elem: usize) -> usize {
     data.chunks_exact(elem).filter(|e| !is_zero(e)).count()
 }
 
+/// [`count_nonzero`] that stops once the count passes `limit` (and then returns `limit + 1`):
+/// deciding that a dense tensor stays dense reads only part of it.
+pub fn count_nonzero_upto(data: &[u8], elem: usize, limit: usize) -> usize {
+    let mut n = 0;
+    for e in data.chunks_exact(elem) {
+        if !is_zero(e) {
+            n += 1;
+            if n > limit {
+                break;
+            }
+        }
+    }
+    n
+}
+
 /// Expands ONNX sparse values at linear `indices` into a dense tensor of `numel` elements.
 pub fn coo_densify(
     numel: usize,

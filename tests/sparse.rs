@@ -509,3 +509,52 @@ fn i32_vector(values: Vec<i32>) -> fb::SparseIndexVectorT {
     v.values = Some(values);
     fb::SparseIndexVectorT::Int32Vector(Box::new(v))
 }
+
+/// With `--external-data`, dense weights go to the data file and sparse ones stay inline (the
+/// onnx package cannot read sparse values from external data; onnxruntime can): the checker
+/// and onnxruntime accept the result, and it computes what the dense twin computes.
+#[test]
+fn external_data_keeps_sparse_tensors_inline() {
+    let dir = tmpdir();
+    let model = fixtures().join("mobilenet.onnx");
+    let dense = dir.path().join("dense.onnx");
+    let out = dir.path().join("sparse.onnx");
+    // One large weight left unpruned stays dense, and so goes to the data file.
+    let args = [
+        "--sparsity",
+        "0.875",
+        "--external-data",
+        "--exclude",
+        "ir1_expand",
+    ];
+    write_json(
+        "prune",
+        &model,
+        &dense,
+        &[&args[..], &["--storage", "dense"]].concat(),
+    );
+    let r = write_json("prune", &model, &out, &args);
+    assert!(
+        r["write"]["storage"]["made_sparse"].as_u64() > Some(0),
+        "{r}"
+    );
+    assert!(
+        dir.path().join("sparse.onnx.data").exists(),
+        "no data file: {r}"
+    );
+    use prost::Message;
+    let m = pare::onnx_pb::ModelProto::decode(&std::fs::read(&out).unwrap()[..]).unwrap();
+    let g = m.graph.unwrap();
+    assert!(!g.sparse_initializer.is_empty());
+    for s in &g.sparse_initializer {
+        for t in [&s.values, &s.indices].into_iter().flatten() {
+            assert!(t.external_data.is_empty(), "{:?} is external", t.name);
+        }
+    }
+    assert!(g.initializer.iter().any(|t| !t.external_data.is_empty()));
+    let r = interop(
+        &["onnx-pair", dense.to_str().unwrap(), out.to_str().unwrap()],
+        None,
+    );
+    assert_runs_identically(&r, "external data");
+}

@@ -313,7 +313,12 @@ impl OnnxDocument {
         if d.is_empty() {
             return Ok(None);
         }
-        let nnz = sparse::count_nonzero(&d, elem);
+        // Auto needs nnz * (elem + 8) + OVERHEAD < len: stop counting past that.
+        let limit = match storage {
+            Storage::Sparse => usize::MAX,
+            _ => d.len().saturating_sub(OVERHEAD) / (elem + 8),
+        };
+        let nnz = sparse::count_nonzero_upto(&d, elem, limit);
         if nnz == 0 {
             // Kept dense like TFLite's (where an empty buffer reads as "no data"); gzip makes
             // an all-zero tensor small anyway.

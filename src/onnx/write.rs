@@ -80,7 +80,20 @@ pub fn write(
     let mut chunks: Vec<(u64, Bytes)> = Vec::new();
     let mut cursor = 0u64;
     let mut err: Option<Error> = None;
-    tensor::for_each_tensor_mut(&mut model, &mut |t| {
+    // Sparse tensors' values and indices stay inline: onnxruntime reads them from external
+    // data, but the onnx package's checker and loader do not.
+    let mut sparse_parts = 0;
+    tensor::walk_mut(&mut model, &mut |item| {
+        let t = match item {
+            tensor::ItemMut::Tensor(t) => t,
+            tensor::ItemMut::Sparse(s) => {
+                sparse_parts = s.values.is_some() as usize + s.indices.is_some() as usize;
+                return;
+            }
+            tensor::ItemMut::Graph(_) => return,
+        };
+        let in_sparse = sparse_parts > 0;
+        sparse_parts = sparse_parts.saturating_sub(1);
         if err.is_some() {
             return;
         }
@@ -96,6 +109,7 @@ pub fn write(
             return;
         };
         let go_external = data_file.is_some()
+            && !in_sparse
             && (was_external || (move_all && bytes.len() >= EXTERNAL_THRESHOLD));
         if go_external {
             let align = if bytes.len() >= LARGE_TENSOR {

@@ -509,13 +509,22 @@ impl TfliteDocument {
                 }
             }
         }
-        // An all-zero tensor would store an empty buffer, which readers (LiteRT, tract, pare)
-        // take for a tensor without data.
-        if readers == 0 || sparse::count_nonzero(data, elem) == 0 {
+        if readers == 0 {
+            return None;
+        }
+        let overhead = OVERHEAD + 2 * t.name.as_ref().map_or(0, String::len);
+        // The values alone must fit under the dense size for auto to pick sparse: stop
+        // counting past that. An all-zero tensor would store an empty buffer, which readers
+        // (LiteRT, tract, pare) take for a tensor without data.
+        let limit = match policy.storage {
+            Storage::Sparse => usize::MAX,
+            _ => data.len().saturating_sub(overhead) / elem,
+        };
+        let nnz = sparse::count_nonzero_upto(data, elem, limit);
+        if nnz == 0 || nnz > limit {
             return None;
         }
         let (plan, bytes) = best_plan(&shape, elem, data, policy.block)?;
-        let overhead = OVERHEAD + 2 * t.name.as_ref().map_or(0, String::len);
         let worth = match policy.storage {
             Storage::Sparse => true,
             _ => bytes + overhead < data.len(),
