@@ -22,6 +22,7 @@ const OVERHEAD: usize = 24;
 /// `sparse_initializer` exists from IR version 6 on.
 const MIN_IR_VERSION: i64 = 6;
 
+/// Integer index values (`DType::decode_f64` stops at 32 bits, and ONNX indices are INT64).
 fn ints(dtype: DType, b: &[u8]) -> Option<Vec<i64>> {
     Some(match dtype {
         DType::I64 => b
@@ -287,7 +288,10 @@ impl OnnxDocument {
         }
         doc.model = model;
         doc.edited = doc.edited || report.made_sparse > 0 || report.densified > 0;
-        doc.dense = decode_all(&doc)?;
+        // Moving initializers renumbers the handles the dense payloads are keyed by.
+        if report.made_sparse > 0 || report.densified > 0 {
+            doc.dense = decode_all(&doc)?;
+        }
         doc.describe_sparse(&mut report);
         report.total();
         Ok((doc, report))

@@ -375,7 +375,7 @@ impl TfliteDocument {
     /// Stores eligible dense constants sparse (all of them, or where smaller), each feeding a
     /// new DENSIFY op placed before its first reader.
     fn sparsify(&mut self, policy: &StoragePolicy, report: &mut StorageReport) {
-        let mut codes: Vec<fb::BuiltinOperator> = self
+        let codes: Vec<fb::BuiltinOperator> = self
             .model
             .operator_codes
             .iter()
@@ -390,20 +390,17 @@ impl TfliteDocument {
         }
         let nsub = self.model.subgraphs.as_ref().map_or(0, Vec::len);
         for si in 0..nsub {
-            let ntensors = self.model.subgraphs.as_ref().unwrap()[si]
-                .tensors
-                .as_ref()
-                .map_or(0, Vec::len);
+            let sg = &self.model.subgraphs.as_ref().unwrap()[si];
+            let ntensors = sg.tensors.as_ref().map_or(0, Vec::len);
+            // Decided before any DENSIFY goes in: those read only the tensor they expand.
+            let readers = weight_readers(sg, &codes);
             for ti in 0..ntensors {
                 let Some((plan, dense)) =
-                    self.sparse_candidate(si, ti, &codes, &buffer_refs, policy)
+                    self.sparse_candidate(si, ti, &readers, &buffer_refs, policy)
                 else {
                     continue;
                 };
                 let densify = super::opcode_index(&mut self.model, fb::BuiltinOperator::DENSIFY);
-                if densify as usize == codes.len() {
-                    codes.push(fb::BuiltinOperator::DENSIFY);
-                }
                 let sg = &mut self.model.subgraphs.as_mut().unwrap()[si];
                 let tensors = sg.tensors.as_mut().unwrap();
                 let t = &mut tensors[ti];
@@ -453,7 +450,7 @@ impl TfliteDocument {
         &self,
         si: usize,
         ti: usize,
-        codes: &[fb::BuiltinOperator],
+        readers: &HashMap<i32, Option<usize>>,
         buffer_refs: &HashMap<u32, usize>,
         policy: &StoragePolicy,
     ) -> Option<(Plan, Bytes)> {
@@ -479,37 +476,7 @@ impl TfliteDocument {
         {
             return None;
         }
-        let me = ti as i32;
-        if sg
-            .inputs
-            .iter()
-            .flatten()
-            .chain(sg.outputs.iter().flatten())
-            .any(|&i| i == me)
-        {
-            return None;
-        }
-        let mut readers = 0;
-        for op in sg.operators.iter().flatten() {
-            let code = *codes.get(op.opcode_index as usize)?;
-            for (slot, &i) in op.inputs.iter().flatten().enumerate() {
-                if i == me {
-                    let packed = matches!(&op.builtin_options,
-                        fb::BuiltinOptionsT::FullyConnectedOptions(o)
-                            if o.weights_format != fb::FullyConnectedOptionsWeightsFormat::DEFAULT);
-                    // LiteRT 2.3's XNNPACK delegate (on by default) fails to prepare an int8
-                    // FULLY_CONNECTED fed by DENSIFY, the converter's own sparse output included:
-                    // those weights stay dense so the file runs in the default interpreter.
-                    let int8_fc = t.type_ == fb::TensorType::INT8
-                        && code == fb::BuiltinOperator::FULLY_CONNECTED;
-                    if !weight_slot(code, slot) || packed || int8_fc {
-                        return None;
-                    }
-                    readers += 1;
-                }
-            }
-        }
-        if readers == 0 {
+        if !matches!(readers.get(&(ti as i32)), Some(Some(n)) if *n > 0) {
             return None;
         }
         let overhead = OVERHEAD + 2 * t.name.as_ref().map_or(0, String::len);
@@ -531,6 +498,43 @@ impl TfliteDocument {
         };
         worth.then(|| (plan, data.clone()))
     }
+}
+
+/// For each tensor of `sg`: how many operators read it, or `None` when one of them (or the
+/// subgraph's interface) may not be fed by a DENSIFY output.
+fn weight_readers(
+    sg: &fb::SubGraphT,
+    codes: &[fb::BuiltinOperator],
+) -> HashMap<i32, Option<usize>> {
+    let tensors = sg.tensors.as_deref().unwrap_or(&[]);
+    let mut readers: HashMap<i32, Option<usize>> = HashMap::new();
+    for op in sg.operators.iter().flatten() {
+        let code = codes.get(op.opcode_index as usize).copied();
+        let packed = matches!(&op.builtin_options,
+            fb::BuiltinOptionsT::FullyConnectedOptions(o)
+                if o.weights_format != fb::FullyConnectedOptionsWeightsFormat::DEFAULT);
+        for (slot, &i) in op.inputs.iter().flatten().enumerate() {
+            // LiteRT 2.3's XNNPACK delegate (on by default) fails to prepare an int8
+            // FULLY_CONNECTED fed by DENSIFY, the converter's own sparse output included: those
+            // weights stay dense so the file runs in the default interpreter.
+            let int8_fc = code == Some(fb::BuiltinOperator::FULLY_CONNECTED)
+                && tensors
+                    .get(i as usize)
+                    .is_some_and(|t| t.type_ == fb::TensorType::INT8);
+            let ok = code.is_some_and(|c| weight_slot(c, slot)) && !packed && !int8_fc;
+            let e = readers.entry(i).or_insert(Some(0));
+            *e = e.filter(|_| ok).map(|n| n + 1);
+        }
+    }
+    for &i in sg
+        .inputs
+        .iter()
+        .flatten()
+        .chain(sg.outputs.iter().flatten())
+    {
+        readers.insert(i, None);
+    }
+    readers
 }
 
 /// Readers of a renamed tensor read its replacement (operator inputs, subgraph outputs).
