@@ -1,37 +1,58 @@
-//! `cargo bench --bench prune`: what magnitude pruning costs next to the I/O floor.
+//! `cargo bench --bench prune`: what magnitude pruning costs next to the I/O floor and next to
+//! the Python way, in time and peak memory, at real model sizes.
 //!
-//! Generates a ResNet-50 (bottleneck blocks with projections and residual Adds, batch-norm
-//! folded, 25.5 M parameters, ~102 MB) with seeded random weights, then times, interleaved and
-//! repeated, in one run:
+//! Generates its models with seeded random weights:
 //!
-//! - `cp` of the file (the floor),
-//! - `pare convert --no-verify`,
-//! - `pare prune --sparsity 0.5 --no-verify` with layer, global and LAMP scope,
-//! - `pare prune --sparsity 0.5` with the tract check, reported separately,
+//! - a ResNet-50 as ONNX (25.5 M parameters, ~102 MB) and as float32 TFLite (~102 MB);
+//! - with `PARE_BENCH_LARGE=1`, an ONNX MLP over protobuf's 2 GiB limit (weights in an
+//!   external data file, ~2.7 GB).
 //!
-//! all with `--no-compressed-sizes` (the gzip/zstd size report is measured separately, by
-//! `benches/sparse.rs`), and prints medians, ratios against `pare convert`, and peak resident
-//! memory (from
-//! `/usr/bin/time -f %M` when it exists). Ratios measured in one run hold on a noisy machine
-//! better than absolute times.
+//! and times, interleaved and repeated, each as the process a user would run:
+//!
+//! - `cp` of the file (the floor), and `dd conv=fsync` (the floor for a durable write: pare
+//!   flushes its outputs before renaming them into place);
+//! - `pare convert --no-verify`;
+//! - `pare prune --sparsity 0.5 --no-verify` with layer, global (and LAMP) scope;
+//! - `pare prune --sparsity 0.5` with the tract check, reported separately;
+//! - with `PARE_BENCH_PYTHON=/path/to/python` (an environment with onnx, numpy and onnxsim
+//!   0.8.1; `scripts/bench.sh` creates one): `scripts/prune_numpy.py` (onnx + numpy, layer and
+//!   global) and onnxsim's C++ `prune_magnitude_cpp`, on the ONNX models.
+//!
+//! Every case writes a fresh output (outputs are removed between runs), with
+//! `--no-compressed-sizes` (the gzip/zstd report is measured by `benches/sparse.rs`). Peak
+//! resident memory comes from `/usr/bin/time -f %M` when it exists. The tables are Markdown;
+//! the ratios measured in one run hold on a noisy machine better than absolute times.
 
+#[path = "common/large.rs"]
+mod large;
 #[path = "common/resnet.rs"]
 mod resnet;
+#[path = "common/tflite_resnet.rs"]
+mod tflite_resnet;
 
-use resnet::resnet50;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 5;
+const LARGE_RUNS: usize = 3;
 
+struct Case {
+    name: String,
+    args: Vec<String>,
+    /// Runs once (slow or memory-hungry cases on the large model).
+    once: bool,
+}
+
+#[derive(Default)]
 struct Measure {
     times: Vec<Duration>,
     peak_kb: Option<u64>,
+    failed: Option<String>,
 }
 
-/// Runs `args` once, timed; with /usr/bin/time, also its peak RSS.
-fn run(args: &[String]) -> (Duration, Option<u64>) {
+/// Runs `args` once, timed; with /usr/bin/time, also its peak RSS. Its stdout on success.
+fn run(args: &[String]) -> Result<(Duration, Option<u64>, String), String> {
     let time = Path::new("/usr/bin/time");
     let mut cmd = if time.exists() {
         let mut c = Command::new(time);
@@ -43,154 +64,177 @@ fn run(args: &[String]) -> (Duration, Option<u64>) {
         c
     };
     let start = Instant::now();
-    let out = cmd.output().expect("spawn");
+    let out = cmd.output().map_err(|e| format!("{}: {e}", args[0]))?;
     let elapsed = start.elapsed();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        return Err(last.unwrap_or("failed").trim().to_string());
+    }
     let peak = time
         .exists()
-        .then(|| {
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .and_then(|l| l.trim().parse().ok())
-        })
+        .then(|| stderr.lines().last().and_then(|l| l.trim().parse().ok()))
         .flatten();
-    (elapsed, peak)
+    Ok((
+        elapsed,
+        peak,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
 }
 
-fn median(v: &[Duration]) -> Duration {
+fn median(v: &[Duration]) -> Option<f64> {
     let mut v = v.to_vec();
     v.sort();
-    v[v.len() / 2]
+    v.get(v.len() / 2).map(Duration::as_secs_f64)
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; any other argument filters nothing here.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-prune");
-    std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("resnet50.onnx");
-    let gen = Instant::now();
-    resnet50(&model);
-    let size = std::fs::metadata(&model).unwrap().len();
-    println!(
-        "model: ResNet-50 shapes, random weights, {:.1} MB (generated in {:.2?})",
-        size as f64 / 1e6,
-        gen.elapsed()
-    );
-    let pare = env!("CARGO_BIN_EXE_pare").to_string();
-    let m = model.display().to_string();
-    let out = |n: &str| dir.join(n).display().to_string();
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
-    let cases: Vec<(&str, Vec<String>)> = vec![
-        ("cp", s(&["cp", &m, &out("cp.onnx")])),
-        (
-            "pare convert --no-verify",
-            s(&[
-                &pare,
-                "-q",
-                "convert",
-                &m,
-                "-o",
-                &out("conv.onnx"),
-                "--force",
-                "--no-verify",
-                "--no-compressed-sizes",
-            ]),
-        ),
-        (
-            "pare prune 0.5 layer --no-verify",
-            s(&[
-                &pare,
-                "-q",
-                "prune",
-                &m,
-                "-o",
-                &out("layer.onnx"),
-                "--sparsity",
-                "0.5",
-                "--force",
-                "--no-verify",
-                "--no-compressed-sizes",
-            ]),
-        ),
-        (
-            "pare prune 0.5 global --no-verify",
-            s(&[
-                &pare,
-                "-q",
-                "prune",
-                &m,
-                "-o",
-                &out("global.onnx"),
-                "--sparsity",
-                "0.5",
-                "--scope",
-                "global",
-                "--force",
-                "--no-verify",
-                "--no-compressed-sizes",
-            ]),
-        ),
-        (
-            "pare prune 0.5 lamp --no-verify",
-            s(&[
-                &pare,
-                "-q",
-                "prune",
-                &m,
-                "-o",
-                &out("lamp.onnx"),
-                "--sparsity",
-                "0.5",
-                "--scope",
-                "lamp",
-                "--force",
-                "--no-verify",
-                "--no-compressed-sizes",
-            ]),
-        ),
-        (
-            "pare prune 0.5 layer (tract check)",
-            s(&[
-                &pare,
-                "-q",
-                "prune",
-                &m,
-                "-o",
-                &out("checked.onnx"),
-                "--sparsity",
-                "0.5",
-                "--force",
-                "--no-compressed-sizes",
-            ]),
-        ),
-    ];
-    let mut results: Vec<Measure> = cases
-        .iter()
-        .map(|_| Measure {
-            times: Vec::new(),
-            peak_kb: None,
-        })
-        .collect();
-    // Interleave the cases so that drift on a shared machine hits them all alike.
-    for _ in 0..RUNS {
-        for (i, (_, args)) in cases.iter().enumerate() {
-            let (t, peak) = run(args);
-            results[i].times.push(t);
-            results[i].peak_kb = results[i].peak_kb.max(peak);
+/// Removes every `out*` file of `dir` (outputs of the previous case).
+fn clean(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("out") {
+            std::fs::remove_file(e.path()).unwrap();
         }
     }
-    let convert = median(&results[1].times).as_secs_f64();
-    println!(
-        "{:<36} {:>10} {:>12} {:>14} {:>12}",
-        "case", "median", "vs convert", "peak RSS", "RSS / model"
-    );
-    for ((name, _), r) in cases.iter().zip(&results) {
-        let t = median(&r.times).as_secs_f64();
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// The cases for one model file `m` (outputs `out.<ext>` beside it).
+fn cases(m: &Path, python: Option<&str>, with_lamp: bool, large: bool) -> Vec<Case> {
+    let pare = env!("CARGO_BIN_EXE_pare");
+    let dir = m.parent().unwrap();
+    let ext = m.extension().unwrap().to_string_lossy().into_owned();
+    let out = dir.join(format!("out.{ext}")).display().to_string();
+    let ms = m.display().to_string();
+    let case = |name: &str, args: Vec<String>| Case {
+        name: name.into(),
+        args,
+        once: false,
+    };
+    let pare_args = |extra: &[&str]| {
+        let mut v = s(&[pare, "-q"]);
+        v.extend(s(extra));
+        v.extend(s(&["--force", "--no-compressed-sizes"]));
+        v
+    };
+    let mut v = Vec::new();
+    if large {
+        v.push(case(
+            "cp (model + data file)",
+            s(&[
+                "sh",
+                "-c",
+                &format!("cp '{ms}' '{out}' && cp '{ms}.data' '{out}.data'"),
+            ]),
+        ));
+    } else {
+        v.push(case("cp", s(&["cp", &ms, &out])));
+        v.push(case(
+            "dd conv=fsync (durable copy)",
+            s(&[
+                "dd",
+                &format!("if={ms}"),
+                &format!("of={out}"),
+                "bs=1M",
+                "conv=fsync",
+                "status=none",
+            ]),
+        ));
+    }
+    v.push(case(
+        "pare convert --no-verify",
+        pare_args(&["convert", &ms, "-o", &out, "--no-verify"]),
+    ));
+    for scope in ["layer", "global"]
+        .into_iter()
+        .chain(with_lamp.then_some("lamp"))
+    {
+        v.push(case(
+            &format!("pare prune --sparsity 0.5 --scope {scope} --no-verify"),
+            pare_args(&[
+                "prune",
+                &ms,
+                "-o",
+                &out,
+                "--sparsity",
+                "0.5",
+                "--scope",
+                scope,
+                "--no-verify",
+            ]),
+        ));
+    }
+    v.push(Case {
+        name: "pare prune --sparsity 0.5 --scope layer (tract check)".into(),
+        args: pare_args(&["prune", &ms, "-o", &out, "--sparsity", "0.5", "--json"]),
+        once: large,
+    });
+    if let (Some(py), "onnx") = (python, ext.as_str()) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prune_numpy.py");
+        for scope in ["layer", "global"] {
+            v.push(Case {
+                name: format!("python onnx + numpy, {scope}"),
+                args: s(&[py, script, &ms, &out, "--sparsity", "0.5", "--scope", scope]),
+                once: large,
+            });
+        }
+        if !large {
+            // onnxsim serializes the model to one protobuf string: it cannot take > 2 GiB.
+            for (label, global) in [("per row", "False"), ("global", "True")] {
+                let code = format!(
+                    "import sys, onnx, onnxsim\n\
+                     m = onnxsim.prune_magnitude_cpp(sys.argv[1], sparsity=0.5, global_sparsity={global})\n\
+                     onnx.save(m, sys.argv[2])"
+                );
+                v.push(case(
+                    &format!("onnxsim 0.8.1 prune_magnitude_cpp, {label}"),
+                    s(&[py, "-c", &code, &ms, &out]),
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// Times `cases` (interleaved, `runs` rounds) and prints a Markdown table. Returns medians
+/// and peaks by case name, and the stdout of the last run of each case.
+fn measure(title: &str, dir: &Path, size: u64, cases: &[Case], runs: usize) -> Vec<Row> {
+    println!("\n### {title}\n");
+    let mut results: Vec<Measure> = cases.iter().map(|_| Measure::default()).collect();
+    let mut stdout = vec![String::new(); cases.len()];
+    for round in 0..runs {
+        // Interleaved, so that drift on a shared machine hits every case alike.
+        for (i, c) in cases.iter().enumerate() {
+            if (c.once && round > 0) || results[i].failed.is_some() {
+                continue;
+            }
+            match run(&c.args) {
+                Ok((t, peak, out)) => {
+                    results[i].times.push(t);
+                    results[i].peak_kb = results[i].peak_kb.max(peak);
+                    stdout[i] = out;
+                }
+                Err(e) => results[i].failed = Some(e),
+            }
+            clean(dir);
+        }
+    }
+    let convert = cases
+        .iter()
+        .position(|c| c.name.starts_with("pare convert"))
+        .and_then(|i| median(&results[i].times))
+        .unwrap_or(f64::NAN);
+    println!("| case | median | vs `pare convert` | peak RSS | RSS / model |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut rows = Vec::new();
+    for ((c, r), out) in cases.iter().zip(&results).zip(stdout) {
+        if let Some(e) = &r.failed {
+            println!("| {} | failed: {e} | | | |", c.name);
+            continue;
+        }
+        let t = median(&r.times).unwrap_or(f64::NAN);
         let (rss, ratio) = match r.peak_kb {
             Some(kb) => (
                 format!("{:.0} MB", kb as f64 * 1024.0 / 1e6),
@@ -199,13 +243,202 @@ fn main() {
             None => ("-".into(), "-".into()),
         };
         println!(
-            "{name:<36} {:>9.3}s {:>11.2}x {rss:>14} {ratio:>12}",
-            t,
+            "| {} | {t:.3} s | {:.2}x | {rss} | {ratio} |",
+            c.name,
             t / convert
         );
+        rows.push(Row {
+            name: c.name.clone(),
+            seconds: t,
+            rss_ratio: r.peak_kb.map(|kb| kb as f64 * 1024.0 / size as f64),
+            stdout: out,
+        });
     }
-    println!(
-        "({RUNS} interleaved runs each; median; machine: {} cores)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+    let n = if cases.iter().all(|c| c.once) {
+        1
+    } else {
+        runs
+    };
+    println!("\n({n} interleaved runs, median; cases marked once in the source ran once)");
+    rows
+}
+
+struct Row {
+    name: String,
+    seconds: f64,
+    rss_ratio: Option<f64>,
+    stdout: String,
+}
+
+fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.name.starts_with(prefix))
+}
+
+/// The issue's targets, as measured ratios.
+fn targets(rows: &[Row], python: bool) {
+    let t = |p: &str| find(rows, p).map(|r| r.seconds);
+    let line = |what: &str, v: Option<f64>, goal: &str, ok: fn(f64) -> bool| {
+        if let Some(v) = v {
+            let verdict = if ok(v) { "met" } else { "missed" };
+            println!("- {what}: **{v:.2}x** (target {goal}: {verdict})");
+        }
+    };
+    let convert = t("pare convert");
+    let layer = t("pare prune --sparsity 0.5 --scope layer --no-verify");
+    let global = t("pare prune --sparsity 0.5 --scope global --no-verify");
+    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    println!();
+    line(
+        "`pare convert` / `cp`",
+        ratio(convert, t("cp")),
+        "≤ 2x",
+        |v| v <= 2.0,
     );
+    line(
+        "`pare convert` / `dd conv=fsync`",
+        ratio(convert, t("dd conv=fsync")),
+        "–",
+        |_| true,
+    );
+    line(
+        "prune layer / convert",
+        ratio(layer, convert),
+        "≤ 1.5x",
+        |v| v <= 1.5,
+    );
+    line(
+        "prune global / convert",
+        ratio(global, convert),
+        "≤ 1.5x",
+        |v| v <= 1.5,
+    );
+    line(
+        "peak RSS of prune layer / model size",
+        find(rows, "pare prune --sparsity 0.5 --scope layer --no-verify").and_then(|r| r.rss_ratio),
+        "≤ 1.5x",
+        |v| v <= 1.5,
+    );
+    if python {
+        line(
+            "python onnx + numpy (layer) / pare prune layer",
+            ratio(t("python onnx + numpy, layer"), layer),
+            "≥ 10x",
+            |v| v >= 10.0,
+        );
+        line(
+            "python onnx + numpy (global) / pare prune global",
+            ratio(t("python onnx + numpy, global"), global),
+            "≥ 10x",
+            |v| v >= 10.0,
+        );
+        line(
+            "onnxsim prune_magnitude_cpp / pare prune layer",
+            ratio(t("onnxsim 0.8.1 prune_magnitude_cpp, per row"), layer),
+            "–",
+            |_| true,
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is read from the command line.
+    let python = std::env::var("PARE_BENCH_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let large = std::env::var("PARE_BENCH_LARGE").is_ok_and(|v| v == "1");
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-prune");
+    println!(
+        "## pare prune benchmark\n\nmachine: {} cores, {}; Python cases: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().map(|l| l
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("?")
+                .to_string()))
+            .map_or("memory unknown".into(), |kb| format!(
+                "{:.0} GiB RAM",
+                kb.parse::<f64>().unwrap_or(0.0) / 1048576.0
+            )),
+        python.as_deref().unwrap_or("off (set PARE_BENCH_PYTHON)")
+    );
+
+    // ONNX ResNet-50.
+    let dir = root.join("onnx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("resnet50.onnx");
+    resnet::resnet50(&model);
+    let size = std::fs::metadata(&model).unwrap().len();
+    let rows = measure(
+        &format!(
+            "ONNX ResNet-50, 25.5 M parameters, {:.1} MB",
+            size as f64 / 1e6
+        ),
+        &dir,
+        size,
+        &cases(&model, python.as_deref(), true, false),
+        RUNS,
+    );
+    targets(&rows, python.is_some());
+
+    // TFLite ResNet-50.
+    let dir = root.join("tflite");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("resnet50.tflite");
+    tflite_resnet::resnet50(&model);
+    let size = std::fs::metadata(&model).unwrap().len();
+    let rows = measure(
+        &format!(
+            "TFLite ResNet-50 (float32), 25.6 M parameters, {:.1} MB",
+            size as f64 / 1e6
+        ),
+        &dir,
+        size,
+        &cases(&model, None, false, false),
+        RUNS,
+    );
+    targets(&rows, false);
+
+    if !large {
+        println!("\n(the > 2 GiB external-data model runs with PARE_BENCH_LARGE=1)");
+        return;
+    }
+    let dir = root.join("large");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("mlp.onnx");
+    let gen = Instant::now();
+    let size = large::mlp_external(&model, 10, 8192);
+    println!(
+        "\n(generated the large model in {:.1} s)",
+        gen.elapsed().as_secs_f64()
+    );
+    let rows = measure(
+        &format!(
+            "ONNX MLP with external data, 10 x 8192 x 8192 float32, {:.2} GB",
+            size as f64 / 1e9
+        ),
+        &dir,
+        size,
+        &cases(&model, python.as_deref(), false, true),
+        LARGE_RUNS,
+    );
+    targets(&rows, python.is_some());
+    // The verified prune: tract ran both models and compared them.
+    if let Some(r) = find(
+        &rows,
+        "pare prune --sparsity 0.5 --scope layer (tract check)",
+    ) {
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+        println!(
+            "- large model pruned with the tract check: verified {}, eligible sparsity {:.4}, {} bytes written in {} files",
+            v["write"]["verification"]["verified"],
+            v["totals"]["eligible_sparsity_after"].as_f64().unwrap_or(f64::NAN),
+            v["write"]["output_bytes"],
+            v["write"]["files"].as_array().map_or(0, Vec::len),
+        );
+    }
+    for f in ["mlp.onnx", "mlp.onnx.data"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 }

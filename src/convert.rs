@@ -179,6 +179,17 @@ pub fn stage_checked(
         }
     }
 
+    // Every deferred pruned payload must have been written (never the unpruned bytes).
+    let unused = encoded.deferred().unused();
+    if !unused.is_empty() {
+        return Err(Error::Verification(format!(
+            "{}: not written: the pruned data of {} was not written ({}); this is a bug in pare, please report it",
+            output.display(),
+            unused.len(),
+            unused.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+
     // Read the staged files back exactly as a user would: this proves they parse, and the
     // check below runs on what is on disk, not on what we meant to write.
     progress.stage("reading back");

@@ -78,6 +78,31 @@ impl Document {
         }
     }
 
+    /// A copy whose writers apply `recipes` (pruned float32 payloads produced while they are
+    /// written). Such a document is for writing only: [`Document::to_model`] refuses it.
+    pub fn with_deferred(&self, recipes: crate::prune::deferred::Deferred) -> Self {
+        let mut d = self.clone();
+        match &mut d {
+            Document::Onnx(d) => {
+                d.deferred = recipes;
+                d.edited = true;
+            }
+            Document::Tflite(d) => {
+                d.deferred = recipes;
+                d.edited = true;
+            }
+        }
+        d
+    }
+
+    /// The recipes its writers apply (empty for documents read from files).
+    pub fn deferred(&self) -> &crate::prune::deferred::Deferred {
+        match self {
+            Document::Onnx(d) => &d.deferred,
+            Document::Tflite(d) => &d.deferred,
+        }
+    }
+
     /// A copy with structural edits applied (channel pruning).
     pub fn with_structure(&self, edits: &crate::model::StructureEdits) -> Self {
         match self {
@@ -125,6 +150,13 @@ impl Document {
     }
 
     pub fn to_model(&self) -> Result<Model> {
+        if !self.deferred().is_empty() {
+            // Its stored bytes are not what it will write: reading them would be wrong.
+            return Err(Error::Usage(format!(
+                "{}: internal error: a document with deferred pruning was read as a model",
+                self.path().display()
+            )));
+        }
         match self {
             Document::Onnx(d) => d.to_model(),
             Document::Tflite(d) => d.to_model(),

@@ -561,3 +561,61 @@ fn narrow_storage_and_subgraph_weights_are_pruned_in_place() {
         "{pair}"
     );
 }
+
+#[test]
+fn external_data_models_prune_to_external_data_like_their_inline_twins() {
+    // Pruned float32 weights are streamed into the output as it is written (deferred); other
+    // patterns are computed first. Either way a weight that was external stays external, and
+    // the result equals pruning the inline model.
+    let dir = tmpdir();
+    let inline = fixtures().join("mobilenet.onnx");
+    let ext = dir.path().join("ext.onnx");
+    let o = run(&[
+        "convert",
+        inline.to_str().unwrap(),
+        "-o",
+        ext.to_str().unwrap(),
+        "--external-data",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for args in [
+        &["--sparsity", "0.6"][..],
+        &["--sparsity", "0.6", "--scope", "global"],
+        &["--sparsity", "0.6", "--scope", "lamp"],
+        &["--pattern", "2:4"],
+    ] {
+        let mut a = args.to_vec();
+        a.extend(["--storage", "dense"]);
+        let from_ext = dir.path().join("p.onnx");
+        let from_inline = dir.path().join("q.onnx");
+        let r = prune_json(&ext, &from_ext, &a);
+        assert!(
+            r["totals"]["eligible_sparsity_after"].as_f64().unwrap() > 0.45,
+            "{args:?}: {r}"
+        );
+        prune_json(&inline, &from_inline, &a);
+        let data = dir.path().join("p.onnx.data");
+        assert!(data.exists(), "{args:?}: no data file");
+        assert!(
+            std::fs::metadata(&from_ext).unwrap().len() < 20_000,
+            "{args:?}: pruned weights moved into the model file"
+        );
+        let back = dir.path().join("back.onnx");
+        let o = run(&[
+            "convert",
+            from_ext.to_str().unwrap(),
+            "-o",
+            back.to_str().unwrap(),
+            "--inline-data",
+            "--force",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            std::fs::read(&back).unwrap() == std::fs::read(&from_inline).unwrap(),
+            "{args:?}: pruning the external-data model differs from pruning the inline one"
+        );
+        for f in [&from_ext, &data, &from_inline] {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+}

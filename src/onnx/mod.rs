@@ -40,6 +40,11 @@ pub struct OnnxDocument {
     /// Dense payloads of the sparse tensors, by the handle of their values, decoded and checked
     /// when the file is read.
     pub(crate) dense: std::collections::HashMap<usize, Bytes>,
+    /// Pruned payloads the writer produces from stored bytes (see [`crate::prune::deferred`]).
+    pub(crate) deferred: crate::prune::deferred::Deferred,
+    /// New payloads (by address and length) of tensors that were stored as external data:
+    /// the writer keeps them external when the output keeps the input's layout.
+    pub(crate) from_external: std::sync::Arc<std::collections::HashSet<(usize, usize)>>,
 }
 
 impl OnnxDocument {
@@ -68,6 +73,8 @@ impl OnnxDocument {
             source: bytes,
             edited: false,
             dense: Default::default(),
+            deferred: Default::default(),
+            from_external: Default::default(),
         };
         doc.map_external_files()?;
         doc.dense = sparse::decode_all(&doc)?;
@@ -172,14 +179,39 @@ impl OnnxDocument {
         // Sparse tensors take their edit as dense data and are re-encoded sparse.
         let sparse = doc.reencode_sparse(edits);
         let mut ordinal = 0usize;
+        let mut moved = Vec::new();
         tensor::for_each_tensor_mut(&mut doc.model, &mut |t| {
             if let Some(b) = edits.get(&ordinal).filter(|_| !sparse.contains(&ordinal)) {
+                if tensor::is_external(t) {
+                    moved.push(payload_key(b));
+                }
                 tensor::set_raw(t, b.clone());
             }
             ordinal += 1;
         });
+        doc.note_from_external(moved);
         doc
     }
+
+    /// Records payloads that replaced external tensors (see `from_external`).
+    pub(crate) fn note_from_external(&mut self, keys: Vec<(usize, usize)>) {
+        if !keys.is_empty() {
+            std::sync::Arc::make_mut(&mut self.from_external).extend(keys);
+        }
+    }
+
+    /// Whether `t` is stored as external data, or was before pruning replaced its payload.
+    pub(crate) fn was_external(&self, t: &pb::TensorProto) -> bool {
+        tensor::is_external(t)
+            || t.raw_data
+                .as_ref()
+                .is_some_and(|r| self.from_external.contains(&payload_key(r)))
+    }
+}
+
+/// A payload's identity: its address and length.
+pub(crate) fn payload_key(b: &[u8]) -> (usize, usize) {
+    (b.as_ptr() as usize, b.len())
 }
 
 /// The dense payload of a TensorProto read on its own (ONNX test data `input_K.pb`), which

@@ -15,6 +15,7 @@ use crate::onnx_pb as pb;
 use crate::sparse::{self, SparseTensor, Storage, StoragePolicy, StorageReport};
 use bytes::Bytes;
 use pb::tensor_proto::DataType;
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
 /// Bytes a sparse initializer adds besides values and indices (two TensorProto headers).
@@ -257,18 +258,30 @@ impl OnnxDocument {
                 tensor::for_each_graph_mut(&mut model, &mut |g| {
                     let inputs: HashSet<String> =
                         g.input.iter().map(|i| i.name().to_string()).collect();
+                    // Tensors are decided (and encoded) in parallel, kept in model order.
+                    let decided: Vec<Result<Option<pb::SparseTensorProto>>> = g
+                        .initializer
+                        .par_iter()
+                        .map(|t| {
+                            Ok(self.sparse_candidate(t, &inputs, policy.storage)?.map(
+                                |(dense, elem)| {
+                                    encode(
+                                        t.name(),
+                                        t.data_type(),
+                                        &t.dims,
+                                        &dense,
+                                        elem,
+                                        t.doc_string.clone(),
+                                    )
+                                },
+                            ))
+                        })
+                        .collect();
                     let mut kept = Vec::with_capacity(g.initializer.len());
-                    for t in std::mem::take(&mut g.initializer) {
-                        match self.sparse_candidate(&t, &inputs, policy.storage) {
-                            Ok(Some((dense, elem))) => {
-                                g.sparse_initializer.push(encode(
-                                    t.name(),
-                                    t.data_type(),
-                                    &t.dims,
-                                    &dense,
-                                    elem,
-                                    t.doc_string.clone(),
-                                ));
+                    for (t, d) in std::mem::take(&mut g.initializer).into_iter().zip(decided) {
+                        match d {
+                            Ok(Some(s)) => {
+                                g.sparse_initializer.push(s);
                                 report.made_sparse += 1;
                             }
                             Ok(None) => kept.push(t),
@@ -322,7 +335,15 @@ impl OnnxDocument {
             Storage::Sparse => usize::MAX,
             _ => d.len().saturating_sub(OVERHEAD) / (elem + 8),
         };
-        let nnz = sparse::count_nonzero_upto(&d, elem, limit);
+        // A deferred pruned payload knows its non-zeros: it is computed only to go sparse.
+        let (d, nnz) = match self.deferred.get(&d) {
+            Some(r) if r.nonzero() == 0 || r.nonzero() > limit => return Ok(None),
+            Some(r) => (r.materialize(true), r.nonzero()),
+            None => {
+                let nnz = sparse::count_nonzero_upto(&d, elem, limit);
+                (d, nnz)
+            }
+        };
         if nnz == 0 {
             // Kept dense like TFLite's (where an empty buffer reads as "no data"); gzip makes
             // an all-zero tensor small anyway.

@@ -27,14 +27,19 @@ impl OnnxDocument {
         doc.edited = true;
         let mut ordinal = 0usize;
         let mut renamed: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut moved = Vec::new();
         for_each_tensor_mut(&mut doc.model, &mut |t| {
             if let Some(c) = edits.constants.get(&ordinal) {
                 t.dims = c.dims.iter().map(|&d| d as i64).collect();
+                if super::tensor::is_external(t) {
+                    moved.push(super::payload_key(&c.data));
+                }
                 set_raw(t, c.data.clone());
                 renamed.insert(t.name().to_string(), c.dims.clone());
             }
             ordinal += 1;
         });
+        doc.note_from_external(moved);
         let Some(g) = doc.model.graph.as_mut() else {
             return doc;
         };

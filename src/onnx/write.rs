@@ -5,6 +5,7 @@ use super::{OnnxDocument, PROTOBUF_LIMIT};
 use crate::error::{Error, Result};
 use crate::onnx_pb as pb;
 use crate::output::Staging;
+use crate::prune::deferred::Deferred;
 use bytes::Bytes;
 use pb::tensor_proto::DataLocation;
 use prost::Message;
@@ -97,7 +98,7 @@ pub fn write(
         if err.is_some() {
             return;
         }
-        let was_external = tensor::is_external(t);
+        let was_external = doc.was_external(t);
         let payload = match doc.payload(t) {
             Ok(p) => p,
             Err(e) => {
@@ -152,14 +153,25 @@ pub fn write(
             let zeros = [0u8; LARGE_ALIGN as usize];
             for (offset, bytes) in &chunks {
                 w.write_all(&zeros[..(offset - pos) as usize])?;
-                w.write_all(bytes)?;
+                match doc.deferred.get(bytes) {
+                    Some(r) => {
+                        let mut res = Ok(());
+                        r.write_to(&mut |b| {
+                            if res.is_ok() {
+                                res = w.write_all(b);
+                            }
+                        });
+                        res?;
+                    }
+                    None => w.write_all(bytes)?,
+                }
                 pos = offset + bytes.len() as u64;
             }
             Ok(())
         })?;
     }
     pending.write_with(out, |w| {
-        let mut sink = WriteBuf::new(w);
+        let mut sink = WriteBuf::new(w, &doc.deferred);
         model
             .encode(&mut sink)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -205,16 +217,19 @@ struct WriteBuf<'a> {
     w: &'a mut dyn std::io::Write,
     buf: Vec<u8>,
     err: Option<std::io::Error>,
+    /// Payloads to produce in place of the stored bytes prost hands over.
+    deferred: &'a Deferred,
 }
 
 const WRITE_CHUNK: usize = 1 << 20;
 
 impl<'a> WriteBuf<'a> {
-    fn new(w: &'a mut dyn std::io::Write) -> Self {
+    fn new(w: &'a mut dyn std::io::Write, deferred: &'a Deferred) -> Self {
         WriteBuf {
             w,
             buf: Vec::with_capacity(WRITE_CHUNK),
             err: None,
+            deferred,
         }
     }
 
@@ -254,6 +269,25 @@ unsafe impl bytes::BufMut for WriteBuf<'_> {
             self.flush_buf();
         }
         bytes::buf::UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+
+    // prost writes `bytes` fields (raw_data) with `put`, whose default copies chunk by chunk
+    // through `chunk_mut`, i.e. every weight through the 1 MiB buffer. Handing each chunk to
+    // `put_slice` instead lets large payloads go to the writer directly.
+    fn put<T: bytes::Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        while src.has_remaining() {
+            let chunk = src.chunk();
+            let n = chunk.len();
+            // A `Bytes` payload comes as one chunk, so a deferred one is recognised whole.
+            match self.deferred.get(chunk) {
+                Some(r) => r.write_to(&mut |b| self.put_slice(b)),
+                None => self.put_slice(chunk),
+            }
+            src.advance(n);
+        }
     }
 
     fn put_slice(&mut self, src: &[u8]) {

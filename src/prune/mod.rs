@@ -8,6 +8,7 @@
 //! in the file changes.
 
 pub mod config;
+pub mod deferred;
 mod select;
 pub mod structural;
 pub mod validated;
@@ -430,7 +431,16 @@ impl PruneReport {
 /// The outcome of pruning in memory: new payloads by storage handle, and the report.
 pub struct Plan {
     pub edits: HashMap<usize, Bytes>,
+    /// Pruned float32 payloads left to the writer (only when planned with `defer`; see
+    /// [`deferred`]).
+    pub deferred: Vec<deferred::ZeroedF32>,
     pub report: PruneReport,
+}
+
+/// A tensor's new payload: computed, or left to the writer.
+enum Edit {
+    Data(Bytes),
+    Deferred(deferred::ZeroedF32),
 }
 
 /// Axes of a weight for its consumer: (output-channel axis, input-channel axis).
@@ -781,7 +791,8 @@ fn prune_one(
     job: &Job,
     pooled: Option<usize>,
     lamp: Option<&[f32]>,
-) -> (Option<(usize, Bytes)>, LayerResult) {
+    defer: bool,
+) -> (Option<(usize, Edit)>, LayerResult) {
     let c = &job.cand;
     let mags = job.codec.magnitudes(&c.data);
     let n = mags.len();
@@ -803,8 +814,21 @@ fn prune_one(
             } else {
                 cut.threshold().map(f64::from)
             };
-            let new =
-                (zeros_after > zeros_before).then(|| job.codec.zeroed_cut(&c.data, scores, &cut));
+            let new = (zeros_after > zeros_before).then(|| {
+                // Float32 weights selected on their own magnitudes can be zeroed while they
+                // are written; every weight selected is written as +0.0, so n - k non-zeros
+                // remain (k >= zeros before here).
+                if defer && lamp.is_none() && c.dtype == DType::F32 && c.quant.is_none() {
+                    Edit::Deferred(deferred::ZeroedF32::new(
+                        c.name.clone(),
+                        c.data.clone(),
+                        cut.clone(),
+                        n - cut.k,
+                    ))
+                } else {
+                    Edit::Data(Bytes::from(job.codec.zeroed_cut(&c.data, scores, &cut)))
+                }
+            });
             (new, zeros_before, zeros_after, threshold)
         }
         _ => {
@@ -823,11 +847,12 @@ fn prune_one(
                 .zip(&mask)
                 .map(|(&m, &p)| ((m == 0.0) as u64, (p || m == 0.0) as u64))
                 .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-            let new = (zeros_after > zeros_before).then(|| job.codec.zeroed(&c.data, &mask));
+            let new = (zeros_after > zeros_before)
+                .then(|| Edit::Data(Bytes::from(job.codec.zeroed(&c.data, &mask))));
             (new, zeros_before, zeros_after, threshold)
         }
     };
-    let edit = new.map(|b| (c.handle, Bytes::from(b)));
+    let edit = new.map(|e| (c.handle, e));
     let params = n as u64;
     let layer = LayerResult {
         graph: c.graph,
@@ -852,6 +877,12 @@ fn prune_one(
 
 /// Prunes `doc` in memory: the new payloads and the report (without `write`).
 pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
+    plan_with(doc, opts, false)
+}
+
+/// [`plan`]; with `defer`, float32 payloads pruned on their own magnitudes are left to the
+/// writer ([`Plan::deferred`]) instead of being computed.
+fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
     opts.validate()?;
     let path = doc.path();
     let model = doc.to_model()?;
@@ -1045,7 +1076,7 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
 
     // Tensors are pruned in parallel (and each one's scoring, selection and masking is itself
     // parallel); results come back in model order.
-    let results: Vec<(Option<(usize, Bytes)>, LayerResult)> = jobs
+    let results: Vec<(Option<(usize, Edit)>, LayerResult)> = jobs
         .par_iter()
         .enumerate()
         .map(|(i, job)| {
@@ -1053,13 +1084,21 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
                 job,
                 pooled_counts.get(&i).copied(),
                 lamp_scores.get(&i).map(Vec::as_slice),
+                defer,
             )
         })
         .collect();
     let mut edits = HashMap::new();
+    let mut deferred = Vec::new();
     let mut layers = Vec::with_capacity(results.len());
     for (edit, layer) in results {
-        edits.extend(edit);
+        match edit {
+            Some((h, Edit::Data(b))) => {
+                edits.insert(h, b);
+            }
+            Some((_, Edit::Deferred(r))) => deferred.push(r),
+            None => {}
+        }
         layers.push(layer);
     }
 
@@ -1083,6 +1122,7 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
     let settings = opts.settings();
     Ok(Plan {
         edits,
+        deferred,
         report: PruneReport {
             schema: REPORT_SCHEMA,
             settings,
@@ -1102,6 +1142,16 @@ pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
 /// Prunes `doc` in memory as `opts` say: channels first (structural), then magnitude on what
 /// remains. The edited document and the report (without `write`).
 pub fn prune_document(doc: &Document, opts: &PruneOptions) -> Result<(Document, PruneReport)> {
+    prune_document_with(doc, opts, false)
+}
+
+/// [`prune_document`]; with `defer`, the returned document carries float32 pruning recipes
+/// ([`deferred`]) that only its writers apply: it is for writing, not for reading.
+fn prune_document_with(
+    doc: &Document,
+    opts: &PruneOptions,
+    defer: bool,
+) -> Result<(Document, PruneReport)> {
     opts.validate()?;
     // Sparse weights (and their DENSIFY ops) are pruned dense; the write stores them as its
     // storage policy says.
@@ -1120,8 +1170,14 @@ pub fn prune_document(doc: &Document, opts: &PruneOptions) -> Result<(Document, 
         None => (doc.clone(), None),
     };
     let (edited, mut report) = if opts.magnitude_requested() {
-        let p = plan(&base, opts)?;
-        (base.with_tensor_data(&p.edits), p.report)
+        let p = plan_with(&base, opts, defer)?;
+        let edited = base.with_tensor_data(&p.edits);
+        let edited = if p.deferred.is_empty() {
+            edited
+        } else {
+            edited.with_deferred(deferred::Deferred::new(p.deferred))
+        };
+        (edited, p.report)
     } else {
         let report = PruneReport {
             schema: REPORT_SCHEMA,
@@ -1164,7 +1220,8 @@ pub fn prune_with_progress(
     progress.stage("reading");
     let doc = Document::open(input)?;
     progress.stage("pruning");
-    let (edited, mut report) = prune_document(&doc, opts)?;
+    // Written once and read back from disk: pruned weights are produced as they are written.
+    let (edited, mut report) = prune_document_with(&doc, opts, true)?;
     let written =
         crate::convert::write_checked_with_progress(&doc, &edited, output, write, false, progress)?;
     report.write = Some(written);

@@ -52,6 +52,27 @@ impl Cut {
         }
     }
 
+    /// Copies chunk `chunk` of a float32 tensor (`src`, little-endian, one element per score)
+    /// into `dst` with the selected elements zeroed, in one pass. Branch-free but for ties.
+    #[inline]
+    pub fn copy_zeroed_f32(&self, chunk: usize, scores: &[f32], src: &[u8], dst: &mut [u8]) {
+        if self.k == 0 {
+            dst.copy_from_slice(src);
+            return;
+        }
+        let mut q = self.quota[chunk];
+        for ((d, s), &score) in dst.chunks_exact_mut(4).zip(src.chunks_exact(4)).zip(scores) {
+            let b = bits(score);
+            let mut selected = b < self.t;
+            if b == self.t && q > 0 {
+                q -= 1;
+                selected = true;
+            }
+            let v = u32::from_ne_bytes([s[0], s[1], s[2], s[3]]);
+            d.copy_from_slice(&(if selected { 0 } else { v }).to_ne_bytes());
+        }
+    }
+
     /// The selection as a mask over units.
     pub fn mask(&self, scores: &[f32]) -> Vec<bool> {
         let mut mask = vec![false; scores.len()];

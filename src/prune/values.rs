@@ -215,8 +215,19 @@ impl Codec {
     /// `data` with the elements selected by `cut` (over this tensor's element magnitudes
     /// `mags`) replaced by zero: one streaming pass, no mask.
     pub fn zeroed_cut(&self, data: &[u8], mags: &[f32], cut: &super::select::Cut) -> Vec<u8> {
-        let mut out = data.to_vec();
         let size = self.size;
+        if self.dtype == DType::F32 {
+            // The common case: copy and zero in one parallel pass over fresh (untouched,
+            // kernel-zeroed) memory.
+            let mut out = vec![0u8; data.len()];
+            out.par_chunks_mut(CHUNK * size)
+                .zip(data.par_chunks(CHUNK * size))
+                .zip(mags.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(ci, ((dst, src), m))| cut.copy_zeroed_f32(ci, m, src, dst));
+            return out;
+        }
+        let mut out = data.to_vec();
         out.par_chunks_mut(CHUNK * size)
             .zip(mags.par_chunks(CHUNK))
             .enumerate()

@@ -38,6 +38,8 @@ pub struct TfliteDocument {
     /// Dense payloads of the buffers that sparse tensors store (by buffer index), decoded and
     /// checked when the file is read.
     pub(crate) dense: std::collections::HashMap<usize, Bytes>,
+    /// Pruned payloads the writer produces from stored bytes (see [`crate::prune::deferred`]).
+    pub(crate) deferred: crate::prune::deferred::Deferred,
 }
 
 pub fn has_identifier(bytes: &[u8]) -> bool {
@@ -58,6 +60,7 @@ impl TfliteDocument {
             source: Bytes::new(),
             edited: true,
             dense: Default::default(),
+            deferred: Default::default(),
         }
     }
 
@@ -91,6 +94,7 @@ impl TfliteDocument {
             offset_form,
             file_bytes: bytes.len() as u64,
             dense: Default::default(),
+            deferred: Default::default(),
             source: bytes.clone(),
             edited: false,
         };
@@ -223,7 +227,7 @@ impl TfliteDocument {
         view::build(self)
     }
 
-    pub fn encode(&self) -> Result<(Vec<u8>, WriteSummary)> {
+    pub fn encode(&self) -> Result<(Bytes, WriteSummary)> {
         write::encode(self)
     }
 }

@@ -9,6 +9,7 @@ use crate::sparse::{
 };
 use crate::tflite_gen::tflite as fb;
 use bytes::Bytes;
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
 /// Flatbuffer bytes a sparse tensor adds besides its payload (the DENSIFY operator, its output
@@ -394,19 +395,27 @@ impl TfliteDocument {
             let ntensors = sg.tensors.as_ref().map_or(0, Vec::len);
             // Decided before any DENSIFY goes in: those read only the tensor they expand.
             let readers = weight_readers(sg, &codes);
-            for ti in 0..ntensors {
-                let Some((plan, dense)) =
-                    self.sparse_candidate(si, ti, &readers, &buffer_refs, policy)
-                else {
+            // Decided and encoded in parallel; the graph is edited after, in tensor order.
+            let decided: Vec<Option<(Layout, Vec<u8>, Bytes)>> = (0..ntensors)
+                .into_par_iter()
+                .map(|ti| {
+                    let (plan, dense) =
+                        self.sparse_candidate(si, ti, &readers, &buffer_refs, policy)?;
+                    let t = &sg.tensors.as_ref()?[ti];
+                    let shape = static_shape(t).expect("checked");
+                    let elem = elem_size(t).expect("checked");
+                    let (layout, values) = sparse::encode(&shape, elem, &dense, &plan);
+                    Some((layout, values, dense))
+                })
+                .collect();
+            for (ti, d) in decided.into_iter().enumerate() {
+                let Some((layout, values, dense)) = d else {
                     continue;
                 };
                 let densify = super::opcode_index(&mut self.model, fb::BuiltinOperator::DENSIFY);
                 let sg = &mut self.model.subgraphs.as_mut().unwrap()[si];
                 let tensors = sg.tensors.as_mut().unwrap();
                 let t = &mut tensors[ti];
-                let shape = static_shape(t).expect("checked");
-                let elem = elem_size(t).expect("checked");
-                let (layout, values) = sparse::encode(&shape, elem, &dense, &plan);
                 t.sparsity = Some(Box::new(to_fb(&layout)));
                 let buffer = t.buffer as usize;
                 let out = fb::TensorT {
@@ -438,6 +447,12 @@ impl TfliteDocument {
                         ..Default::default()
                     },
                 );
+                if let Some(r) = self.buffers[buffer]
+                    .as_ref()
+                    .and_then(|b| self.deferred.get(b))
+                {
+                    r.mark_used();
+                }
                 self.buffers[buffer] = Some(Bytes::from(values));
                 self.dense.insert(buffer, dense);
                 report.made_sparse += 1;
@@ -487,7 +502,16 @@ impl TfliteDocument {
             Storage::Sparse => usize::MAX,
             _ => data.len().saturating_sub(overhead) / elem,
         };
-        let nnz = sparse::count_nonzero_upto(data, elem, limit);
+        // A deferred pruned payload knows its non-zeros: it is computed only to be planned.
+        let resolved;
+        let (data, nnz) = match self.deferred.get(data) {
+            Some(r) if r.nonzero() == 0 || r.nonzero() > limit => return None,
+            Some(r) => {
+                resolved = r.materialize(false);
+                (&resolved, r.nonzero())
+            }
+            None => (data, sparse::count_nonzero_upto(data, elem, limit)),
+        };
         if nnz == 0 || nnz > limit {
             return None;
         }

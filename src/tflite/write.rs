@@ -6,6 +6,7 @@
 
 use super::{TfliteDocument, FILE_IDENTIFIER};
 use crate::error::{Error, Result};
+use crate::prune::deferred::Deferred;
 use crate::tflite_gen::tflite as fb;
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, Push, PushAlignment, WIPOffset};
@@ -45,14 +46,17 @@ fn as_aligned(bytes: &[u8]) -> &[AlignedByte] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const AlignedByte, bytes.len()) }
 }
 
-pub fn encode(doc: &TfliteDocument) -> Result<(Vec<u8>, WriteSummary)> {
+/// The encoded file. The in-flatbuffer form is returned where the builder left it (no copy).
+pub fn encode(doc: &TfliteDocument) -> Result<(Bytes, WriteSummary)> {
     let total: u64 = doc.buffers.iter().flatten().map(|b| b.len() as u64).sum();
     let offset_form = doc.offset_form || total > FLATBUFFER_LIMIT;
     if !offset_form {
         let mut fbb = FlatBufferBuilder::with_capacity((total as usize).saturating_add(1 << 16));
         let root = pack_model(&mut fbb, doc, None);
         fbb.finish(root, Some(std::str::from_utf8(FILE_IDENTIFIER).unwrap()));
-        let data = fbb.finished_data().to_vec();
+        // The builder fills its buffer back to front; the file is the tail from `head`.
+        let (buf, head) = fbb.collapse();
+        let data = Bytes::from(buf).slice(head..);
         let summary = WriteSummary {
             model_bytes: data.len() as u64,
             offset_buffers: 0,
@@ -99,7 +103,11 @@ pub fn encode(doc: &TfliteDocument) -> Result<(Vec<u8>, WriteSummary)> {
     for (i, &e) in external.iter().enumerate() {
         if e {
             out.resize(offsets[i] as usize, 0);
-            out.extend_from_slice(doc.buffers[i].as_ref().unwrap());
+            let b = doc.buffers[i].as_ref().unwrap();
+            match doc.deferred.get(b) {
+                Some(r) => r.write_to(&mut |piece| out.extend_from_slice(piece)),
+                None => out.extend_from_slice(b),
+            }
             n += 1;
         }
     }
@@ -108,7 +116,7 @@ pub fn encode(doc: &TfliteDocument) -> Result<(Vec<u8>, WriteSummary)> {
         model_bytes: out.len() as u64,
         offset_buffers: n,
     };
-    Ok((out, summary))
+    Ok((Bytes::from(out), summary))
 }
 
 /// Which buffers hold tensor data (as opposed to metadata).
@@ -128,6 +136,7 @@ fn pack_buffer<'b>(
     fbb: &mut FlatBufferBuilder<'b>,
     payload: Option<&Bytes>,
     offset: Option<u64>,
+    deferred: &Deferred,
 ) -> WIPOffset<fb::Buffer<'b>> {
     match (payload, offset) {
         (Some(p), Some(off)) if off != 0 => fb::Buffer::create(
@@ -139,7 +148,11 @@ fn pack_buffer<'b>(
             },
         ),
         (Some(p), _) => {
-            let data = fbb.create_vector(as_aligned(p));
+            // A deferred pruned payload is computed here, copied in and dropped.
+            let data = match deferred.get(p) {
+                Some(r) => fbb.create_vector(as_aligned(&r.materialize(true))),
+                None => fbb.create_vector(as_aligned(p)),
+            };
             fb::Buffer::create(
                 fbb,
                 &fb::BufferArgs {
@@ -171,7 +184,14 @@ fn pack_model<'b>(
     // after the graph structure, as TensorFlow's converter lays them out.
     let buffers = m.buffers.as_ref().map(|_| {
         let w: Vec<_> = (0..doc.buffers.len())
-            .map(|i| pack_buffer(fbb, doc.buffers[i].as_ref(), offsets.map(|o| o[i])))
+            .map(|i| {
+                pack_buffer(
+                    fbb,
+                    doc.buffers[i].as_ref(),
+                    offsets.map(|o| o[i]),
+                    &doc.deferred,
+                )
+            })
             .collect();
         fbb.create_vector(&w)
     });

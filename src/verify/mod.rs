@@ -11,7 +11,6 @@ pub use shapes::onnx_value_shapes;
 
 use crate::document::Document;
 use crate::error::Result;
-use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::sync::Mutex;
@@ -304,7 +303,7 @@ impl Runner {
                 let bytes = if lowered.is_empty() && !d.edited {
                     d.source.clone()
                 } else {
-                    Bytes::from(lowered_doc.encode().map_err(|e| e.to_string())?.0)
+                    lowered_doc.encode().map_err(|e| e.to_string())?.0
                 };
                 let describe = |msg| describe_tflite_failure(&lowered_doc, msg);
                 let mut runner =
