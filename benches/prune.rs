@@ -68,7 +68,11 @@ fn run(args: &[String]) -> Result<(Duration, Option<u64>, String), String> {
     let elapsed = start.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        // Skip /usr/bin/time's own lines (exit status, peak RSS).
+        let last = stderr.lines().rev().find(|l| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with("Command exited") && l.parse::<u64>().is_err()
+        });
         return Err(last.unwrap_or("failed").trim().to_string());
     }
     let peak = time

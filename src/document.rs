@@ -95,6 +95,17 @@ impl Document {
         d
     }
 
+    /// Identities (address, length) of the payloads the document stores as they are: ONNX
+    /// raw and external data, TFLite buffers. Payloads decoded from typed fields are not
+    /// among them.
+    pub fn stored_payloads(&self) -> std::collections::HashSet<(usize, usize)> {
+        use crate::prune::deferred::key;
+        match self {
+            Document::Onnx(d) => d.stored_payloads(),
+            Document::Tflite(d) => d.buffers.iter().flatten().map(|b| key(b)).collect(),
+        }
+    }
+
     /// The recipes its writers apply (empty for documents read from files).
     pub fn deferred(&self) -> &crate::prune::deferred::Deferred {
         match self {

@@ -193,6 +193,21 @@ impl OnnxDocument {
         doc
     }
 
+    /// Identities of the payloads stored as they are (raw and external data).
+    pub(crate) fn stored_payloads(&self) -> std::collections::HashSet<(usize, usize)> {
+        let mut set = std::collections::HashSet::new();
+        tensor::for_each_tensor(&self.model, &mut |t| {
+            if let Some(r) = &t.raw_data {
+                set.insert(payload_key(r));
+            } else if tensor::is_external(t) {
+                if let Ok(TensorPayload::Dense(b)) = self.payload(t) {
+                    set.insert(payload_key(&b));
+                }
+            }
+        });
+        set
+    }
+
     /// Records payloads that replaced external tensors (see `from_external`).
     pub(crate) fn note_from_external(&mut self, keys: Vec<(usize, usize)>) {
         if !keys.is_empty() {

@@ -22,6 +22,8 @@ use std::sync::Arc;
 pub struct ZeroedF32 {
     /// The tensor's name (for messages).
     pub name: String,
+    /// Its storage handle ([`crate::model::Tensor::handle`]).
+    pub handle: usize,
     source: Bytes,
     cut: Cut,
     /// Non-zero elements after pruning, counted as the storage pass counts (bit patterns).
@@ -41,14 +43,20 @@ fn magnitude(b: &[u8]) -> f32 {
 impl ZeroedF32 {
     /// `cut` selected over the magnitudes of `source` (float32, little-endian), in chunks of
     /// [`CHUNK`] elements; `nonzero` is the element count whose bits stay non-zero.
-    pub fn new(name: String, source: Bytes, cut: Cut, nonzero: usize) -> Self {
+    pub fn new(name: String, handle: usize, source: Bytes, cut: Cut, nonzero: usize) -> Self {
         ZeroedF32 {
             name,
+            handle,
             source,
             cut,
             nonzero,
             used: AtomicBool::new(false),
         }
+    }
+
+    /// The stored bytes it replaces.
+    pub fn source(&self) -> &Bytes {
+        &self.source
     }
 
     pub fn len(&self) -> usize {
@@ -114,7 +122,8 @@ pub struct Deferred {
     by_source: Arc<HashMap<(usize, usize), Arc<ZeroedF32>>>,
 }
 
-fn key(b: &[u8]) -> (usize, usize) {
+/// A payload's identity: its address and length.
+pub fn key(b: &[u8]) -> (usize, usize) {
     (b.as_ptr() as usize, b.len())
 }
 
@@ -183,7 +192,7 @@ mod tests {
             super::super::values::Codec::new(crate::model::DType::F32, &[n as u64], None)
                 .unwrap()
                 .zeroed_cut(&source, &mags, &cut);
-        let r = ZeroedF32::new("w".into(), Bytes::from(source), cut, 0);
+        let r = ZeroedF32::new("w".into(), 0, Bytes::from(source), cut, 0);
         let mut streamed = Vec::new();
         r.write_to(&mut |b| streamed.extend_from_slice(b));
         assert_eq!(streamed, expected);
@@ -201,6 +210,7 @@ mod tests {
         let mags = vec![1.0f32; 4];
         let d = Deferred::new(vec![ZeroedF32::new(
             "w".into(),
+            0,
             src.clone(),
             super::super::select::cut(&mags, 2),
             2,

@@ -24,6 +24,7 @@ use crate::model::{DType, Graph, Model, Quant, TensorId};
 use bytes::Bytes;
 use rayon::prelude::*;
 use regex::Regex;
+use select::Scores as _;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -598,6 +599,29 @@ fn add_weight(
     });
 }
 
+/// The scores a global / LAMP threshold pools for one tensor.
+enum PooledScores<'a> {
+    Held(Vec<f32>),
+    /// Element magnitudes of the job's weight, computed chunk by chunk when visited.
+    Magnitudes(&'a Job),
+}
+
+impl select::Scores for PooledScores<'_> {
+    fn len(&self) -> usize {
+        match self {
+            PooledScores::Held(v) => v.len(),
+            PooledScores::Magnitudes(j) => j.codec.count(&j.cand.data),
+        }
+    }
+
+    fn visit(&self, f: &mut dyn FnMut(&[f32])) {
+        match self {
+            PooledScores::Held(v) => f(v),
+            PooledScores::Magnitudes(j) => j.codec.visit_magnitudes(&j.cand.data, f),
+        }
+    }
+}
+
 /// How one candidate is to be pruned.
 struct Job {
     cand: Candidate,
@@ -821,6 +845,7 @@ fn prune_one(
                 if defer && lamp.is_none() && c.dtype == DType::F32 && c.quant.is_none() {
                     Edit::Deferred(deferred::ZeroedF32::new(
                         c.name.clone(),
+                        c.handle,
                         c.data.clone(),
                         cut.clone(),
                         n - cut.k,
@@ -1029,20 +1054,27 @@ fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
     let mut lamp_scores: HashMap<usize, Vec<f32>> = HashMap::new();
     if !pooled.is_empty() {
         let s = opts.sparsity.expect("validated");
-        let mut scores: Vec<Vec<f32>> = Vec::with_capacity(pooled.len());
-        for &i in &pooled {
-            let j = &jobs[i];
-            let mags = j.codec.magnitudes(&j.cand.data);
-            let units = match unit_scores(j, &mags) {
-                std::borrow::Cow::Owned(v) => v,
-                std::borrow::Cow::Borrowed(_) => mags,
-            };
-            scores.push(if opts.scope == Scope::Lamp {
-                select::lamp(&units)
-            } else {
-                units
-            });
-        }
+        // Element magnitudes are computed on the fly in both passes of the selection (never
+        // held for the whole model); block norms and LAMP scores are held.
+        let scores: Vec<PooledScores> = pooled
+            .par_iter()
+            .map(|&i| {
+                let j = &jobs[i];
+                if opts.scope == Scope::Global && j.pattern == Pattern::Unstructured {
+                    return PooledScores::Magnitudes(j);
+                }
+                let mags = j.codec.magnitudes(&j.cand.data);
+                let units = match unit_scores(j, &mags) {
+                    std::borrow::Cow::Owned(v) => v,
+                    std::borrow::Cow::Borrowed(_) => mags,
+                };
+                PooledScores::Held(if opts.scope == Scope::Lamp {
+                    select::lamp(&units)
+                } else {
+                    units
+                })
+            })
+            .collect();
         let caps: Vec<usize> = scores
             .iter()
             .map(|s| {
@@ -1050,10 +1082,9 @@ fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
                     .min(s.len().saturating_sub(1))
             })
             .collect();
-        let total: usize = scores.iter().map(Vec::len).sum();
+        let total: usize = scores.iter().map(select::Scores::len).sum();
         let k = (s * total as f64).round() as usize;
-        let refs: Vec<&[f32]> = scores.iter().map(Vec::as_slice).collect();
-        let counts = select::global_counts(&refs, &caps, k);
+        let counts = select::global_counts(&scores, &caps, k);
         let got: usize = counts.iter().sum();
         if got < k {
             warnings.push(format!(
@@ -1064,10 +1095,19 @@ fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
                 opts.max_layer_sparsity
             ));
         }
-        // Magnitudes are cheap to recompute: keep only the counts, so that after selection at
-        // most a few tensors' scores are alive at a time. LAMP scores cost a sort: keep them.
+        // Only the counts are kept, so that after selection at most a few tensors' scores are
+        // alive at a time. LAMP scores cost a sort: those are kept.
         if opts.scope == Scope::Lamp {
-            lamp_scores.extend(pooled.iter().copied().zip(scores));
+            lamp_scores.extend(
+                pooled
+                    .iter()
+                    .copied()
+                    .zip(scores)
+                    .filter_map(|(i, s)| match s {
+                        PooledScores::Held(v) => Some((i, v)),
+                        PooledScores::Magnitudes(_) => None,
+                    }),
+            );
         } else {
             drop(scores);
         }
@@ -1170,12 +1210,26 @@ fn prune_document_with(
         None => (doc.clone(), None),
     };
     let (edited, mut report) = if opts.magnitude_requested() {
-        let p = plan_with(&base, opts, defer)?;
+        let mut p = plan_with(&base, opts, defer)?;
+        // A recipe works only where the document stores the very bytes it was planned from
+        // (raw or external data, TFLite buffers); weights decoded from typed fields
+        // (float_data) are computed now.
+        let stored = if p.deferred.is_empty() {
+            Default::default()
+        } else {
+            base.stored_payloads()
+        };
+        let (recipes, computed): (Vec<_>, Vec<_>) = std::mem::take(&mut p.deferred)
+            .into_iter()
+            .partition(|r| stored.contains(&deferred::key(r.source())));
+        for r in computed {
+            p.edits.insert(r.handle, r.materialize(false));
+        }
         let edited = base.with_tensor_data(&p.edits);
-        let edited = if p.deferred.is_empty() {
+        let edited = if recipes.is_empty() {
             edited
         } else {
-            edited.with_deferred(deferred::Deferred::new(p.deferred))
+            edited.with_deferred(deferred::Deferred::new(recipes))
         };
         (edited, p.report)
     } else {

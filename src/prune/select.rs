@@ -184,61 +184,128 @@ fn kth_smallest(scores: &[f32], k: usize) -> u32 {
     (hi << 16) | lo
 }
 
-/// Number of units scoring at most `t` (as bits).
-fn count_le(scores: &[f32], t: u32) -> usize {
-    scores
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().filter(|&&s| bits(s) <= t).count())
-        .sum()
+/// The scores of one tensor, visited in order in pieces: held in memory, or computed on the fly
+/// (magnitudes of a memory-mapped weight), so that a global threshold never needs every
+/// tensor's scores at once.
+pub trait Scores: Sync {
+    fn len(&self) -> usize;
+    fn visit(&self, f: &mut dyn FnMut(&[f32]));
 }
 
-fn count_lt(scores: &[f32], t: u32) -> usize {
-    scores
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().filter(|&&s| bits(s) < t).count())
-        .sum()
-}
-
-/// One threshold over several tensors: how many units to prune in each so that `k` units are
-/// pruned in all, the lowest scores first, no tensor beyond its cap. Ties at the threshold go
-/// to earlier tensors first. Returns fewer than `k` in total only when the caps forbid more.
-pub fn global_counts(scores: &[&[f32]], caps: &[usize], k: usize) -> Vec<usize> {
-    let capped = |t: u32| -> usize {
-        scores
-            .iter()
-            .zip(caps)
-            .map(|(s, &cap)| count_le(s, t).min(cap))
-            .sum()
-    };
-    let reachable: usize = caps.iter().zip(scores).map(|(&c, s)| c.min(s.len())).sum();
-    let k = k.min(reachable);
-    if k == 0 {
-        return vec![0; scores.len()];
+impl Scores for &[f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
     }
-    // Smallest t (bits, +inf included) with capped(t) >= k: bisection over the bit patterns.
-    let (mut lo, mut hi) = (0u32, f32::INFINITY.to_bits());
+    fn visit(&self, f: &mut dyn FnMut(&[f32])) {
+        f(self)
+    }
+}
+
+impl Scores for Vec<f32> {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+    fn visit(&self, f: &mut dyn FnMut(&[f32])) {
+        f(self)
+    }
+}
+
+/// A 16-bit histogram kept as its cumulative counts at the non-empty buckets (a few thousand
+/// at most for real weights, instead of 65,536 counters per tensor).
+struct Cumulative(Vec<(u16, usize)>);
+
+impl Cumulative {
+    fn of(scores: &dyn Scores, bucket: &dyn Fn(u32) -> Option<u16>) -> Self {
+        let mut h = vec![0u32; 1 << 16];
+        scores.visit(&mut |c| {
+            for &s in c {
+                if let Some(b) = bucket(bits(s)) {
+                    h[b as usize] += 1;
+                }
+            }
+        });
+        let mut total = 0usize;
+        Cumulative(
+            h.iter()
+                .enumerate()
+                .filter(|p| *p.1 > 0)
+                .map(|(b, &c)| {
+                    total += c as usize;
+                    (b as u16, total)
+                })
+                .collect(),
+        )
+    }
+
+    /// Units in buckets up to and including `b`.
+    fn upto(&self, b: u32) -> usize {
+        let i = self.0.partition_point(|&(k, _)| (k as u32) <= b);
+        if i == 0 {
+            0
+        } else {
+            self.0[i - 1].1
+        }
+    }
+}
+
+/// Smallest `x` in `0..=max` with `ok(x)` (monotone), given `ok(max)`.
+fn first(max: u32, ok: impl Fn(u32) -> bool) -> u32 {
+    let (mut lo, mut hi) = (0u32, max);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if capped(mid) >= k {
+        if ok(mid) {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
-    let t = lo;
-    let mut counts: Vec<usize> = scores
-        .iter()
-        .zip(caps)
-        .map(|(s, &cap)| count_lt(s, t).min(cap))
+    lo
+}
+
+/// One threshold over several tensors: how many units to prune in each so that `k` units are
+/// pruned in all, the lowest scores first, no tensor beyond its cap. Ties at the threshold go
+/// to earlier tensors first. Returns fewer than `k` in total only when the caps forbid more.
+///
+/// The threshold is the smallest score bit pattern `t` at which the capped counts reach `k`.
+/// It is found in two passes over the scores (tensors in parallel): per-tensor histograms of
+/// the high 16 bits locate its bucket, histograms of the low 16 bits within that bucket
+/// locate `t`; every count then comes from the histograms.
+pub fn global_counts<S: Scores>(scores: &[S], caps: &[usize], k: usize) -> Vec<usize> {
+    let reachable: usize = caps.iter().zip(scores).map(|(&c, s)| c.min(s.len())).sum();
+    let k = k.min(reachable);
+    if k == 0 {
+        return vec![0; scores.len()];
+    }
+    let high: Vec<Cumulative> = scores
+        .par_iter()
+        .map(|s| Cumulative::of(s, &|b| Some((b >> 16) as u16)))
         .collect();
+    let capped = |count: &dyn Fn(usize) -> usize| -> usize {
+        caps.iter()
+            .enumerate()
+            .map(|(i, &cap)| count(i).min(cap))
+            .sum()
+    };
+    let hi = first(0xffff, |hi| capped(&|i| high[i].upto(hi)) >= k);
+    let below: Vec<usize> = high
+        .iter()
+        .map(|h| if hi == 0 { 0 } else { h.upto(hi - 1) })
+        .collect();
+    let low: Vec<Cumulative> = scores
+        .par_iter()
+        .map(|s| Cumulative::of(s, &|b| (b >> 16 == hi).then_some((b & 0xffff) as u16)))
+        .collect();
+    let le = |i: usize, lo: u32| below[i] + low[i].upto(lo);
+    let lo = first(0xffff, |lo| capped(&|i| le(i, lo)) >= k);
+    let lt = |i: usize| if lo == 0 { below[i] } else { le(i, lo - 1) };
+    let mut counts: Vec<usize> = (0..scores.len()).map(|i| lt(i).min(caps[i])).collect();
     let mut left = k - counts.iter().sum::<usize>();
-    for ((count, s), &cap) in counts.iter_mut().zip(scores).zip(caps) {
+    for (i, count) in counts.iter_mut().enumerate() {
         if left == 0 {
             break;
         }
-        let ties = count_le(s, t) - count_lt(s, t);
-        let room = cap.saturating_sub(*count);
-        let take = ties.min(room).min(left);
+        let ties = le(i, lo) - lt(i);
+        let take = ties.min(caps[i].saturating_sub(*count)).min(left);
         *count += take;
         left -= take;
     }
@@ -343,11 +410,12 @@ mod tests {
         let a = [0.1f32, 0.2, 0.3, 0.4];
         let b = [1.0f32, 2.0, 3.0, 4.0];
         // Uncapped, the 4 smallest are all in `a`.
-        assert_eq!(global_counts(&[&a, &b], &[4, 4], 4), vec![4, 0]);
+        let s = [&a[..], &b[..]];
+        assert_eq!(global_counts(&s, &[4, 4], 4), vec![4, 0]);
         // Capped at 3 per tensor: the fourth comes from `b`.
-        assert_eq!(global_counts(&[&a, &b], &[3, 3], 4), vec![3, 1]);
+        assert_eq!(global_counts(&s, &[3, 3], 4), vec![3, 1]);
         // Unreachable targets stop at the caps.
-        assert_eq!(global_counts(&[&a, &b], &[1, 1], 4), vec![1, 1]);
+        assert_eq!(global_counts(&s, &[1, 1], 4), vec![1, 1]);
     }
 
     #[test]
@@ -363,6 +431,52 @@ mod tests {
         let s = [0.1, 0.9, 0.8, 0.2, 5.0, 4.0, 3.0, 2.0];
         let m = n_of_m(&s, 2, 4, &[0, 4], 1);
         assert_eq!(m, vec![true, false, false, true, false, false, true, true]);
+    }
+
+    // The previous implementation (bisection over every bit pattern, 31 passes), kept as
+    // the oracle of the two-pass one.
+    /// Number of units scoring at most `t` (as bits).
+    fn count_le(scores: &[f32], t: u32) -> usize {
+        scores
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().filter(|&&s| bits(s) <= t).count())
+            .sum()
+    }
+
+    fn count_lt(scores: &[f32], t: u32) -> usize {
+        scores
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().filter(|&&s| bits(s) < t).count())
+            .sum()
+    }
+
+    fn global_counts_bisect(scores: &[&[f32]], caps: &[usize], k: usize) -> Vec<usize> {
+        let capped = |t: u32| -> usize {
+            scores
+                .iter()
+                .zip(caps)
+                .map(|(s, &cap)| count_le(s, t).min(cap))
+                .sum()
+        };
+        let reachable: usize = caps.iter().zip(scores).map(|(&c, s)| c.min(s.len())).sum();
+        let k = k.min(reachable);
+        if k == 0 {
+            return vec![0; scores.len()];
+        }
+        let t = first(f32::INFINITY.to_bits(), |t| capped(t) >= k);
+        let mut counts: Vec<usize> = scores
+            .iter()
+            .zip(caps)
+            .map(|(s, &cap)| count_lt(s, t).min(cap))
+            .collect();
+        let mut left = k - counts.iter().sum::<usize>();
+        for ((count, s), &cap) in counts.iter_mut().zip(scores).zip(caps) {
+            let ties = count_le(s, t) - count_lt(s, t);
+            let take = ties.min(cap.saturating_sub(*count)).min(left);
+            *count += take;
+            left -= take;
+        }
+        counts
     }
 
     proptest! {
@@ -389,9 +503,26 @@ mod tests {
             let b: Vec<f32> = b.into_iter().map(f32::from).collect();
             let caps = [a.len() - 1, b.len() - 1];
             let k = (frac * (a.len() + b.len()) as f64) as usize;
-            let c = global_counts(&[&a, &b], &caps, k);
+            let c = global_counts(&[&a[..], &b[..]], &caps, k);
             prop_assert_eq!(c[0] + c[1], k.min(caps[0] + caps[1]));
             prop_assert!(c[0] <= caps[0] && c[1] <= caps[1]);
+        }
+
+        #[test]
+        fn two_pass_global_counts_equal_the_bisection(
+            t in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![0u32..4, 0x3f00_0000u32..0x3f00_0010, 0u32..0x7f80_0001], 1..200),
+                1..5,
+            ),
+            cap_frac in 0.3f64..1.0,
+            frac in 0.0f64..1.0
+        ) {
+            let t: Vec<Vec<f32>> = t.into_iter().map(|v| v.into_iter().map(f32::from_bits).collect()).collect();
+            let caps: Vec<usize> = t.iter().map(|v| (cap_frac * v.len() as f64) as usize).collect();
+            let n: usize = t.iter().map(Vec::len).sum();
+            let k = (frac * n as f64) as usize;
+            let refs: Vec<&[f32]> = t.iter().map(Vec::as_slice).collect();
+            prop_assert_eq!(global_counts(&refs, &caps, k), global_counts_bisect(&refs, &caps, k));
         }
     }
 }

@@ -193,6 +193,38 @@ impl Codec {
         }
     }
 
+    /// Number of elements in `data`.
+    pub fn count(&self, data: &[u8]) -> usize {
+        data.len() / self.size
+    }
+
+    /// Magnitudes of `data`'s elements, handed to `f` in order, [`CHUNK`] at a time (one
+    /// buffer reused: nothing the size of the tensor is allocated).
+    pub fn visit_magnitudes(&self, data: &[u8], f: &mut dyn FnMut(&[f32])) {
+        let mut buf = Vec::with_capacity(CHUNK);
+        for (ci, chunk) in data.chunks(CHUNK * self.size).enumerate() {
+            buf.clear();
+            let start = ci * CHUNK;
+            match self.dtype {
+                DType::F32 => buf.extend(chunk.chunks_exact(4).map(|c| {
+                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
+                    if v.is_nan() {
+                        f32::INFINITY
+                    } else {
+                        v
+                    }
+                })),
+                _ => buf.extend(
+                    chunk
+                        .chunks_exact(self.size)
+                        .enumerate()
+                        .map(|(j, c)| self.magnitude(start + j, c)),
+                ),
+            }
+            f(&buf);
+        }
+    }
+
     /// `data` with every element whose `mask` entry is set replaced by zero (+0.0, or the
     /// channel's zero point).
     pub fn zeroed(&self, data: &[u8], mask: &[bool]) -> Vec<u8> {
