@@ -75,7 +75,8 @@ def main():
         t.CopyFrom(numpy_helper.from_array(w, t.name))
     del arrays
 
-    big = model.ByteSize() > PROTOBUF_LIMIT
+    # ModelProto.ByteSize() itself fails past 2 GiB: sum the tensors instead.
+    big = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT - (64 << 20)
     if big:
         onnx.save(model, args.output, save_as_external_data=True,
                   location=os.path.basename(args.output) + ".data")
