@@ -10,7 +10,7 @@
 //! unused fails instead of silently writing the unpruned weight.
 
 use super::select::Cut;
-use super::values::CHUNK;
+use super::values::{f32_magnitude as magnitude, CHUNK};
 use bytes::Bytes;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -29,15 +29,6 @@ pub struct ZeroedF32 {
     /// Non-zero elements after pruning, counted as the storage pass counts (bit patterns).
     nonzero: usize,
     used: AtomicBool,
-}
-
-fn magnitude(b: &[u8]) -> f32 {
-    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs();
-    if v.is_nan() {
-        f32::INFINITY
-    } else {
-        v
-    }
 }
 
 impl ZeroedF32 {

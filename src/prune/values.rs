@@ -11,6 +11,17 @@ use rayon::prelude::*;
 /// Elements handled per parallel task.
 pub const CHUNK: usize = 1 << 16;
 
+/// Magnitude of one little-endian float32 (4 bytes); NaN counts as +∞ (never pruned first).
+#[inline]
+pub fn f32_magnitude(b: &[u8]) -> f32 {
+    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs();
+    if v.is_nan() {
+        f32::INFINITY
+    } else {
+        v
+    }
+}
+
 /// How one stored tensor's elements map to magnitudes and what its zero is.
 #[derive(Debug, Clone)]
 pub struct Codec {
@@ -175,14 +186,7 @@ impl Codec {
             DType::F32 => data
                 .par_chunks_exact(4)
                 .with_min_len(CHUNK)
-                .map(|c| {
-                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
-                    if v.is_nan() {
-                        f32::INFINITY
-                    } else {
-                        v
-                    }
-                })
+                .map(f32_magnitude)
                 .collect(),
             _ => data
                 .par_chunks_exact(self.size)
@@ -206,14 +210,7 @@ impl Codec {
             buf.clear();
             let start = ci * CHUNK;
             match self.dtype {
-                DType::F32 => buf.extend(chunk.chunks_exact(4).map(|c| {
-                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
-                    if v.is_nan() {
-                        f32::INFINITY
-                    } else {
-                        v
-                    }
-                })),
+                DType::F32 => buf.extend(chunk.chunks_exact(4).map(f32_magnitude)),
                 _ => buf.extend(
                     chunk
                         .chunks_exact(self.size)
