@@ -149,9 +149,9 @@ pub fn stage_checked(
     }
 
     progress.stage("encoding");
-    let (encoded, storage) = edited.with_storage(&opts.storage)?;
-    let storage =
-        (opts.storage.storage != Storage::Keep || encoded.has_sparse()).then_some(storage);
+    let (encoded, storage) = edited.with_storage_for_write(&opts.storage)?;
+    let storage = (opts.storage.storage != Storage::Keep || !storage.sparse_tensors.is_empty())
+        .then_some(storage);
     progress.stage("writing");
     let mut staging = Staging::beside(output)?;
     match &encoded {

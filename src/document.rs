@@ -140,6 +140,25 @@ impl Document {
         })
     }
 
+    /// [`Document::with_storage`] for writing: the constants it makes sparse keep no dense
+    /// payload, so the result can be written but not read as a model (half the memory at
+    /// high sparsity).
+    pub fn with_storage_for_write(
+        &self,
+        policy: &crate::sparse::StoragePolicy,
+    ) -> Result<(Self, crate::sparse::StorageReport)> {
+        Ok(match self {
+            Document::Onnx(d) => {
+                let (d, r) = d.storage_pass(policy, false)?;
+                (Document::Onnx(d), r)
+            }
+            Document::Tflite(d) => {
+                let (d, r) = d.storage_pass(policy, false)?;
+                (Document::Tflite(d), r)
+            }
+        })
+    }
+
     /// True when some constant is stored sparse.
     pub fn has_sparse(&self) -> bool {
         match self {
@@ -161,10 +180,14 @@ impl Document {
     }
 
     pub fn to_model(&self) -> Result<Model> {
-        if !self.deferred().is_empty() {
+        let write_only = match self {
+            Document::Onnx(d) => d.write_only,
+            Document::Tflite(d) => d.write_only,
+        };
+        if write_only || !self.deferred().is_empty() {
             // Its stored bytes are not what it will write: reading them would be wrong.
             return Err(Error::Usage(format!(
-                "{}: internal error: a document with deferred pruning was read as a model",
+                "{}: internal error: a document prepared for writing (deferred pruning, sparse storage without dense payloads) was read as a model",
                 self.path().display()
             )));
         }

@@ -42,6 +42,9 @@ pub struct OnnxDocument {
     pub(crate) dense: std::collections::HashMap<usize, Bytes>,
     /// Pruned payloads the writer produces from stored bytes (see [`crate::prune::deferred`]).
     pub(crate) deferred: crate::prune::deferred::Deferred,
+    /// Made by the write path's storage pass: its sparse tensors have no dense payloads, so
+    /// it can be written but not read as a model.
+    pub(crate) write_only: bool,
     /// New payloads (by address and length) of tensors that were stored as external data:
     /// the writer keeps them external when the output keeps the input's layout.
     pub(crate) from_external: std::sync::Arc<std::collections::HashSet<(usize, usize)>>,
@@ -74,6 +77,7 @@ impl OnnxDocument {
             edited: false,
             dense: Default::default(),
             deferred: Default::default(),
+            write_only: false,
             from_external: Default::default(),
         };
         doc.map_external_files()?;

@@ -225,6 +225,16 @@ impl OnnxDocument {
 
     /// A copy with constants stored as `policy` asks; see [`Storage`].
     pub fn with_storage(&self, policy: &StoragePolicy) -> Result<(OnnxDocument, StorageReport)> {
+        self.storage_pass(policy, true)
+    }
+
+    /// [`OnnxDocument::with_storage`]; without `keep_dense`, the tensors it makes sparse keep
+    /// no dense payload (the write path: the result is written, never read as a model).
+    pub(crate) fn storage_pass(
+        &self,
+        policy: &StoragePolicy,
+        keep_dense: bool,
+    ) -> Result<(OnnxDocument, StorageReport)> {
         let mut doc = self.clone();
         let mut report = StorageReport::new(policy.storage);
         let mut model = self.model.clone();
@@ -303,7 +313,12 @@ impl OnnxDocument {
         doc.edited = doc.edited || report.made_sparse > 0 || report.densified > 0;
         // Moving initializers renumbers the handles the dense payloads are keyed by.
         if report.made_sparse > 0 || report.densified > 0 {
-            doc.dense = decode_all(&doc)?;
+            if keep_dense || report.densified > 0 {
+                doc.dense = decode_all(&doc)?;
+            } else {
+                doc.dense.clear();
+                doc.write_only = true;
+            }
         }
         doc.describe_sparse(&mut report);
         report.total();
@@ -361,11 +376,16 @@ impl OnnxDocument {
         tensor::walk(&self.model, &mut |item| match item {
             Item::Tensor(_) => ordinal += 1,
             Item::Sparse(s) => {
-                let (Some(v), Some(dense)) = (&s.values, self.dense.get(&ordinal)) else {
+                let Some(v) = &s.values else {
                     return;
                 };
                 let dtype = dtype_from_onnx(v.data_type());
                 let elem = dtype.size().unwrap_or(1);
+                // The values hold every non-zero of the dense tensor (and maybe zeros).
+                let Ok(TensorPayload::Dense(values)) = self.payload(v) else {
+                    return;
+                };
+                let numel = s.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
                 let raw = |t: &Option<pb::TensorProto>| {
                     t.as_ref()
                         .and_then(|t| self.payload(t).ok())
@@ -379,9 +399,8 @@ impl OnnxDocument {
                     name: v.name().to_string(),
                     dtype: dtype.to_string(),
                     shape: s.dims.iter().map(|&d| d.max(0) as usize).collect(),
-                    density: sparse::count_nonzero(dense, elem) as f64
-                        / (dense.len() / elem).max(1) as f64,
-                    dense_bytes: dense.len() as u64,
+                    density: sparse::count_nonzero(&values, elem) as f64 / numel.max(1) as f64,
+                    dense_bytes: numel * elem as u64,
                     stored_bytes: raw(&s.values) + raw(&s.indices),
                     layout: if coords {
                         "coordinates [NNZ, rank]".into()

@@ -40,6 +40,9 @@ pub struct TfliteDocument {
     pub(crate) dense: std::collections::HashMap<usize, Bytes>,
     /// Pruned payloads the writer produces from stored bytes (see [`crate::prune::deferred`]).
     pub(crate) deferred: crate::prune::deferred::Deferred,
+    /// Made by the write path's storage pass: its sparse tensors have no dense payloads, so
+    /// it can be written but not read as a model.
+    pub(crate) write_only: bool,
 }
 
 pub fn has_identifier(bytes: &[u8]) -> bool {
@@ -61,6 +64,7 @@ impl TfliteDocument {
             edited: true,
             dense: Default::default(),
             deferred: Default::default(),
+            write_only: false,
         }
     }
 
@@ -95,6 +99,7 @@ impl TfliteDocument {
             file_bytes: bytes.len() as u64,
             dense: Default::default(),
             deferred: Default::default(),
+            write_only: false,
             source: bytes.clone(),
             edited: false,
         };

@@ -240,6 +240,9 @@ fn weight_slot(op: fb::BuiltinOperator, slot: usize) -> bool {
     }
 }
 
+/// A tensor's sparse layout, its stored values, and (when kept) its dense payload.
+type Encoded = (Layout, Vec<u8>, Option<Bytes>);
+
 impl TfliteDocument {
     /// Re-encodes the sparse tensors stored in buffer `i` after its dense data changed.
     pub(super) fn reencode_sparse(&mut self, i: usize, dense: Bytes) {
@@ -272,6 +275,16 @@ impl TfliteDocument {
 
     /// A copy with constants stored as `policy` asks; see [`Storage`].
     pub fn with_storage(&self, policy: &StoragePolicy) -> Result<(TfliteDocument, StorageReport)> {
+        self.storage_pass(policy, true)
+    }
+
+    /// [`TfliteDocument::with_storage`]; without `keep_dense`, the tensors it makes sparse
+    /// keep no dense payload (the write path: the result is written, never read as a model).
+    pub(crate) fn storage_pass(
+        &self,
+        policy: &StoragePolicy,
+        keep_dense: bool,
+    ) -> Result<(TfliteDocument, StorageReport)> {
         let mut doc = self.clone();
         let mut report = StorageReport::new(policy.storage);
         match policy.storage {
@@ -279,7 +292,7 @@ impl TfliteDocument {
             Storage::Dense => {
                 report.densified = doc.densify_all();
             }
-            Storage::Auto | Storage::Sparse => doc.sparsify(policy, &mut report),
+            Storage::Auto | Storage::Sparse => doc.sparsify(policy, &mut report, keep_dense),
         }
         if report.densified > 0 || !report.sparse_tensors.is_empty() {
             doc.edited = true;
@@ -294,19 +307,22 @@ impl TfliteDocument {
         report.sparse_tensors.clear();
         for sg in self.model.subgraphs.iter().flatten() {
             for t in sg.tensors.iter().flatten() {
-                let (Some(sp), Some(dense)) = (&t.sparsity, self.dense.get(&(t.buffer as usize)))
-                else {
+                let Some(sp) = &t.sparsity else {
                     continue;
                 };
                 let Some(elem) = elem_size(t) else { continue };
+                // The values hold every non-zero of the dense tensor (and maybe zeros).
+                let Some(values) = self.buffers.get(t.buffer as usize).cloned().flatten() else {
+                    continue;
+                };
+                let numel: usize = static_shape(t).unwrap_or_default().iter().product();
                 let layout = layout_of(sp).ok();
                 report.sparse_tensors.push(SparseTensor {
                     name: t.name.clone().unwrap_or_default(),
                     dtype: dtype_from_tflite(t.type_).to_string(),
                     shape: static_shape(t).unwrap_or_default(),
-                    density: sparse::count_nonzero(dense, elem) as f64
-                        / (dense.len() / elem).max(1) as f64,
-                    dense_bytes: dense.len() as u64,
+                    density: sparse::count_nonzero(&values, elem) as f64 / numel.max(1) as f64,
+                    dense_bytes: (numel * elem) as u64,
                     stored_bytes: stored_bytes(self, t),
                     layout: layout.map_or_else(String::new, |l| describe_layout(&l)),
                 });
@@ -375,7 +391,7 @@ impl TfliteDocument {
 
     /// Stores eligible dense constants sparse (all of them, or where smaller), each feeding a
     /// new DENSIFY op placed before its first reader.
-    fn sparsify(&mut self, policy: &StoragePolicy, report: &mut StorageReport) {
+    fn sparsify(&mut self, policy: &StoragePolicy, report: &mut StorageReport, keep_dense: bool) {
         let codes: Vec<fb::BuiltinOperator> = self
             .model
             .operator_codes
@@ -396,7 +412,8 @@ impl TfliteDocument {
             // Decided before any DENSIFY goes in: those read only the tensor they expand.
             let readers = weight_readers(sg, &codes);
             // Decided and encoded in parallel; the graph is edited after, in tensor order.
-            let decided: Vec<Option<(Layout, Vec<u8>, Bytes)>> = (0..ntensors)
+            // Without `keep_dense`, each dense payload is dropped once encoded.
+            let decided: Vec<Option<Encoded>> = (0..ntensors)
                 .into_par_iter()
                 .map(|ti| {
                     let (plan, dense) =
@@ -405,7 +422,7 @@ impl TfliteDocument {
                     let shape = static_shape(t).expect("checked");
                     let elem = elem_size(t).expect("checked");
                     let (layout, values) = sparse::encode(&shape, elem, &dense, &plan);
-                    Some((layout, values, dense))
+                    Some((layout, values, keep_dense.then_some(dense)))
                 })
                 .collect();
             for (ti, d) in decided.into_iter().enumerate() {
@@ -454,7 +471,12 @@ impl TfliteDocument {
                     r.mark_used();
                 }
                 self.buffers[buffer] = Some(Bytes::from(values));
-                self.dense.insert(buffer, dense);
+                match dense {
+                    Some(dense) => {
+                        self.dense.insert(buffer, dense);
+                    }
+                    None => self.write_only = true,
+                }
                 report.made_sparse += 1;
             }
         }
