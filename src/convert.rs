@@ -190,6 +190,9 @@ pub fn stage_checked(
         )));
     }
 
+    // What was encoded is on disk now: free it before reading the file back.
+    drop(encoded);
+
     // Read the staged files back exactly as a user would: this proves they parse, and the
     // check below runs on what is on disk, not on what we meant to write.
     progress.stage("reading back");
