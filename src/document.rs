@@ -6,6 +6,12 @@ use crate::onnx::OnnxDocument;
 use crate::tflite::TfliteDocument;
 use std::path::Path;
 
+/// A stored payload's identity: its address and length. Edits made later (deferred pruning,
+/// payloads that replaced external data) find the bytes they stand for by it.
+pub(crate) fn payload_key(b: &[u8]) -> (usize, usize) {
+    (b.as_ptr() as usize, b.len())
+}
+
 // The variants are both large; one Document exists per open file, so boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
@@ -82,16 +88,12 @@ impl Document {
     /// written). Such a document is for writing only: [`Document::to_model`] refuses it.
     pub fn with_deferred(&self, recipes: crate::prune::deferred::Deferred) -> Self {
         let mut d = self.clone();
-        match &mut d {
-            Document::Onnx(d) => {
-                d.deferred = recipes;
-                d.edited = true;
-            }
-            Document::Tflite(d) => {
-                d.deferred = recipes;
-                d.edited = true;
-            }
-        }
+        let (slot, edited) = match &mut d {
+            Document::Onnx(d) => (&mut d.deferred, &mut d.edited),
+            Document::Tflite(d) => (&mut d.deferred, &mut d.edited),
+        };
+        *slot = recipes;
+        *edited = true;
         d
     }
 
@@ -99,10 +101,9 @@ impl Document {
     /// raw and external data, TFLite buffers. Payloads decoded from typed fields are not
     /// among them.
     pub fn stored_payloads(&self) -> std::collections::HashSet<(usize, usize)> {
-        use crate::prune::deferred::key;
         match self {
             Document::Onnx(d) => d.stored_payloads(),
-            Document::Tflite(d) => d.buffers.iter().flatten().map(|b| key(b)).collect(),
+            Document::Tflite(d) => d.buffers.iter().flatten().map(|b| payload_key(b)).collect(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! A generated ONNX model over protobuf's 2 GiB limit: a chain of MatMul + Relu layers whose
 //! float32 weights (seeded random) live in an external data file, written streaming (the
-//! weights are never all in memory).
+//! weights are never all in memory). Included beside `resnet.rs`, whose value-info builder it
+//! shares.
 
+use super::resnet::value_info;
 use pare::onnx_pb as pb;
 use prost::Message;
 use rand::{Rng, SeedableRng};
@@ -55,25 +57,6 @@ pub fn mlp_external(path: &Path, layers: usize, width: i64) -> u64 {
         x = relu;
     }
     data.flush().expect("flush data");
-    let value = |name: &str| pb::ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: Some(pb::tensor_proto::DataType::Float as i32),
-                shape: Some(pb::TensorShapeProto {
-                    dim: [1, width]
-                        .iter()
-                        .map(|&d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let model = pb::ModelProto {
         ir_version: Some(8),
         opset_import: vec![pb::OperatorSetIdProto {
@@ -85,8 +68,8 @@ pub fn mlp_external(path: &Path, layers: usize, width: i64) -> u64 {
             name: Some("mlp_external".into()),
             node: nodes,
             initializer: inits,
-            input: vec![value("x")],
-            output: vec![value(&x)],
+            input: vec![value_info("x", &[1, width])],
+            output: vec![value_info(&x, &[1, width])],
             ..Default::default()
         }),
         ..Default::default()

@@ -123,7 +123,29 @@ pub fn resnet50(path: &Path) {
     t.r#type = Some(pb::attribute_proto::AttributeType::Int as i32);
     t.i = Some(1);
     let logits = b.node("Gemm", &[&flat, &w, &bias], vec![t]);
-    let vi = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+    let model = pb::ModelProto {
+        ir_version: Some(8),
+        producer_name: Some("pare benches/prune.rs".into()),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(pb::GraphProto {
+            name: Some("resnet50_random".into()),
+            node: b.nodes,
+            initializer: b.inits,
+            input: vec![value_info("input", &[1, 3, 224, 224])],
+            output: vec![value_info(&logits, &[1, 1000])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+/// A float32 graph input/output of fixed shape.
+pub fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
@@ -141,23 +163,5 @@ pub fn resnet50(path: &Path) {
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: Some(8),
-        producer_name: Some("pare benches/prune.rs".into()),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
-            name: Some("resnet50_random".into()),
-            node: b.nodes,
-            initializer: b.inits,
-            input: vec![vi("input", &[1, 3, 224, 224])],
-            output: vec![vi(&logits, &[1, 1000])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    std::fs::write(path, model.encode_to_vec()).unwrap();
+    }
 }

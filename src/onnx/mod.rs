@@ -14,6 +14,7 @@ pub use external::resolve_location;
 pub use tensor::{dtype_from_onnx, TensorPayload};
 pub use write::{ExternalDataMode, WriteSummary};
 
+use crate::document::payload_key;
 use crate::error::{Error, Result};
 use crate::onnx_pb as pb;
 use bytes::Bytes;
@@ -226,11 +227,6 @@ impl OnnxDocument {
                 .as_ref()
                 .is_some_and(|r| self.from_external.contains(&payload_key(r)))
     }
-}
-
-/// A payload's identity: its address and length.
-pub(crate) fn payload_key(b: &[u8]) -> (usize, usize) {
-    (b.as_ptr() as usize, b.len())
 }
 
 /// The dense payload of a TensorProto read on its own (ONNX test data `input_K.pb`), which

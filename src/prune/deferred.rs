@@ -11,6 +11,7 @@
 
 use super::select::Cut;
 use super::values::{f32_magnitude as magnitude, CHUNK};
+use crate::document::payload_key;
 use bytes::Bytes;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -113,11 +114,6 @@ pub struct Deferred {
     by_source: Arc<HashMap<(usize, usize), Arc<ZeroedF32>>>,
 }
 
-/// A payload's identity: its address and length.
-pub fn key(b: &[u8]) -> (usize, usize) {
-    (b.as_ptr() as usize, b.len())
-}
-
 impl Deferred {
     pub fn new(recipes: Vec<ZeroedF32>) -> Self {
         Deferred {
@@ -125,7 +121,7 @@ impl Deferred {
                 recipes
                     .into_iter()
                     .filter(|r| !r.is_empty())
-                    .map(|r| (key(&r.source), Arc::new(r)))
+                    .map(|r| (payload_key(&r.source), Arc::new(r)))
                     .collect(),
             ),
         }
@@ -140,7 +136,7 @@ impl Deferred {
         if self.by_source.is_empty() || stored.is_empty() {
             return None;
         }
-        self.by_source.get(&key(stored)).map(Arc::as_ref)
+        self.by_source.get(&payload_key(stored)).map(Arc::as_ref)
     }
 
     /// `stored` as it is to be written: the pruned bytes when a recipe replaces them

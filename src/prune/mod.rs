@@ -1221,7 +1221,7 @@ fn prune_document_with(
         };
         let (recipes, computed): (Vec<_>, Vec<_>) = std::mem::take(&mut p.deferred)
             .into_iter()
-            .partition(|r| stored.contains(&deferred::key(r.source())));
+            .partition(|r| stored.contains(&crate::document::payload_key(r.source())));
         for r in computed {
             p.edits.insert(r.handle, r.materialize(false));
         }
