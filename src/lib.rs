@@ -26,6 +26,7 @@
 // The flatc-generated TFLite code names `alloc::` paths.
 extern crate alloc;
 
+pub mod calib;
 pub mod cli;
 pub mod convert;
 pub mod document;

@@ -119,6 +119,8 @@ enum Command {
         sensitivity: Option<PathBuf>,
         #[command(flatten)]
         structural: ChannelFlags,
+        #[command(flatten)]
+        calib: CalibFlags,
         /// Compare the pruned model with the original on this data before writing it: a .npy,
         /// a .npz (one array per input name, optional `labels`), an ONNX test_data_set folder,
         /// or `random`. The comparison goes into the report; gates decide whether it is written.
@@ -284,6 +286,59 @@ fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((name.to_string(), dims))
+}
+
+/// Calibration flags of `pare prune`.
+#[derive(Args, Debug)]
+struct CalibFlags {
+    /// Calibration inputs: a .npy (single-input models), a .npz (one array per input name) or
+    /// an ONNX test_data_set folder; a few hundred representative samples, preprocessed like
+    /// the model's real inputs. Drives --criterion wanda/sparsegpt, and refits the layers that
+    /// lose input channels in a structural prune.
+    #[arg(long, value_name = "DATA")]
+    calib: Option<PathBuf>,
+    /// How unstructured pruning chooses weights: magnitude (|W|), wanda (|W|·‖X‖ per output
+    /// row) or sparsegpt (Hessian-guided, compensating the error on the kept weights).
+    #[arg(
+        long,
+        value_name = "magnitude|wanda|sparsegpt",
+        default_value = "magnitude"
+    )]
+    criterion: crate::calib::Criterion,
+    /// Use at most this many calibration samples [default: all].
+    #[arg(long, value_name = "N", requires = "calib")]
+    calib_samples: Option<usize>,
+    /// Calibration samples per run when the batch dimension is dynamic.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "calib")]
+    calib_batch_size: usize,
+    /// Ridge / Hessian dampening, as a fraction of the mean diagonal of XᵀX.
+    #[arg(long, value_name = "F", default_value_t = crate::calib::DEFAULT_DAMPENING, requires = "calib")]
+    dampening: f64,
+    /// With --calib and channel pruning: do not refit the layers after the removed channels.
+    #[arg(long, requires = "calib")]
+    no_refit: bool,
+    /// Collect every layer's calibration statistics from the original model in one pass
+    /// (faster on deep models) instead of layer by layer from the model as pruned so far.
+    #[arg(long, requires = "calib")]
+    one_pass: bool,
+}
+
+impl CalibFlags {
+    fn options(&self) -> Option<crate::calib::CalibOptions> {
+        let path = self.calib.as_ref()?;
+        let mut o = crate::calib::CalibOptions::new(crate::validate::DataOptions {
+            source: crate::validate::DataSource::Path(path.clone()),
+            labels: None,
+            samples: self.calib_samples,
+            batch_size: self.calib_batch_size,
+            input_shapes: Vec::new(),
+            seed: crate::verify::DEFAULT_SEED,
+        });
+        o.dampening = self.dampening;
+        o.refit = !self.no_refit;
+        o.one_pass = self.one_pass;
+        Some(o)
+    }
 }
 
 /// Structural pruning flags of `pare prune`.
@@ -582,6 +637,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             config,
             sensitivity,
             structural,
+            calib,
             validate,
             eval,
             gates,
@@ -620,6 +676,8 @@ fn run(cli: &Cli) -> Result<i32, Error> {
                 opts.sensitivity = Some(std::sync::Arc::new(crate::sensitivity::Profile::load(p)?));
             }
             opts.channels = structural.options(*scope, &opts.exclude, opts.channels.take())?;
+            opts.criterion = calib.criterion;
+            opts.calib = calib.options();
             let gates = gates.gates();
             if validate.is_none() && !gates.is_empty() {
                 return Err(Error::Usage(

@@ -160,6 +160,11 @@ pub struct Attrs {
     pub packed_weights: bool,
     /// LeakyRelu `alpha`.
     pub alpha: Option<f32>,
+    /// Convolution `dilations` (TFLite `dilation_h_factor`, `dilation_w_factor`).
+    pub dilations: Option<Vec<u64>>,
+    /// Convolution `auto_pad` (ONNX: NOTSET, SAME_UPPER, SAME_LOWER, VALID; TFLite padding
+    /// SAME reads as SAME_UPPER, VALID as VALID).
+    pub auto_pad: Option<String>,
 }
 
 /// One graph: the main graph, a TFLite subgraph, or an ONNX If/Loop/Scan body.

@@ -237,6 +237,10 @@ fn build_graph(
                 "axes" => attrs.axes = Some(a.ints.clone()),
                 "keepdims" => attrs.keepdims = Some(a.i() != 0),
                 "pads" => attrs.pads = Some(a.ints.clone()),
+                "dilations" => {
+                    attrs.dilations = Some(a.ints.iter().map(|&v| v.max(1) as u64).collect())
+                }
+                "auto_pad" => attrs.auto_pad = Some(String::from_utf8_lossy(a.s()).into_owned()),
                 "epsilon" => attrs.epsilon = Some(a.f()),
                 "alpha" => attrs.alpha = Some(a.f()),
                 _ => {}

@@ -12,7 +12,7 @@ pub mod deferred;
 mod select;
 pub mod structural;
 pub mod validated;
-mod values;
+pub(crate) mod values;
 
 pub use validated::{prune_validated, Search, SearchReport, Validation};
 
@@ -175,6 +175,10 @@ pub struct PruneOptions {
     pub sensitivity: Option<std::sync::Arc<crate::sensitivity::Profile>>,
     /// Structural pruning, applied before magnitude pruning.
     pub channels: Option<structural::ChannelOptions>,
+    /// How unstructured pruning chooses weights (Wanda and SparseGPT need `calib`).
+    pub criterion: crate::calib::Criterion,
+    /// Calibration data: drives `criterion`, and refits layers after channel pruning.
+    pub calib: Option<crate::calib::CalibOptions>,
 }
 
 impl Default for PruneOptions {
@@ -190,6 +194,8 @@ impl Default for PruneOptions {
             rules: Vec::new(),
             sensitivity: None,
             channels: None,
+            criterion: crate::calib::Criterion::Magnitude,
+            calib: None,
         }
     }
 }
@@ -243,6 +249,41 @@ impl PruneOptions {
     /// Checks the combination of settings; every failure is a usage error.
     pub fn validate(&self) -> Result<()> {
         let usage = |m: String| Err(Error::Usage(m));
+        use crate::calib::Criterion;
+        if let Some(c) = &self.calib {
+            c.validate()?;
+            if self.criterion == Criterion::Magnitude && self.channels.is_none() {
+                return usage(
+                    "--calib has nothing to do with --criterion magnitude: give --criterion wanda or sparsegpt, or channel pruning (--channels, --target-macs, --target-params) to refit"
+                        .into(),
+                );
+            }
+        }
+        if self.criterion != Criterion::Magnitude {
+            if self.calib.is_none() {
+                return usage(format!(
+                    "--criterion {} needs calibration data: --calib FILE (.npy or .npz, a few hundred representative inputs)",
+                    self.criterion
+                ));
+            }
+            if !self.magnitude_requested() {
+                return usage(format!(
+                    "--criterion {} chooses weights for unstructured pruning: give --sparsity or an N:M --pattern too",
+                    self.criterion
+                ));
+            }
+            if matches!(self.pattern, Pattern::Block { .. })
+                || self
+                    .rules
+                    .iter()
+                    .any(|r| matches!(r.pattern, Some(Pattern::Block { .. })))
+            {
+                return usage(format!(
+                    "--criterion {} prunes unstructured or N:M patterns, not blocks",
+                    self.criterion
+                ));
+            }
+        }
         if let Some(c) = &self.channels {
             c.validate()?;
             if !self.magnitude_requested() {
@@ -319,6 +360,10 @@ struct Candidate {
     /// Output- and input-channel axes of the weight (for N:M groups and blocks).
     out_axis: usize,
     in_axis: Option<usize>,
+    /// The first consumer (node index in its graph) and the input slot the weight feeds.
+    node: usize,
+    slot: usize,
+    tensor: TensorId,
 }
 
 impl Candidate {
@@ -419,6 +464,9 @@ pub struct PruneReport {
     /// Structural pruning (`--channels`, `--target-macs`, `--target-params`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channels: Option<structural::ChannelReport>,
+    /// Calibration passes (`--calib`): the structural refit, then the unstructured criterion.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calibration: Vec<crate::calib::CalibReport>,
 }
 
 impl PruneReport {
@@ -476,7 +524,7 @@ fn discover(model: &Model) -> (Vec<Candidate>, Vec<SkippedWeight>) {
     let mut skipped_names: HashMap<(usize, String), usize> = HashMap::new();
     for (gi, g) in model.graphs.iter().enumerate() {
         let prod = stats::producers(g);
-        for node in &g.nodes {
+        for (node_index, node) in g.nodes.iter().enumerate() {
             let Some((indices, kind)) = stats::weight_inputs(&node.op) else {
                 continue;
             };
@@ -491,7 +539,7 @@ fn discover(model: &Model) -> (Vec<Candidate>, Vec<SkippedWeight>) {
                 add_weight(
                     g,
                     gi,
-                    node,
+                    (node_index, node),
                     i,
                     wid,
                     via,
@@ -513,7 +561,7 @@ fn discover(model: &Model) -> (Vec<Candidate>, Vec<SkippedWeight>) {
 fn add_weight(
     g: &Graph,
     gi: usize,
-    node: &crate::model::Node,
+    (node_index, node): (usize, &crate::model::Node),
     input: usize,
     wid: TensorId,
     via: Option<String>,
@@ -596,6 +644,9 @@ fn add_weight(
         data,
         out_axis,
         in_axis,
+        node: node_index,
+        slot: input,
+        tensor: wid,
     });
 }
 
@@ -900,14 +951,116 @@ fn prune_one(
     (edit, layer)
 }
 
+/// Prunes the jobs calibration covers with `opts.criterion`: new payloads by job index.
+fn prune_calibrated(
+    doc: &Document,
+    model: &Model,
+    jobs: &[Job],
+    pooled_counts: &HashMap<usize, usize>,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<(
+    HashMap<usize, crate::calib::Pruned>,
+    crate::calib::CalibReport,
+)> {
+    use crate::calib::solve::Amount;
+    let calib = opts.calib.as_ref().expect("validated");
+    let mut index = Vec::new();
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        let c = &j.cand;
+        let why = if c.graph != 0 {
+            Some("in a subgraph (calibration runs the main graph)".to_string())
+        } else if c.nodes.len() > 1 {
+            Some(format!("shared by {} layers", c.nodes.len()))
+        } else {
+            None
+        };
+        if let Some(reason) = why {
+            skipped.push(crate::calib::Fallback {
+                name: c.name.clone(),
+                reason,
+            });
+            continue;
+        }
+        let amount = match j.pattern {
+            Pattern::Unstructured => Amount::Count(
+                pooled_counts
+                    .get(&i)
+                    .copied()
+                    .unwrap_or_else(|| target_count(j.sparsity.expect("set"), c.numel() as usize)),
+            ),
+            Pattern::NOfM { n, m } => Amount::NOfM { n, m },
+            Pattern::Block { .. } => continue,
+        };
+        index.push(i);
+        targets.push(crate::calib::Target {
+            node: c.node,
+            slot: c.slot,
+            weight: c.tensor,
+            name: &c.name,
+            codec: &j.codec,
+            data: &c.data,
+            amount,
+            nm: matches!(j.pattern, Pattern::NOfM { .. }),
+        });
+    }
+    let (pruned, mut report) = crate::calib::prune_targets(
+        doc,
+        &model.graphs[0],
+        &targets,
+        opts.criterion,
+        calib,
+        progress,
+    )?;
+    report.fallbacks.extend(skipped);
+    let out = index
+        .into_iter()
+        .zip(pruned)
+        .filter_map(|(i, p)| Some((i, p?)))
+        .collect();
+    Ok((out, report))
+}
+
+/// The edit and report line of a tensor pruned with calibration data.
+fn calibrated_result(job: &Job, p: crate::calib::Pruned) -> (Option<(usize, Edit)>, LayerResult) {
+    let c = &job.cand;
+    let params = c.numel();
+    let layer = LayerResult {
+        graph: c.graph,
+        name: c.name.clone(),
+        nodes: c.nodes.clone(),
+        ops: c.ops.clone(),
+        stored_via: c.via.clone(),
+        dtype: c.dtype,
+        shape: c.shape.clone(),
+        params,
+        pattern: job.pattern,
+        target: if job.pooled { None } else { job.sparsity },
+        zeros_before: p.zeros_before,
+        zeros_after: p.zeros_after,
+        sparsity_before: fraction(p.zeros_before, params),
+        sparsity_after: fraction(p.zeros_after, params),
+        threshold: None,
+        rule: job.rule.clone(),
+    };
+    (Some((c.handle, Edit::Data(p.data))), layer)
+}
+
 /// Prunes `doc` in memory: the new payloads and the report (without `write`).
 pub fn plan(doc: &Document, opts: &PruneOptions) -> Result<Plan> {
-    plan_with(doc, opts, false)
+    plan_with(doc, opts, false, &Silent)
 }
 
 /// [`plan`]; with `defer`, float32 payloads pruned on their own magnitudes are left to the
 /// writer ([`Plan::deferred`]) instead of being computed.
-fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
+fn plan_with(
+    doc: &Document,
+    opts: &PruneOptions,
+    defer: bool,
+    progress: &dyn Progress,
+) -> Result<Plan> {
     opts.validate()?;
     let path = doc.path();
     let model = doc.to_model()?;
@@ -1114,19 +1267,49 @@ fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
         pooled_counts.extend(pooled.iter().copied().zip(counts));
     }
 
+    // With calibration data: the criterion prunes (and reconstructs) what the calibration
+    // covers, at the count the scope gave each tensor; the rest falls back to magnitude.
+    let (mut calibrated, calibration) = if opts.criterion != crate::calib::Criterion::Magnitude {
+        let (c, mut r) = prune_calibrated(doc, &model, &jobs, &pooled_counts, opts, progress)?;
+        if !r.fallbacks.is_empty() {
+            warnings.push(format!(
+                "--criterion {}: {} of {} tensors pruned by magnitude instead (see calibration.fallbacks)",
+                opts.criterion,
+                r.fallbacks.len(),
+                jobs.len()
+            ));
+        }
+        warnings.append(&mut r.warnings);
+        (c, Some(r))
+    } else {
+        (HashMap::new(), None)
+    };
+
     // Tensors are pruned in parallel (and each one's scoring, selection and masking is itself
     // parallel); results come back in model order.
+    let calibrated_results: HashMap<usize, (Option<(usize, Edit)>, LayerResult)> = calibrated
+        .drain()
+        .map(|(i, p)| (i, calibrated_result(&jobs[i], p)))
+        .collect();
+    let mut calibrated_results = calibrated_results;
     let results: Vec<(Option<(usize, Edit)>, LayerResult)> = jobs
         .par_iter()
         .enumerate()
         .map(|(i, job)| {
-            prune_one(
+            if calibrated_results.contains_key(&i) {
+                return None;
+            }
+            Some(prune_one(
                 job,
                 pooled_counts.get(&i).copied(),
                 lamp_scores.get(&i).map(Vec::as_slice),
                 defer,
-            )
+            ))
         })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|| calibrated_results.remove(&i).expect("calibrated")))
         .collect();
     let mut edits = HashMap::new();
     let mut deferred = Vec::new();
@@ -1175,6 +1358,7 @@ fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
             validation: None,
             search: None,
             channels: None,
+            calibration: calibration.into_iter().collect(),
         },
     })
 }
@@ -1182,15 +1366,16 @@ fn plan_with(doc: &Document, opts: &PruneOptions, defer: bool) -> Result<Plan> {
 /// Prunes `doc` in memory as `opts` say: channels first (structural), then magnitude on what
 /// remains. The edited document and the report (without `write`).
 pub fn prune_document(doc: &Document, opts: &PruneOptions) -> Result<(Document, PruneReport)> {
-    prune_document_with(doc, opts, false)
+    prune_document_with(doc, opts, false, &Silent)
 }
 
 /// [`prune_document`]; with `defer`, the returned document carries float32 pruning recipes
 /// ([`deferred`]) that only its writers apply: it is for writing, not for reading.
-fn prune_document_with(
+pub(crate) fn prune_document_with(
     doc: &Document,
     opts: &PruneOptions,
     defer: bool,
+    progress: &dyn Progress,
 ) -> Result<(Document, PruneReport)> {
     opts.validate()?;
     // Sparse weights (and their DENSIFY ops) are pruned dense; the write stores them as its
@@ -1202,15 +1387,26 @@ fn prune_document_with(
     } else {
         doc
     };
+    let mut calibration = Vec::new();
     let (base, channels) = match &opts.channels {
         Some(c) => {
-            let (d, r) = structural::prune_channels(doc, c)?;
+            let (d, r, edits) = structural::prune_channels_with_edits(doc, c)?;
+            let d = match (&opts.calib, edits) {
+                (Some(calib), Some(edits)) if calib.refit => {
+                    let (d, r) = crate::calib::refit_structure(doc, &d, &edits, calib, progress)?;
+                    calibration.push(r);
+                    d
+                }
+                _ => d,
+            };
             (d, Some(r))
         }
         None => (doc.clone(), None),
     };
     let (edited, mut report) = if opts.magnitude_requested() {
-        let mut p = plan_with(&base, opts, defer)?;
+        // Calibrated pruning computes every payload (no deferred recipes).
+        let defer = defer && opts.criterion == crate::calib::Criterion::Magnitude;
+        let mut p = plan_with(&base, opts, defer, progress)?;
         // A recipe works only where the document stores the very bytes it was planned from
         // (raw or external data, TFLite buffers); weights decoded from typed fields
         // (float_data) are computed now.
@@ -1245,10 +1441,13 @@ fn prune_document_with(
             validation: None,
             search: None,
             channels: None,
+            calibration: Vec::new(),
         };
         (base, report)
     };
     report.channels = channels;
+    calibration.append(&mut report.calibration);
+    report.calibration = calibration;
     Ok((edited, report))
 }
 
@@ -1275,7 +1474,7 @@ pub fn prune_with_progress(
     let doc = Document::open(input)?;
     progress.stage("pruning");
     // Written once and read back from disk: pruned weights are produced as they are written.
-    let (edited, mut report) = prune_document_with(&doc, opts, true)?;
+    let (edited, mut report) = prune_document_with(&doc, opts, true, progress)?;
     let written =
         crate::convert::write_checked_with_progress(&doc, &edited, output, write, false, progress)?;
     report.write = Some(written);

@@ -269,6 +269,66 @@ impl Codec {
         out
     }
 
+    /// The value nearest `v` that element `e` can hold (its quantization grid, clamped to the
+    /// integer range; the type's rounding for floats).
+    pub fn snap(&self, e: usize, v: f64) -> f64 {
+        match self.dtype {
+            DType::F32 => v as f32 as f64,
+            DType::F64 => v,
+            DType::F16 => half::f16::from_f64(v).to_f64(),
+            DType::BF16 => half::bf16::from_f64(v).to_f64(),
+            _ => {
+                let (s, z) = self.params(self.channel(e));
+                (self.quantize(e, v) - z) as f64 * s as f64
+            }
+        }
+    }
+
+    /// The stored integer nearest real value `v` for element `e`.
+    fn quantize(&self, e: usize, v: f64) -> i64 {
+        let (lo, hi) = match self.dtype {
+            DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+            DType::U8 => (0, u8::MAX as i64),
+            DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+            _ => (0, u16::MAX as i64),
+        };
+        let (s, z) = self.params(self.channel(e));
+        let q = if s > 0.0 { (v / s as f64).round() } else { 0.0 };
+        (q.clamp(-(1i64 << 40) as f64, (1i64 << 40) as f64) as i64 + z).clamp(lo, hi)
+    }
+
+    /// Channel of element `e` along the quantization axis (0 when per tensor).
+    pub fn channel_of(&self, e: usize) -> usize {
+        self.channel(e)
+    }
+
+    /// Whether the stored type is an integer (quantized) one.
+    pub fn is_integer(&self) -> bool {
+        !self.dtype.is_float()
+    }
+
+    /// Whether the quantization is per channel.
+    pub fn per_channel(&self) -> bool {
+        self.channels > 1
+    }
+
+    /// Stored bytes of real values `values` (quantized with each element's channel
+    /// parameters for integer types).
+    pub fn encode(&self, values: &[f64]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(values.len() * self.size);
+        for (e, &v) in values.iter().enumerate() {
+            match self.dtype {
+                DType::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+                DType::F64 => out.extend_from_slice(&v.to_le_bytes()),
+                DType::F16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+                DType::BF16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+                DType::I8 | DType::U8 => out.push(self.quantize(e, v) as u8),
+                _ => out.extend_from_slice(&(self.quantize(e, v) as u16).to_le_bytes()),
+            }
+        }
+        out
+    }
+
     fn write_zero(&self, e: usize, el: &mut [u8]) {
         match self.dtype {
             DType::F32 | DType::F64 | DType::F16 | DType::BF16 => el.fill(0),
@@ -294,6 +354,10 @@ mod tests {
         assert_eq!(c.magnitudes(&data), vec![0.0, 2.0, 0.0, 6.0]);
         let z = c.zeroed(&data, &[true, true, true, true]);
         assert_eq!(z, vec![10, 10, 0, 0]);
+        // Encoding rounds onto each channel's grid; zero is the zero point.
+        assert_eq!(c.encode(&[0.0, 2.2, 0.0, 1000.0]), vec![10, 14, 0, 255]);
+        assert_eq!(c.snap(1, 2.2), 2.0);
+        assert_eq!(c.snap(3, 5.1), 6.0);
     }
 
     #[test]

@@ -180,6 +180,13 @@ fn tensor(doc: &TfliteDocument, t: &fb::TensorT) -> Tensor {
 
 fn attrs(o: &fb::BuiltinOptionsT) -> Attrs {
     let mut a = Attrs::default();
+    let pad = |p: fb::Padding| {
+        if p == fb::Padding::VALID {
+            "VALID".to_string()
+        } else {
+            "SAME_UPPER".to_string()
+        }
+    };
     let act = |f: fb::ActivationFunctionType| {
         (f != fb::ActivationFunctionType::NONE)
             .then(|| f.variant_name().unwrap_or("UNKNOWN").to_string())
@@ -187,10 +194,20 @@ fn attrs(o: &fb::BuiltinOptionsT) -> Attrs {
     match o {
         fb::BuiltinOptionsT::Conv2DOptions(c) => {
             a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64]);
+            a.dilations = Some(vec![
+                c.dilation_h_factor.max(1) as u64,
+                c.dilation_w_factor.max(1) as u64,
+            ]);
+            a.auto_pad = Some(pad(c.padding));
             a.fused_activation = act(c.fused_activation_function);
         }
         fb::BuiltinOptionsT::DepthwiseConv2DOptions(c) => {
             a.strides = Some(vec![c.stride_h.max(0) as u64, c.stride_w.max(0) as u64]);
+            a.dilations = Some(vec![
+                c.dilation_h_factor.max(1) as u64,
+                c.dilation_w_factor.max(1) as u64,
+            ]);
+            a.auto_pad = Some(pad(c.padding));
             a.depth_multiplier = Some(c.depth_multiplier.max(0) as u64);
             a.fused_activation = act(c.fused_activation_function);
         }

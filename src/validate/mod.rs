@@ -260,7 +260,7 @@ pub struct Reference {
     correct: Option<usize>,
 }
 
-fn load(doc: &Document, shapes: &[Vec<usize>], which: &str) -> Result<Runner> {
+pub(crate) fn load(doc: &Document, shapes: &[Vec<usize>], which: &str) -> Result<Runner> {
     let runner = Runner::load_shaped(doc, Some(shapes)).map_err(|e| {
         Error::unsupported(
             doc.path(),

@@ -13,7 +13,7 @@
 //!
 //! This module holds the options, the report and the entry point, [`prune_channels`].
 
-mod fold;
+pub(crate) mod fold;
 mod graph;
 mod importance;
 mod plan;
@@ -202,6 +202,18 @@ pub struct ChannelReport {
 
 /// Removes channels from `doc` in memory: the edited document and the report.
 pub fn prune_channels(doc: &Document, opts: &ChannelOptions) -> Result<(Document, ChannelReport)> {
+    prune_channels_with_edits(doc, opts).map(|(d, r, _)| (d, r))
+}
+
+/// [`prune_channels`], also returning the edits applied (none when nothing was removed).
+pub(crate) fn prune_channels_with_edits(
+    doc: &Document,
+    opts: &ChannelOptions,
+) -> Result<(
+    Document,
+    ChannelReport,
+    Option<crate::model::StructureEdits>,
+)> {
     opts.validate()?;
     let model = doc.to_model()?;
     let p = Planner::new(doc, &model, opts)?;
@@ -287,7 +299,7 @@ pub fn prune_channels(doc: &Document, opts: &ChannelOptions) -> Result<(Document
     };
     let report = p.report(ratio, &removed, &folds);
     if removed.is_empty() {
-        return Ok((doc.clone(), report));
+        return Ok((doc.clone(), report, None));
     }
     let edits = p.edits(&removed, &folds);
     let edited = doc.with_structure(&edits);
@@ -303,7 +315,7 @@ pub fn prune_channels(doc: &Document, opts: &ChannelOptions) -> Result<(Document
         report.params_after = t.params;
         report.macs_after = t.macs;
     }
-    Ok((edited, report))
+    Ok((edited, report, Some(edits)))
 }
 
 /// The human-readable summary of a channel prune.

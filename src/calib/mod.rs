@@ -1,0 +1,726 @@
+//! Calibration: run representative inputs through the model (in tract), collect each layer's
+//! input statistics, and use them to choose which weights to prune and to reconstruct the ones
+//! that stay, so a pruned model keeps its accuracy without retraining.
+//!
+//! - [`layer`] views each Conv / dense layer as a matrix product `y = W x` over im2col rows;
+//! - [`capture`] streams the calibration set through the model once and accumulates every
+//!   layer's Gram matrix `XᵀX` (with feature sums and the row count), in f64;
+//! - [`solve`] holds Wanda, SparseGPT and the least-squares refit, on those matrices.
+//!
+//! Everything is computed in real (dequantized) values and written back in the tensor's own
+//! type: an int8 weight keeps its scales and zero points, and SparseGPT compensates the
+//! rounding onto that grid like any other error.
+
+pub mod capture;
+pub mod layer;
+pub mod solve;
+
+use crate::convert::Progress;
+use crate::document::Document;
+use crate::error::{Error, Result};
+use crate::model::{Graph, StructureEdits, TensorId};
+use crate::prune::values::Codec;
+use crate::validate::data::DataOptions;
+use bytes::Bytes;
+use faer::Mat;
+use layer::{Kind, Linear};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// How unstructured pruning chooses (and treats) the weights it removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Criterion {
+    /// Smallest |W| (no calibration data needed).
+    #[default]
+    Magnitude,
+    /// Smallest |W_ij| · ‖X_j‖, per output row (Wanda); weights are only zeroed.
+    Wanda,
+    /// SparseGPT: per-layer Hessian-guided choice with error compensation on the kept weights.
+    Sparsegpt,
+}
+
+impl FromStr for Criterion {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "magnitude" => Ok(Criterion::Magnitude),
+            "wanda" => Ok(Criterion::Wanda),
+            "sparsegpt" => Ok(Criterion::Sparsegpt),
+            _ => Err(format!(
+                "unknown criterion {s:?}: expected magnitude, wanda or sparsegpt"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Criterion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Criterion::Magnitude => "magnitude",
+            Criterion::Wanda => "wanda",
+            Criterion::Sparsegpt => "sparsegpt",
+        })
+    }
+}
+
+/// SparseGPT's default dampening (`percdamp`): 1% of the mean Hessian diagonal.
+pub const DEFAULT_DAMPENING: f64 = 0.01;
+/// Columns decided together by SparseGPT (the paper's block size).
+pub const DEFAULT_BLOCK: usize = 128;
+
+#[derive(Debug, Clone)]
+pub struct CalibOptions {
+    /// The calibration inputs (`.npy` / `.npz` or ONNX test-data folders), read in batches.
+    pub data: DataOptions,
+    /// Ridge / dampening: `λ = dampening · mean(diag XᵀX)`.
+    pub dampening: f64,
+    pub block: usize,
+    /// Refit the layers that lose input channels in a structural prune.
+    pub refit: bool,
+    /// Collect every layer's statistics from the original model in one pass, instead of
+    /// wave by wave from the model as pruned so far (faster on deep models, less accurate).
+    pub one_pass: bool,
+}
+
+impl CalibOptions {
+    pub fn new(data: DataOptions) -> Self {
+        CalibOptions {
+            data,
+            dampening: DEFAULT_DAMPENING,
+            block: DEFAULT_BLOCK,
+            refit: true,
+            one_pass: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.dampening > 0.0 && self.dampening.is_finite()) {
+            return Err(Error::Usage(format!(
+                "--dampening {} must be a positive number (0.01 is SparseGPT's default)",
+                self.dampening
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A layer calibration did not cover, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fallback {
+    pub name: String,
+    pub reason: String,
+}
+
+/// What calibration did, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibReport {
+    /// What the calibration served: `prune` (unstructured) or `refit` (structural).
+    pub purpose: &'static str,
+    pub criterion: Option<Criterion>,
+    pub dampening: f64,
+    pub capture: capture::CalibSummary,
+    /// Layers reconstructed with calibration data.
+    pub layers: Vec<String>,
+    /// Layers left to magnitude pruning (or not refit), with the reason.
+    pub fallbacks: Vec<Fallback>,
+    pub warnings: Vec<String>,
+}
+
+/// One weight to prune with calibration data.
+pub(crate) struct Target<'a> {
+    pub node: usize,
+    pub slot: usize,
+    pub weight: TensorId,
+    pub name: &'a str,
+    pub codec: &'a Codec,
+    pub data: &'a Bytes,
+    pub amount: solve::Amount,
+    /// Permute the columns so that N:M groups are contiguous (ONNX Conv columns run
+    /// channel-major).
+    pub nm: bool,
+}
+
+/// A weight pruned with calibration data.
+pub(crate) struct Pruned {
+    pub data: Bytes,
+    pub zeros_before: u64,
+    pub zeros_after: u64,
+}
+
+/// The layers of `targets` that calibration can cover (main graph, a linear view, statistics
+/// within the memory caps), and the fallbacks.
+fn views(
+    g: &Graph,
+    targets: impl Iterator<Item = (usize, usize, TensorId, String)>,
+) -> (Vec<(usize, Linear)>, Vec<Fallback>) {
+    let mut ok = Vec::new();
+    let mut fallbacks = Vec::new();
+    let mut total = 0u64;
+    for (i, (node, slot, weight, name)) in targets.enumerate() {
+        match layer::linear(g, node, slot, weight) {
+            Ok(l) => {
+                let bytes = capture::stats_bytes(&l);
+                if bytes > capture::MAX_LAYER_STATS_BYTES
+                    || total + bytes > capture::MAX_TOTAL_STATS_BYTES
+                {
+                    fallbacks.push(Fallback {
+                        name,
+                        reason: format!(
+                            "its input statistics would take {} MiB ({} features{})",
+                            bytes >> 20,
+                            l.k,
+                            if l.groups > 1 {
+                                format!(" × {} groups", l.groups)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    });
+                    continue;
+                }
+                total += bytes;
+                ok.push((i, l));
+            }
+            Err(reason) => fallbacks.push(Fallback { name, reason }),
+        }
+    }
+    (ok, fallbacks)
+}
+
+fn few_rows_warning(lin: &Linear, s: &capture::Stats) -> Option<String> {
+    (s.rows < lin.k as u64).then(|| {
+        format!(
+            "{}: {} calibration rows for {} input features; the fit is regularized by the dampening (use more samples for a better one)",
+            lin.name, s.rows, lin.k
+        )
+    })
+}
+
+/// Columns of `lin` in N:M order: position `new` reads column `perm[new]`.
+fn nm_permutation(lin: &Linear) -> Option<Vec<usize>> {
+    match &lin.kind {
+        Kind::Conv(c) if c.channel_first && c.kernel[0] * c.kernel[1] > 1 => {
+            let [kh, kw] = c.kernel;
+            let mut perm = Vec::with_capacity(lin.k);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for ci in 0..c.cin {
+                        perm.push((ci * kh + ky) * kw + kx);
+                    }
+                }
+            }
+            Some(perm)
+        }
+        _ => None,
+    }
+}
+
+/// Prunes one weight with its statistics.
+fn prune_one(
+    t: &Target,
+    lin: &Linear,
+    stats: &capture::Stats,
+    criterion: Criterion,
+    opts: &CalibOptions,
+) -> std::result::Result<Pruned, String> {
+    if t.codec.per_channel() {
+        // Snapping goes by row: the quantization must follow the output channels.
+        let c0 = t.codec.channel_of(lin.index(0, 0));
+        if (0..lin.k).any(|c| t.codec.channel_of(lin.index(0, c)) != c0) {
+            return Err("per-channel quantization along the input axis".into());
+        }
+    }
+    if t.amount == solve::Amount::Count(0) {
+        // Nothing to prune: the weight stays exactly as it is.
+        let zeros = t.codec.values(t.data).iter().filter(|&&v| v == 0.0).count() as u64;
+        return Ok(Pruned {
+            data: t.data.clone(),
+            zeros_before: zeros,
+            zeros_after: zeros,
+        });
+    }
+    let values = t.codec.values(t.data);
+    let zeros_before = values.iter().filter(|&&v| v == 0.0).count() as u64;
+    let k = lin.k;
+    let mut out: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+    // Rows of each group.
+    let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); lin.groups];
+    for o in 0..lin.out {
+        rows_of[lin.group_of(o)].push(o);
+    }
+    let perm = if t.nm { nm_permutation(lin) } else { None };
+    let col = |c: usize| perm.as_ref().map_or(c, |p| p[c]);
+    let counts = match t.amount {
+        solve::Amount::Count(total) => {
+            let sizes: Vec<usize> = rows_of.iter().map(|r| r.len() * k).collect();
+            solve::spread_counts(total, &sizes)
+        }
+        solve::Amount::NOfM { .. } => vec![0; lin.groups],
+    };
+    // Snapping is per element; rows map to elements through the layout.
+    let results: Vec<std::result::Result<Vec<(usize, f64)>, String>> = rows_of
+        .par_iter()
+        .enumerate()
+        .map(|(gi, rows)| {
+            let w = Mat::<f64>::from_fn(rows.len(), k, |r, c| out[lin.index(rows[r], col(c))]);
+            let gram = &stats.gram[gi];
+            let h = Mat::<f64>::from_fn(k, k, |i, j| gram[(col(i), col(j))]);
+            let amount = match t.amount {
+                solve::Amount::Count(_) => solve::Amount::Count(counts[gi]),
+                a => a,
+            };
+            let new = match criterion {
+                Criterion::Wanda => {
+                    let norms: Vec<f64> = (0..k).map(|i| h[(i, i)]).collect();
+                    let mask = solve::wanda(w.as_ref(), &norms, amount);
+                    let mut w = w;
+                    for (e, &m) in mask.iter().enumerate() {
+                        if m {
+                            w[(e / k, e % k)] = 0.0;
+                        }
+                    }
+                    w
+                }
+                Criterion::Sparsegpt => {
+                    let mut w = w;
+                    let snap = |r: usize, v: f64| t.codec.snap(lin.index(rows[r], 0), v);
+                    let quantized = t.codec.is_integer();
+                    solve::sparsegpt(
+                        &mut w,
+                        h.as_ref(),
+                        amount,
+                        opts.dampening,
+                        opts.block,
+                        quantized.then_some(&snap as solve::Snap),
+                    )?;
+                    w
+                }
+                Criterion::Magnitude => unreachable!("magnitude needs no calibration"),
+            };
+            Ok((0..rows.len())
+                .flat_map(|r| (0..k).map(move |c| (r, c)))
+                .map(|(r, c)| (lin.index(rows[r], col(c)), new[(r, c)]))
+                .collect())
+        })
+        .collect();
+    for r in results {
+        for (e, v) in r? {
+            out[e] = v;
+        }
+    }
+    let data = t.codec.encode(&out);
+    // Zeros as stored (an int8 weight that rounds to its zero point is zero).
+    let stored = Codec::values(t.codec, &data);
+    let zeros_after = stored.iter().filter(|&&v| v == 0.0).count() as u64;
+    Ok(Pruned {
+        data: Bytes::from(data),
+        zeros_before,
+        zeros_after,
+    })
+}
+
+/// Unstructured pruning with calibration data: every target the calibration covers is pruned
+/// by `criterion`; the others come back as `None` with a fallback entry in the report.
+pub(crate) fn prune_targets(
+    doc: &Document,
+    g: &Graph,
+    targets: &[Target],
+    criterion: Criterion,
+    opts: &CalibOptions,
+    progress: &dyn Progress,
+) -> Result<(Vec<Option<Pruned>>, CalibReport)> {
+    opts.validate()?;
+    let (covered, mut fallbacks) = views(
+        g,
+        targets
+            .iter()
+            .map(|t| (t.node, t.slot, t.weight, t.name.to_string())),
+    );
+    if covered.is_empty() {
+        return Err(Error::unsupported(
+            doc.path(),
+            format!(
+                "--criterion {criterion}: no layer can be calibrated ({})",
+                fallbacks
+                    .iter()
+                    .take(4)
+                    .map(|f| format!("{}: {}", f.name, f.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    let mut out: Vec<Option<Pruned>> = targets.iter().map(|_| None).collect();
+    let mut warnings = Vec::new();
+    let mut layers = Vec::new();
+    // Sequential (as SparseGPT and Wanda do it): a layer's statistics come from the model with
+    // every layer before it already pruned, so it also corrects their error. Layers at the
+    // same depth (no covered layer between them) share a pass.
+    let waves: Vec<Vec<usize>> = if opts.one_pass {
+        vec![(0..covered.len()).collect()]
+    } else {
+        waves(g, &covered.iter().map(|(_, l)| l.node).collect::<Vec<_>>())
+    };
+    let mut edits: HashMap<usize, Bytes> = HashMap::new();
+    let mut summary: Option<capture::CalibSummary> = None;
+    for (wi, wave) in waves.iter().enumerate() {
+        let lins: Vec<Linear> = wave.iter().map(|&c| covered[c].1.clone()).collect();
+        progress.stage(&if waves.len() > 1 {
+            format!(
+                "calibrating ({criterion}, layer group {} of {})",
+                wi + 1,
+                waves.len()
+            )
+        } else {
+            format!("calibrating ({criterion})")
+        });
+        let current;
+        let source = if edits.is_empty() {
+            doc
+        } else {
+            current = doc.with_tensor_data(&edits);
+            &current
+        };
+        let (stats, s) = capture::collect(source, g, &lins, opts, progress)?;
+        summary = Some(match summary {
+            None => s,
+            Some(mut acc) => {
+                acc.layers += s.layers;
+                acc.max_rows = acc.max_rows.max(s.max_rows);
+                acc.stats_bytes = acc.stats_bytes.max(s.stats_bytes);
+                acc
+            }
+        });
+        for (&c, st) in wave.iter().zip(&stats) {
+            let (i, lin) = &covered[c];
+            let t = &targets[*i];
+            warnings.extend(few_rows_warning(lin, st));
+            match prune_one(t, lin, st, criterion, opts) {
+                Ok(p) => {
+                    if let Some(h) = g.tensor(t.weight).handle {
+                        edits.insert(h, p.data.clone());
+                    }
+                    out[*i] = Some(p);
+                    layers.push(t.name.to_string());
+                }
+                Err(reason) => fallbacks.push(Fallback {
+                    name: t.name.to_string(),
+                    reason,
+                }),
+            }
+        }
+    }
+    let summary = summary.expect("at least one wave");
+    Ok((
+        out,
+        CalibReport {
+            purpose: "prune",
+            criterion: Some(criterion),
+            dampening: opts.dampening,
+            capture: summary,
+            layers,
+            fallbacks,
+            warnings,
+        },
+    ))
+}
+
+/// Groups layer nodes `nodes` by depth: wave `d` holds the layers with `d` of the others on
+/// their longest path from the inputs. Nodes are in topological order (as both formats store
+/// them).
+fn waves(g: &Graph, nodes: &[usize]) -> Vec<Vec<usize>> {
+    let layer_of: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut depth: HashMap<TensorId, usize> = HashMap::new();
+    let mut level = vec![0usize; nodes.len()];
+    for (ni, node) in g.nodes.iter().enumerate() {
+        let d = node
+            .inputs
+            .iter()
+            .flatten()
+            .filter_map(|t| depth.get(t))
+            .copied()
+            .max()
+            .unwrap_or(0);
+        let out = match layer_of.get(&ni) {
+            Some(&l) => {
+                level[l] = d;
+                d + 1
+            }
+            None => d,
+        };
+        for &t in &node.outputs {
+            depth.insert(t, out);
+        }
+    }
+    let mut waves: Vec<Vec<usize>> = vec![Vec::new(); level.iter().max().map_or(0, |m| m + 1)];
+    for (l, &d) in level.iter().enumerate() {
+        waves[d].push(l);
+    }
+    waves.retain(|w| !w.is_empty());
+    waves
+}
+
+/// Axes of a layer's weight: (output, input); `None` for the input axis of a depthwise kernel.
+fn axes(lin: &Linear, g: &Graph) -> (usize, Option<usize>) {
+    let node = &g.nodes[lin.node];
+    match (node.op.as_str(), lin.weights) {
+        ("Conv", _) => (0, Some(1)),
+        ("CONV_2D", _) => (0, Some(3)),
+        ("DEPTHWISE_CONV_2D", _) => (3, None),
+        (_, layer::Weights::RowMajor) => (0, Some(1)),
+        (_, layer::Weights::ColMajor) => (1, Some(0)),
+    }
+}
+
+/// Real values of a constant (decoded through its quantization).
+fn constant_values(g: &Graph, t: TensorId) -> Option<Vec<f32>> {
+    let t = g.tensor(t);
+    let data = t.data.as_ref()?;
+    let shape = t.fixed_shape()?;
+    if t.dtype == crate::model::DType::I32 {
+        // Quantized biases: real = q · scale (per output channel, or one scale).
+        let scale = &t.quant.as_ref()?.scale;
+        return Some(
+            data.chunks_exact(4)
+                .enumerate()
+                .map(|(o, c)| {
+                    i32::from_le_bytes(c.try_into().expect("4")) as f32
+                        * *scale.get(o).or(scale.first()).unwrap_or(&1.0)
+                })
+                .collect(),
+        );
+    }
+    let codec = Codec::new(t.dtype, &shape, t.quant.as_ref()).ok()?;
+    Some(codec.values(data))
+}
+
+/// Structural pruning with calibration data: every layer that lost input channels (and mixes
+/// channels) is refit by ridge least squares so that its outputs on the calibration data
+/// match the original model's, its bias absorbing the mean of what the removed inputs
+/// contributed. `edited` is `original` with `edits` applied.
+pub(crate) fn refit_structure(
+    original: &Document,
+    edited: &Document,
+    edits: &StructureEdits,
+    opts: &CalibOptions,
+    progress: &dyn Progress,
+) -> Result<(Document, CalibReport)> {
+    opts.validate()?;
+    let m0 = original.to_model()?;
+    let m1 = edited.to_model()?;
+    let (g0, g1) = (m0.main(), m1.main());
+    let prod = crate::model::stats::producers(g0);
+    // Layers whose weight lost input positions, with the kept columns and rows.
+    struct Job {
+        lin: Linear,
+        cols: Vec<usize>,
+        rows: Vec<usize>,
+    }
+    let mut candidates = Vec::new();
+    for (ni, node) in g0.nodes.iter().enumerate() {
+        let Some((slots, _)) = crate::model::stats::weight_inputs(&node.op) else {
+            continue;
+        };
+        let Some(&slot) = slots.first() else { continue };
+        let Some(Some(input)) = node.inputs.get(slot) else {
+            continue;
+        };
+        let Some(wid) = crate::model::stats::stored_constant(g0, &prod, *input) else {
+            continue;
+        };
+        let Some(handle) = g0.tensor(wid).handle else {
+            continue;
+        };
+        let Some(edit) = edits.constants.get(&handle) else {
+            continue;
+        };
+        candidates.push((ni, slot, wid, node.name.clone(), edit));
+    }
+    let (covered, mut fallbacks) = views(
+        g0,
+        candidates
+            .iter()
+            .map(|(ni, slot, wid, name, _)| (*ni, *slot, *wid, name.clone())),
+    );
+    let mut jobs = Vec::new();
+    for (i, lin) in covered {
+        let edit = candidates[i].4;
+        let (out_axis, in_axis) = axes(&lin, g0);
+        let Some(in_axis) = in_axis.filter(|_| lin.mixes_channels()) else {
+            continue; // depthwise / grouped: no channel mixing to refit
+        };
+        let Some((_, kept_in)) = edit.keeps.iter().find(|(a, _)| *a == in_axis) else {
+            continue; // only its output channels went
+        };
+        let rows = edit
+            .keeps
+            .iter()
+            .find(|(a, _)| *a == out_axis)
+            .map(|(_, k)| k.clone())
+            .unwrap_or_else(|| (0..lin.out).collect());
+        let cols: Vec<usize> = match &lin.kind {
+            Kind::Dense => kept_in.clone(),
+            Kind::Conv(c) => {
+                let kept: std::collections::HashSet<usize> = kept_in.iter().copied().collect();
+                let [kh, kw] = c.kernel;
+                (0..lin.k)
+                    .filter(|&col| {
+                        let ci = if c.channel_first {
+                            col / (kh * kw)
+                        } else {
+                            col % c.cin
+                        };
+                        kept.contains(&ci)
+                    })
+                    .collect()
+            }
+        };
+        jobs.push(Job { lin, cols, rows });
+    }
+    let lins: Vec<Linear> = jobs.iter().map(|j| j.lin.clone()).collect();
+    if lins.is_empty() {
+        return Err(Error::unsupported(
+            original.path(),
+            "--calib with channel pruning: no layer that lost input channels can be refit"
+                .to_string(),
+        ));
+    }
+    progress.stage("calibrating");
+    let (stats, summary) = capture::collect(original, g0, &lins, opts, progress)?;
+    progress.stage("refitting");
+    let mut payloads: HashMap<usize, Bytes> = HashMap::new();
+    let mut layers = Vec::new();
+    let mut warnings = Vec::new();
+    for (job, s) in jobs.iter().zip(&stats) {
+        let lin = &job.lin;
+        warnings.extend(few_rows_warning(lin, s));
+        let fail = |reason: String| Fallback {
+            name: lin.name.clone(),
+            reason,
+        };
+        let Some(w0) = constant_values(g0, lin.weight) else {
+            fallbacks.push(fail("its weight cannot be read as real values".into()));
+            continue;
+        };
+        let b0 = lin.bias.and_then(|b| constant_values(g0, b));
+        if lin.bias.is_some() && b0.as_ref().is_none_or(|b| b.len() != lin.out) {
+            fallbacks.push(fail(
+                "its bias cannot be read as one real value per output".into(),
+            ));
+            continue;
+        }
+        // The edited layer: same node, its weight and bias as the edit left them.
+        let node1 = &g1.nodes[lin.node];
+        let w1 = node1.inputs.get(WEIGHT_SLOT).copied().flatten();
+        let Some(w1) = w1.and_then(|w| {
+            crate::model::stats::stored_constant(g1, &crate::model::stats::producers(g1), w)
+        }) else {
+            fallbacks.push(fail("the edited layer's weight is not a constant".into()));
+            continue;
+        };
+        let lin1 = match layer::linear(g1, lin.node, WEIGHT_SLOT, w1) {
+            Ok(l) if l.out == job.rows.len() && l.k == job.cols.len() => l,
+            _ => {
+                fallbacks.push(fail(
+                    "the edited layer's shape does not follow its keeps".into(),
+                ));
+                continue;
+            }
+        };
+        let w = Mat::<f64>::from_fn(lin.out, lin.k, |o, c| w0[lin.index(o, c)] as f64);
+        let (wn, bn) = match solve::refit(
+            w.as_ref(),
+            b0.as_ref()
+                .map(|b| b.iter().map(|&x| x as f64).collect::<Vec<_>>())
+                .as_deref(),
+            s.gram[0].as_ref(),
+            &job.cols,
+            opts.dampening,
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                fallbacks.push(fail(e));
+                continue;
+            }
+        };
+        let t1 = g1.tensor(w1);
+        let (Some(h1), Some(shape1)) = (t1.handle, t1.fixed_shape()) else {
+            fallbacks.push(fail("the edited weight has no storage".into()));
+            continue;
+        };
+        let codec = match Codec::new(t1.dtype, &shape1, t1.quant.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                fallbacks.push(fail(e));
+                continue;
+            }
+        };
+        let mut values = vec![0f64; lin1.out * lin1.k];
+        for (r, &o) in job.rows.iter().enumerate() {
+            for c in 0..lin1.k {
+                values[lin1.index(r, c)] = wn[(o, c)];
+            }
+        }
+        payloads.insert(h1, Bytes::from(codec.encode(&values)));
+        if let (Some(bn), Some(b1)) = (bn, node1.inputs.get(2).copied().flatten()) {
+            let tb = g1.tensor(b1);
+            let (Some(hb), Some(data)) = (tb.handle, tb.data.as_ref()) else {
+                fallbacks.push(fail("the edited bias has no storage".into()));
+                continue;
+            };
+            let Some(current) = constant_values(g1, b1) else {
+                fallbacks.push(fail("the edited bias cannot be read".into()));
+                continue;
+            };
+            if current.len() != job.rows.len() {
+                fallbacks.push(fail(
+                    "the edited bias does not follow the kept outputs".into(),
+                ));
+                continue;
+            }
+            let delta: Vec<f64> = job
+                .rows
+                .iter()
+                .zip(&current)
+                .map(|(&o, &c)| bn[o] - c as f64)
+                .collect();
+            let scale = tb.quant.as_ref().map(|q| q.scale.clone());
+            match crate::prune::structural::fold::apply_delta(
+                tb.dtype,
+                data,
+                &delta,
+                scale.as_deref(),
+            ) {
+                Some(b) => {
+                    payloads.insert(hb, Bytes::from(b));
+                }
+                None => {
+                    fallbacks.push(fail(format!("cannot write a {} bias", tb.dtype)));
+                    payloads.remove(&h1);
+                    continue;
+                }
+            }
+        }
+        layers.push(lin.name.clone());
+    }
+    let refit = edited.with_tensor_data(&payloads);
+    Ok((
+        refit,
+        CalibReport {
+            purpose: "refit",
+            criterion: None,
+            dampening: opts.dampening,
+            capture: summary,
+            layers,
+            fallbacks,
+            warnings,
+        },
+    ))
+}
+
+/// The weight input of every layer [`layer::linear`] covers (Conv, Gemm, MatMul, CONV_2D, …).
+const WEIGHT_SLOT: usize = 1;
