@@ -127,6 +127,10 @@ pub struct CalibReport {
     pub layers: Vec<String>,
     /// Layers left to magnitude pruning (or not refit), with the reason.
     pub fallbacks: Vec<Fallback>,
+    /// SparseGPT layers where zeroing the smallest weights of each row reconstructed the
+    /// calibration outputs better than the compensated weights, and was kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plain: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -149,6 +153,9 @@ pub(crate) struct Pruned {
     pub data: Bytes,
     pub zeros_before: u64,
     pub zeros_after: u64,
+    /// Groups (a whole layer unless grouped) where SparseGPT's result reconstructed the
+    /// outputs worse than zeroing the smallest weights, which was kept instead.
+    pub plain_groups: usize,
 }
 
 /// The layers of `targets` that calibration can cover (main graph, a linear view, statistics
@@ -241,6 +248,7 @@ fn prune_one(
             data: t.data.clone(),
             zeros_before: zeros,
             zeros_after: zeros,
+            plain_groups: 0,
         });
     }
     let values = t.codec.values(t.data);
@@ -261,6 +269,7 @@ fn prune_one(
         }
         solve::Amount::NOfM { .. } => vec![0; lin.groups],
     };
+    let plain_kept = std::sync::atomic::AtomicUsize::new(0);
     // Snapping is per element; rows map to elements through the layout.
     let results: Vec<std::result::Result<Vec<(usize, f64)>, String>> = rows_of
         .par_iter()
@@ -289,6 +298,7 @@ fn prune_one(
                     let mut w = w;
                     let snap = |r: usize, v: f64| t.codec.snap(lin.index(rows[r], 0), v);
                     let quantized = t.codec.is_integer();
+                    let original = w.clone();
                     solve::sparsegpt(
                         &mut w,
                         h.as_ref(),
@@ -297,7 +307,28 @@ fn prune_one(
                         opts.block,
                         quantized.then_some(&snap as solve::Snap),
                     )?;
-                    w
+                    // Guard: the compensated weights must reconstruct the layer's outputs
+                    // better than plain zeroing of the same number of smallest weights per
+                    // row (they can lose when compensation pushes int8 weights off their
+                    // range). Otherwise the plain choice is kept.
+                    let ones = vec![1.0; k];
+                    let mask = solve::wanda(original.as_ref(), &ones, amount);
+                    let mut plain = original.clone();
+                    for (e, &m) in mask.iter().enumerate() {
+                        if m {
+                            plain[(e / k, e % k)] = 0.0;
+                        }
+                    }
+                    let (eg, ep) = (
+                        solve::output_error(original.as_ref(), w.as_ref(), h.as_ref()),
+                        solve::output_error(original.as_ref(), plain.as_ref(), h.as_ref()),
+                    );
+                    if ep < eg {
+                        plain_kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        plain
+                    } else {
+                        w
+                    }
                 }
                 Criterion::Magnitude => unreachable!("magnitude needs no calibration"),
             };
@@ -320,6 +351,7 @@ fn prune_one(
         data: Bytes::from(data),
         zeros_before,
         zeros_after,
+        plain_groups: plain_kept.into_inner(),
     })
 }
 
@@ -366,6 +398,7 @@ pub(crate) fn prune_targets(
         waves(g, &covered.iter().map(|(_, l)| l.node).collect::<Vec<_>>())
     };
     let mut edits: HashMap<usize, Bytes> = HashMap::new();
+    let mut plain = Vec::new();
     let mut summary: Option<capture::CalibSummary> = None;
     for (wi, wave) in waves.iter().enumerate() {
         let lins: Vec<Linear> = wave.iter().map(|&c| covered[c].1.clone()).collect();
@@ -401,6 +434,9 @@ pub(crate) fn prune_targets(
             warnings.extend(few_rows_warning(lin, st));
             match prune_one(t, lin, st, criterion, opts) {
                 Ok(p) => {
+                    if p.plain_groups > 0 {
+                        plain.push(t.name.to_string());
+                    }
                     if let Some(h) = g.tensor(t.weight).handle {
                         edits.insert(h, p.data.clone());
                     }
@@ -424,6 +460,7 @@ pub(crate) fn prune_targets(
             capture: summary,
             layers,
             fallbacks,
+            plain,
             warnings,
         },
     ))
@@ -717,6 +754,7 @@ pub(crate) fn refit_structure(
             capture: summary,
             layers,
             fallbacks,
+            plain: Vec::new(),
             warnings,
         },
     ))

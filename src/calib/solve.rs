@@ -232,6 +232,24 @@ pub fn sparsegpt(
 
 use faer::prelude::ReborrowMut;
 
+/// `Σ_rows (w − w') XᵀX (w − w')ᵀ`: the squared output error of `w2` against `w` over the
+/// calibration rows whose Gram matrix is `gram`.
+pub fn output_error(w: MatRef<f64>, w2: MatRef<f64>, gram: MatRef<f64>) -> f64 {
+    let d = Mat::<f64>::from_fn(w.nrows(), w.ncols(), |o, j| w[(o, j)] - w2[(o, j)]);
+    let mut dh = Mat::<f64>::zeros(d.nrows(), d.ncols());
+    matmul(
+        dh.as_mut(),
+        Accum::Replace,
+        d.as_ref(),
+        gram,
+        1.0,
+        Par::rayon(0),
+    );
+    (0..d.nrows())
+        .map(|o| (0..d.ncols()).map(|j| d[(o, j)] * dh[(o, j)]).sum::<f64>())
+        .sum()
+}
+
 /// Ridge least squares of a layer after its inputs were reduced to `keep` (column indices):
 /// the weights `w'` (rows × keep.len()) and bias `b'` minimizing
 /// `Σ ‖w' x_keep + b' − (w x + b)‖² + λ ‖w'‖²` over the calibration rows, from the augmented

@@ -1,0 +1,391 @@
+//! `pare prune --calib` as users run it: Wanda and SparseGPT against magnitude pruning, and the
+//! least-squares refit after channel pruning, on every fixture, with held-out accuracy measured
+//! in onnxruntime and LiteRT (not in pare); the int8 scheme kept; properties; bad data.
+
+mod common;
+
+use common::*;
+use pare::prune::{plan, PruneOptions, Scope};
+use pare::Document;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+fn prune_json(input: &Path, out: &Path, extra: &[&str]) -> Value {
+    write_json("prune", input, out, extra)
+}
+
+struct Row {
+    file: String,
+    case: String,
+    out: PathBuf,
+}
+
+/// The issue's acceptance matrix. Every fixture at 75% and 87.5% (global scope) by magnitude,
+/// Wanda and SparseGPT, and at half its MACs by channel pruning without and with the refit;
+/// every output runs in onnxruntime / LiteRT, which measure its accuracy on the held-out data.
+/// Prints the README table.
+#[test]
+fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
+    let dir = tmpdir();
+    let mut jobs = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    for m in fixture_models() {
+        let file = m["file"].as_str().unwrap().to_string();
+        let model = fixtures().join(&file);
+        let x = fixtures().join(m["test_data"].as_str().unwrap());
+        let y = fixtures().join(m["test_labels"].as_str().unwrap());
+        let calib = fixtures().join(m["calib_data"].as_str().unwrap());
+        let calib = calib.to_str().unwrap();
+        jobs.push(json!({"model": model, "x": x, "y": y}));
+        let mut cases: Vec<(String, Vec<&str>)> = Vec::new();
+        for s in ["0.75", "0.875"] {
+            for crit in ["magnitude", "wanda", "sparsegpt"] {
+                let mut a = vec!["--sparsity", s, "--scope", "global", "--criterion", crit];
+                if crit != "magnitude" {
+                    a.extend(["--calib", calib]);
+                }
+                cases.push((format!("{crit} {s}"), a));
+            }
+        }
+        cases.push(("channels".into(), vec!["--target-macs", "0.5"]));
+        cases.push((
+            "channels+refit".into(),
+            vec!["--target-macs", "0.5", "--calib", calib],
+        ));
+        for (i, (case, args)) in cases.into_iter().enumerate() {
+            let out = dir.path().join(format!("{i}-{file}"));
+            let r = prune_json(&model, &out, &args);
+            assert_eq!(
+                r["write"]["verification"]["verified"], true,
+                "{file} {case}: tract could not run it"
+            );
+            if case != "channels" && !case.starts_with("magnitude") {
+                let c = r["calibration"].as_array().expect("calibration report");
+                let c = c.last().unwrap();
+                assert!(
+                    !c["layers"].as_array().unwrap().is_empty(),
+                    "{file} {case}: no layer calibrated: {c}"
+                );
+                assert_eq!(c["capture"]["data"]["samples"], 128, "{file} {case}");
+            }
+            if case.starts_with("channels") {
+                let ch = &r["channels"];
+                let f = ch["macs_after"].as_f64().unwrap() / ch["macs_before"].as_f64().unwrap();
+                assert!(f <= 0.5, "{file} {case}: MACs at {f}");
+            } else {
+                let s: f64 = case.split(' ').nth(1).unwrap().parse().unwrap();
+                let got = r["totals"]["eligible_sparsity_after"].as_f64().unwrap();
+                // Inputs that are always zero lose their weights too (SparseGPT).
+                assert!(
+                    got > s - 0.005 && got < s + 0.02,
+                    "{file} {case}: sparsity {got}"
+                );
+            }
+            jobs.push(json!({"model": out, "x": x, "y": y}));
+            rows.push(Row {
+                file: file.clone(),
+                case,
+                out,
+            });
+        }
+    }
+    let results = interop(&["accuracy"], Some(&serde_json::to_string(&jobs).unwrap()));
+    let results = results.as_array().unwrap();
+    let acc = |p: &Path| 100.0 * accuracy_in(results, p);
+    let files: Vec<String> = fixture_models()
+        .iter()
+        .map(|m| m["file"].as_str().unwrap().to_string())
+        .collect();
+    let cases: Vec<String> = rows
+        .iter()
+        .filter(|r| r.file == files[0])
+        .map(|r| r.case.clone())
+        .collect();
+    println!("| model | original | {} |", cases.join(" | "));
+    println!("|---|---|{}", "---|".repeat(cases.len()));
+    for f in &files {
+        let original = acc(&fixtures().join(f));
+        let drop = |case: &str| {
+            let r = rows
+                .iter()
+                .find(|r| &r.file == f && r.case == case)
+                .unwrap();
+            original - acc(&r.out)
+        };
+        println!(
+            "| {f} | {original:.1}% | {} |",
+            cases
+                .iter()
+                .map(|c| format!("{:+.1}", -drop(c)))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        // SparseGPT does no worse than magnitude at 75% (within one test sample, 0.28 points);
+        // at 87.5% these small models collapse either way, and the table reports it. The refit
+        // never does worse than channel pruning alone.
+        let ratios: &[&str] = &["0.75"];
+        for &s in ratios {
+            let (m, g) = (
+                drop(&format!("magnitude {s}")),
+                drop(&format!("sparsegpt {s}")),
+            );
+            assert!(
+                g <= m + 0.3,
+                "{f} {s}: sparsegpt drops {g:.2}, magnitude {m:.2}"
+            );
+        }
+        let (plain, refit) = (drop("channels"), drop("channels+refit"));
+        assert!(
+            refit <= plain + 0.3,
+            "{f}: refit drops {refit:.2}, plain {plain:.2}"
+        );
+        // Where the model has room (the MLP and the CNN), the targets of the issue.
+        if f.starts_with("mlp") {
+            let g = drop("sparsegpt 0.75");
+            assert!(g <= 2.0, "{f}: sparsegpt at 75% drops {g:.2} points");
+        }
+        if f.starts_with("mlp") || f.starts_with("cnn") {
+            assert!(
+                refit <= 3.0,
+                "{f}: refit at half the MACs drops {refit:.2} points"
+            );
+            assert!(
+                plain - refit >= 5.0,
+                "{f}: the refit gains only {:.2}",
+                plain - refit
+            );
+        }
+    }
+}
+
+/// A quantized model keeps its scheme: every tensor's scales, zero points and type are those
+/// of the original, and the pruned weights hold their zero points.
+#[test]
+fn int8_weights_are_reconstructed_on_their_own_grid() {
+    let dir = tmpdir();
+    for (file, calib) in [
+        ("mlp_int8.tflite", "data/calib_x_flat.npy"),
+        ("cnn_int8.tflite", "data/calib_x_nhwc.npy"),
+    ] {
+        let model = fixtures().join(file);
+        let out = dir.path().join(file);
+        let calib = fixtures().join(calib);
+        let r = prune_json(
+            &model,
+            &out,
+            &[
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "sparsegpt",
+                "--calib",
+                calib.to_str().unwrap(),
+                "--storage",
+                "dense",
+            ],
+        );
+        assert!(r["totals"]["eligible_sparsity_after"].as_f64().unwrap() >= 0.5);
+        let (a, b) = (
+            Document::open(&model).unwrap().to_model().unwrap(),
+            Document::open(&out).unwrap().to_model().unwrap(),
+        );
+        let (ga, gb) = (a.main(), b.main());
+        assert_eq!(ga.tensors.len(), gb.tensors.len(), "{file}");
+        let mut changed = 0;
+        for (ta, tb) in ga.tensors.iter().zip(&gb.tensors) {
+            assert_eq!(ta.name, tb.name, "{file}");
+            assert_eq!(ta.dtype, tb.dtype, "{file} {}", ta.name);
+            assert_eq!(
+                ta.quant, tb.quant,
+                "{file} {}: quantization changed",
+                ta.name
+            );
+            changed += (ta.data != tb.data) as usize;
+        }
+        // Only weights changed: fully connected / conv kernels (biases stay).
+        let layers = r["layers"].as_array().unwrap().len();
+        assert_eq!(
+            changed, layers,
+            "{file}: {changed} tensors changed for {layers} layers"
+        );
+    }
+}
+
+/// At sparsity 0 the calibrated criteria change nothing.
+#[test]
+fn calibrated_pruning_at_sparsity_zero_changes_nothing() {
+    let model = fixtures().join("cnn.onnx");
+    let doc = Document::open(&model).unwrap();
+    let original = doc.to_model().unwrap();
+    for crit in [
+        pare::calib::Criterion::Wanda,
+        pare::calib::Criterion::Sparsegpt,
+    ] {
+        let opts = PruneOptions {
+            sparsity: Some(0.0),
+            scope: Scope::Layer,
+            criterion: crit,
+            calib: Some(pare::calib::CalibOptions::new(
+                pare::validate::DataOptions {
+                    source: pare::validate::DataSource::Path(
+                        fixtures().join("data/calib_x_nchw.npy"),
+                    ),
+                    samples: Some(16),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let p = plan(&doc, &opts).unwrap();
+        for t in &original.main().tensors {
+            if let (Some(h), Some(d)) = (t.handle, &t.data) {
+                if let Some(e) = p.edits.get(&h) {
+                    assert_eq!(e, d, "{crit}: {} changed", t.name);
+                }
+            }
+        }
+        assert_eq!(
+            p.report.totals.eligible_sparsity_after,
+            p.report.totals.eligible_sparsity_before
+        );
+    }
+}
+
+/// Bad calibration data: a clear error naming the file and the input, a non-zero exit,
+/// nothing written.
+#[test]
+fn bad_calibration_data_is_refused_before_anything_is_written() {
+    let dir = tmpdir();
+    let model = fixtures().join("cnn.onnx");
+    let m = model.to_str().unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = out.to_str().unwrap();
+    let flat = fixtures().join("data/calib_x_flat.npy");
+    let nan = dir.path().join("nan.npy");
+    let (shape, mut values) = read_npy_f32(&fixtures().join("data/calib_x_nchw.npy"));
+    values[3 * 64 + 5] = f32::NAN;
+    write_npy(&nan, &shape, values.iter().copied());
+    let ints = dir.path().join("ints.npy");
+    write_npy(&ints, &shape, values.iter().map(|&v| v as i64));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "sparsegpt",
+                "--calib",
+                flat.to_str().unwrap(),
+            ],
+            "calib_x_flat.npy",
+        ),
+        (
+            vec![
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "wanda",
+                "--calib",
+                nan.to_str().unwrap(),
+            ],
+            "sample 3 holds NaN",
+        ),
+        (
+            vec![
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "wanda",
+                "--calib",
+                ints.to_str().unwrap(),
+            ],
+            "int64 data cannot feed input",
+        ),
+        (
+            vec!["--sparsity", "0.5", "--criterion", "sparsegpt"],
+            "needs calibration data",
+        ),
+        (
+            vec!["--sparsity", "0.5", "--calib", flat.to_str().unwrap()],
+            "nothing to do",
+        ),
+        (
+            vec![
+                "--sparsity",
+                "0.5",
+                "--pattern",
+                "block:2x2",
+                "--criterion",
+                "wanda",
+                "--calib",
+                flat.to_str().unwrap(),
+            ],
+            "not blocks",
+        ),
+        (
+            vec![
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "sparsegpt",
+                "--calib",
+                "missing.npy",
+            ],
+            "missing.npy",
+        ),
+        (
+            vec![
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "sparsegpt",
+                "--dampening",
+                "0",
+                "--calib",
+                flat.to_str().unwrap(),
+            ],
+            "--dampening",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut a = vec!["prune", m, "-o", o];
+        a.extend(args.iter());
+        let r = run(&a);
+        let err = stderr(&r);
+        // A missing file is an I/O error (exit 1); everything else is a usage error (exit 2).
+        let code = if needle == "missing.npy" { 1 } else { 2 };
+        assert_eq!(r.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{args:?}: something was written");
+    }
+}
+
+/// Fewer calibration rows than a layer has inputs: pare says so and regularizes.
+#[test]
+fn too_few_samples_warn_and_still_prune() {
+    let dir = tmpdir();
+    let model = fixtures().join("mlp.onnx");
+    let out = dir.path().join("mlp.onnx");
+    let calib = fixtures().join("data/calib_x_flat.npy");
+    let r = prune_json(
+        &model,
+        &out,
+        &[
+            "--sparsity",
+            "0.5",
+            "--criterion",
+            "sparsegpt",
+            "--calib",
+            calib.to_str().unwrap(),
+            "--calib-samples",
+            "8",
+        ],
+    );
+    let warnings = r["warnings"].to_string();
+    assert!(
+        warnings.contains("8 calibration rows for 64 input features"),
+        "{warnings}"
+    );
+    assert_eq!(r["write"]["verification"]["verified"], true);
+}
