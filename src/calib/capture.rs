@@ -24,6 +24,9 @@ use tract_onnx::prelude::*;
 /// `k × k` block, the feature sums in the last row and column, the row count in the corner.
 pub struct Stats {
     pub gram: Vec<Mat<f64>>,
+    /// With a reference model: per group, `Σ x̃ ỹᵀ` of this layer's rows `x̃` with the
+    /// reference layer's rows `ỹ` on the same samples ((k + 1) × (k_ref + 1)).
+    pub cross: Option<Vec<Mat<f64>>>,
     pub rows: u64,
 }
 
@@ -114,149 +117,192 @@ fn real_values(t: &Tensor, quant: Option<&Quant>) -> TractResult<Vec<f32>> {
 /// matrix at about 32 MiB.
 const SCRATCH_ELEMENTS: usize = 4 << 20;
 
-/// Folds one sample's input `x` (its shape without the batch axis: `dims`) into `stats`.
-fn accumulate(
-    lin: &Linear,
-    x: &[f32],
-    dims: &[usize],
-    stats: &mut Stats,
-) -> std::result::Result<(), String> {
-    let k = lin.k;
-    let width = k + 1;
-    let add = |gram: &mut Mat<f64>, buf: &[f64], rows: usize| {
-        let p = MatRef::from_row_major_slice(&buf[..rows * width], rows, width);
-        matmul(
-            gram.as_mut(),
-            Accum::Add,
-            p.transpose(),
-            p,
-            1.0,
-            Par::rayon(0),
-        );
-    };
-    match &lin.kind {
-        Kind::Dense => {
-            if x.len() % k != 0 {
-                return Err(format!(
-                    "the input has {} values per sample, not a multiple of the {k} input features",
-                    x.len()
-                ));
+/// One sample's input to a layer, seen as rows of features (im2col patches, dense rows).
+struct Sample<'a> {
+    lin: &'a Linear,
+    x: &'a [f32],
+    /// (channels, height, width, geometry) of a convolution's input.
+    conv: Option<(usize, usize, usize, super::layer::Geometry)>,
+    positions: usize,
+}
+
+impl<'a> Sample<'a> {
+    /// `x` is the sample's input, `dims` its shape without the batch axis.
+    fn new(lin: &'a Linear, x: &'a [f32], dims: &[usize]) -> std::result::Result<Self, String> {
+        let k = lin.k;
+        match &lin.kind {
+            Kind::Dense => {
+                if x.len() % k != 0 {
+                    return Err(format!(
+                        "the input has {} values per sample, not a multiple of the {k} input features",
+                        x.len()
+                    ));
+                }
+                Ok(Sample {
+                    lin,
+                    x,
+                    conv: None,
+                    positions: x.len() / k,
+                })
             }
-            let rows = x.len() / k;
-            let per = (SCRATCH_ELEMENTS / width).max(1);
-            let mut buf = vec![0f64; per.min(rows) * width];
-            for start in (0..rows).step_by(per) {
-                let n = per.min(rows - start);
-                for r in 0..n {
-                    let src = &x[(start + r) * k..(start + r + 1) * k];
-                    let dst = &mut buf[r * width..(r + 1) * width];
+            Kind::Conv(conv) => {
+                if dims.len() != 3 {
+                    return Err(format!(
+                        "the input has rank {} per sample, not 3",
+                        dims.len()
+                    ));
+                }
+                let (c, h, w) = match conv.layout {
+                    Layout::Nchw => (dims[0], dims[1], dims[2]),
+                    Layout::Nhwc => (dims[2], dims[0], dims[1]),
+                };
+                if c != conv.cin * lin.groups {
+                    return Err(format!(
+                        "the input has {c} channels, the kernel expects {}",
+                        conv.cin * lin.groups
+                    ));
+                }
+                let geo = conv
+                    .geometry(h, w)
+                    .ok_or("the kernel is larger than the padded input")?;
+                let positions = geo.out_h * geo.out_w;
+                Ok(Sample {
+                    lin,
+                    x,
+                    conv: Some((c, h, w, geo)),
+                    positions,
+                })
+            }
+        }
+    }
+
+    /// Fills `buf` (rows of `k + 1`: the features, then 1) with the rows of group `gi` at
+    /// positions `start ..` (as many as `buf` holds).
+    fn fill(&self, gi: usize, start: usize, buf: &mut [f64]) {
+        let k = self.lin.k;
+        match (&self.lin.kind, &self.conv) {
+            (Kind::Conv(conv), Some((c, h, w, geo))) => {
+                patches(conv, self.x, *c, *h, *w, geo, gi, start, buf)
+            }
+            _ => {
+                for (r, dst) in buf.chunks_exact_mut(k + 1).enumerate() {
+                    let src = &self.x[(start + r) * k..(start + r + 1) * k];
                     for (d, &s) in dst.iter_mut().zip(src) {
                         *d = s as f64;
                     }
                     dst[k] = 1.0;
                 }
-                add(&mut stats.gram[0], &buf, n);
             }
-            stats.rows += rows as u64;
-        }
-        Kind::Conv(conv) => {
-            if dims.len() != 3 {
-                return Err(format!(
-                    "the input has rank {} per sample, not 3",
-                    dims.len()
-                ));
-            }
-            let (c, h, w) = match conv.layout {
-                Layout::Nchw => (dims[0], dims[1], dims[2]),
-                Layout::Nhwc => (dims[2], dims[0], dims[1]),
-            };
-            if c != conv.cin * lin.groups {
-                return Err(format!(
-                    "the input has {c} channels, the kernel expects {}",
-                    conv.cin * lin.groups
-                ));
-            }
-            let geo = conv
-                .geometry(h, w)
-                .ok_or("the kernel is larger than the padded input")?;
-            let positions = geo.out_h * geo.out_w;
-            let per = (SCRATCH_ELEMENTS / width).max(1).min(positions);
-            // Groups are independent: in parallel for depthwise and grouped convolutions.
-            stats
-                .gram
-                .par_iter_mut()
-                .enumerate()
-                .for_each(|(gi, gram)| {
-                    let mut buf = vec![0f64; per * width];
-                    for start in (0..positions).step_by(per) {
-                        let n = per.min(positions - start);
-                        patches(conv, x, c, h, w, &geo, gi, start, &mut buf[..n * width]);
-                        add(gram, &buf, n);
-                    }
-                });
-            stats.rows += positions as u64;
         }
     }
+}
+
+/// Folds one sample into `stats`: the rows of `cur` into the Gram matrices, and with a
+/// `reference` (the same layer in the original model, on the same sample) the products of
+/// `cur`'s rows with the reference's into the cross matrices.
+fn accumulate(
+    cur: &Sample,
+    reference: Option<&Sample>,
+    stats: &mut Stats,
+) -> std::result::Result<(), String> {
+    let width = cur.lin.k + 1;
+    if let Some(r) = reference {
+        if r.positions != cur.positions {
+            return Err(format!(
+                "{} rows per sample here, {} in the original model",
+                cur.positions, r.positions
+            ));
+        }
+    }
+    let positions = cur.positions;
+    let rwidth = reference.map_or(0, |r| r.lin.k + 1);
+    let per = (SCRATCH_ELEMENTS / (width + rwidth))
+        .max(1)
+        .min(positions.max(1));
+    let mm = |dst: &mut Mat<f64>, a: &[f64], aw: usize, b: &[f64], bw: usize, n: usize| {
+        let pa = MatRef::from_row_major_slice(&a[..n * aw], n, aw);
+        let pb = MatRef::from_row_major_slice(&b[..n * bw], n, bw);
+        matmul(
+            dst.as_mut(),
+            Accum::Add,
+            pa.transpose(),
+            pb,
+            1.0,
+            Par::rayon(0),
+        );
+    };
+    let Stats { gram, cross, .. } = stats;
+    let mut crosses: Vec<Option<&mut Mat<f64>>> = match cross {
+        Some(c) => c.iter_mut().map(Some).collect(),
+        None => gram.iter().map(|_| None).collect(),
+    };
+    // Groups are independent: in parallel for depthwise and grouped convolutions.
+    gram.par_iter_mut()
+        .zip(crosses.par_iter_mut())
+        .enumerate()
+        .for_each(|(gi, (g, x))| {
+            let mut buf = vec![0f64; per * width];
+            let mut rbuf = vec![0f64; per * rwidth];
+            for start in (0..positions).step_by(per) {
+                let n = per.min(positions - start);
+                cur.fill(gi, start, &mut buf[..n * width]);
+                mm(g, &buf, width, &buf, width, n);
+                if let (Some(r), Some(x)) = (reference, x.as_deref_mut()) {
+                    r.fill(gi, start, &mut rbuf[..n * rwidth]);
+                    mm(x, &buf, width, &rbuf, rwidth, n);
+                }
+            }
+        });
+    stats.rows += positions as u64;
     Ok(())
 }
 
-/// Runs the calibration data through `doc` and returns every layer's statistics (in the order
-/// of `layers`).
-pub fn collect(
-    doc: &Document,
-    g: &Graph,
-    layers: &[Linear],
-    opts: &CalibOptions,
-    progress: &dyn Progress,
-) -> Result<(Vec<Stats>, CalibSummary)> {
-    let path = doc.path();
-    let (decls, _) = crate::validate::input_decls(doc)?;
-    let mut dataset = Dataset::open(
-        &opts.data,
-        &decls,
-        doc.format() == crate::model::Format::Onnx,
-    )
-    .map_err(|e| match e {
-        Error::Usage(m) => Error::Usage(format!("--calib: {m}")),
-        e => e,
-    })?;
-    let mut taps: Vec<usize> = layers
-        .iter()
-        .map(|l| l.input)
-        .filter(|t| !g.inputs.contains(t) && !g.outputs.contains(t))
-        .collect();
-    taps.sort_unstable();
-    taps.dedup();
-    let copy = tapped(doc, g, &taps);
-    let runner = crate::validate::load(&copy, &dataset.shapes, "calibration")?;
-    let dts = runner.input_datum_types().to_vec();
-    for (i, dt) in dts.iter().enumerate() {
-        if dt.is_quantized() && dataset.input_is_float(i) {
-            dataset.mark_quantized(i);
-        }
-    }
-    let mut stats: Vec<Stats> = layers
-        .iter()
-        .map(|l| Stats {
-            gram: (0..l.groups)
-                .map(|_| Mat::zeros(l.k + 1, l.k + 1))
-                .collect(),
-            rows: 0,
+/// A model with its layers' inputs as extra outputs, loaded in tract.
+struct Tapped<'a> {
+    g: &'a Graph,
+    layers: &'a [Linear],
+    runner: crate::verify::Runner,
+    taps: Vec<usize>,
+}
+
+impl<'a> Tapped<'a> {
+    fn new(
+        doc: &Document,
+        g: &'a Graph,
+        layers: &'a [Linear],
+        shapes: &[Vec<usize>],
+    ) -> Result<Self> {
+        let mut taps: Vec<usize> = layers
+            .iter()
+            .map(|l| l.input)
+            .filter(|t| !g.inputs.contains(t) && !g.outputs.contains(t))
+            .collect();
+        taps.sort_unstable();
+        taps.dedup();
+        let copy = tapped(doc, g, &taps);
+        let runner = crate::validate::load(&copy, shapes, "calibration")?;
+        Ok(Tapped {
+            g,
+            layers,
+            runner,
+            taps,
         })
-        .collect();
-    let n_out = g.outputs.len();
-    let total = dataset.samples as u64;
-    progress.begin("calibrating", total);
-    let mut batches = dataset.batches(&dts)?;
-    while let Some(batch) = batches.next_batch()? {
-        let inputs = batch.tensors.clone();
-        let outs = runner
-            .run(batch.tensors)
+    }
+
+    /// Each layer input of one run, as real values with its per-run shape.
+    fn run(
+        &self,
+        path: &std::path::Path,
+        inputs: TVec<Tensor>,
+    ) -> Result<std::collections::HashMap<usize, (Vec<f32>, Vec<usize>)>> {
+        let g = self.g;
+        let outs = self
+            .runner
+            .run(inputs.clone())
             .map_err(|e| Error::unsupported(path, format!("calibration run: {e}")))?;
-        // Each tapped tensor once, as real values with its per-run shape.
-        let mut values: std::collections::HashMap<usize, (Vec<f32>, Vec<usize>)> =
-            std::collections::HashMap::new();
-        for l in layers {
+        let n_out = g.outputs.len();
+        let mut values = std::collections::HashMap::new();
+        for l in self.layers {
             if values.contains_key(&l.input) {
                 continue;
             }
@@ -265,7 +311,7 @@ pub fn collect(
             } else if let Some(i) = g.outputs.iter().position(|&x| x == l.input) {
                 &outs[i]
             } else {
-                &outs[n_out + taps.binary_search(&l.input).expect("tapped")]
+                &outs[n_out + self.taps.binary_search(&l.input).expect("tapped")]
             };
             let tensor = g.tensor(l.input);
             let quant = tensor.quant.as_ref().filter(|_| tensor.dtype != DType::F32);
@@ -280,19 +326,107 @@ pub fn collect(
             }
             values.insert(l.input, (v, t.shape().to_vec()));
         }
+        Ok(values)
+    }
+}
+
+/// The model a calibration pass compares with: the original document, its main graph and the
+/// same layers there (in the order of the layers calibrated).
+pub struct Reference<'a> {
+    pub doc: &'a Document,
+    pub g: &'a Graph,
+    pub layers: &'a [Linear],
+}
+
+/// Runs the calibration data through `doc` and returns every layer's statistics (in the order
+/// of `layers`). With a `reference`, each statistics also holds the cross products of the
+/// layer's inputs with the reference layer's inputs on the same samples.
+pub fn collect(
+    doc: &Document,
+    g: &Graph,
+    layers: &[Linear],
+    reference: Option<Reference>,
+    opts: &CalibOptions,
+    progress: &dyn Progress,
+) -> Result<(Vec<Stats>, CalibSummary)> {
+    let path = doc.path();
+    let (decls, _) = crate::validate::input_decls(doc)?;
+    let mut dataset = Dataset::open(
+        &opts.data,
+        &decls,
+        doc.format() == crate::model::Format::Onnx,
+    )
+    .map_err(|e| match e {
+        Error::Usage(m) => Error::Usage(format!("--calib: {m}")),
+        e => e,
+    })?;
+    let cur = Tapped::new(doc, g, layers, &dataset.shapes)?;
+    let refd = match &reference {
+        Some(r) => Some(Tapped::new(r.doc, r.g, r.layers, &dataset.shapes)?),
+        None => None,
+    };
+    let dts = cur.runner.input_datum_types().to_vec();
+    for (i, dt) in dts.iter().enumerate() {
+        if dt.is_quantized() && dataset.input_is_float(i) {
+            dataset.mark_quantized(i);
+        }
+    }
+    let mut stats: Vec<Stats> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Stats {
+            gram: (0..l.groups)
+                .map(|_| Mat::zeros(l.k + 1, l.k + 1))
+                .collect(),
+            cross: reference.as_ref().map(|r| {
+                (0..l.groups)
+                    .map(|_| Mat::zeros(l.k + 1, r.layers[i].k + 1))
+                    .collect()
+            }),
+            rows: 0,
+        })
+        .collect();
+    let total = dataset.samples as u64;
+    progress.begin("calibrating", total);
+    let mut batches = dataset.batches(&dts)?;
+    while let Some(batch) = batches.next_batch()? {
         let valid = batch.valid;
+        let values = cur.run(path, batch.tensors.clone())?;
+        let rvalues = match &refd {
+            Some(r) => Some(r.run(path, batch.tensors)?),
+            None => None,
+        };
         let results: Vec<std::result::Result<(), String>> = layers
             .par_iter()
+            .enumerate()
             .zip(stats.par_iter_mut())
-            .map(|(l, s)| {
-                let (v, shape) = &values[&l.input];
-                let run = shape.first().copied().unwrap_or(1).max(1);
-                let per = v.len() / run;
+            .map(|((i, l), s)| {
                 // A dense layer after a flatten sees [batch, features]; a TFLite
                 // FULLY_CONNECTED may see its input as it is and flatten it itself.
-                let dims: Vec<usize> = shape.iter().skip(1).copied().collect();
+                let split = |(v, shape): &(Vec<f32>, Vec<usize>)| {
+                    let run = shape.first().copied().unwrap_or(1).max(1);
+                    (
+                        run,
+                        v.len() / run,
+                        shape.iter().skip(1).copied().collect::<Vec<_>>(),
+                    )
+                };
+                let cv = &values[&l.input];
+                let (run, per, dims) = split(cv);
+                let rl = reference.as_ref().map(|r| &r.layers[i]);
+                let rv = rvalues.as_ref().zip(rl).map(|(m, rl)| &m[&rl.input]);
+                let rsplit = rv.map(split);
                 for sample in 0..valid.min(run) {
-                    accumulate(l, &v[sample * per..(sample + 1) * per], &dims, s)?;
+                    let x = &cv.0[sample * per..(sample + 1) * per];
+                    let cur = Sample::new(l, x, &dims)?;
+                    let rs = match (rl, rv, &rsplit) {
+                        (Some(rl), Some(rv), Some((_, rper, rdims))) => Some(
+                            Sample::new(rl, &rv.0[sample * rper..(sample + 1) * rper], rdims)
+                                .map_err(|e| format!("in the original model: {e}"))?,
+                        ),
+                        _ => None,
+                    };
+                    accumulate(&cur, rs.as_ref(), s)?;
                 }
                 Ok(())
             })
@@ -316,7 +450,16 @@ pub fn collect(
         data: dataset.summary.clone(),
         layers: layers.len(),
         max_rows: stats.iter().map(|s| s.rows).max().unwrap_or(0),
-        stats_bytes: layers.iter().map(stats_bytes).sum(),
+        stats_bytes: stats
+            .iter()
+            .map(|s| {
+                s.gram
+                    .iter()
+                    .chain(s.cross.iter().flatten())
+                    .map(|m| (m.nrows() * m.ncols() * 8) as u64)
+                    .sum::<u64>()
+            })
+            .sum(),
     };
     Ok((stats, summary))
 }
@@ -342,9 +485,21 @@ mod tests {
         };
         let mut s = Stats {
             gram: vec![Mat::zeros(3, 3)],
+            cross: Some(vec![Mat::zeros(3, 3)]),
             rows: 0,
         };
-        accumulate(&lin, &[1.0, 2.0, 3.0, 4.0], &[2, 2], &mut s).unwrap();
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let y = [2.0, 2.0, 6.0, 4.0];
+        let (a, b) = (
+            Sample::new(&lin, &x, &[2, 2]).unwrap(),
+            Sample::new(&lin, &y, &[2, 2]).unwrap(),
+        );
+        accumulate(&a, Some(&b), &mut s).unwrap();
+        // Cross products: Σ x_i y_j.
+        let c = &s.cross.as_ref().unwrap()[0];
+        assert_eq!(c[(0, 0)], 1.0 * 2.0 + 3.0 * 6.0);
+        assert_eq!(c[(1, 0)], 2.0 * 2.0 + 4.0 * 6.0);
+        assert_eq!(c[(2, 1)], 2.0 + 4.0);
         let g = &s.gram[0];
         assert_eq!(s.rows, 2);
         assert_eq!(g[(0, 0)], 1.0 + 9.0);
@@ -380,10 +535,12 @@ mod tests {
         };
         let mut s = Stats {
             gram: vec![Mat::zeros(2, 2), Mat::zeros(2, 2)],
+            cross: None,
             rows: 0,
         };
         // [H=1, W=2, C=2]: channel 0 holds 1, 2; channel 1 holds 10, 20.
-        accumulate(&lin, &[1.0, 10.0, 2.0, 20.0], &[1, 2, 2], &mut s).unwrap();
+        let x = [1.0, 10.0, 2.0, 20.0];
+        accumulate(&Sample::new(&lin, &x, &[1, 2, 2]).unwrap(), None, &mut s).unwrap();
         assert_eq!(s.gram[0][(0, 0)], 5.0);
         assert_eq!(s.gram[1][(0, 0)], 500.0);
         assert_eq!(s.rows, 2);

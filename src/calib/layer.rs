@@ -133,12 +133,19 @@ pub fn linear(
         .copied()
         .flatten()
         .ok_or("the layer has no input")?;
-    let bias = node
-        .inputs
-        .get(2)
-        .copied()
-        .flatten()
-        .filter(|&b| g.tensor(b).is_const());
+    // Its own bias input, or (MatMul) the constant of the Add that alone reads its output.
+    let bias = if node.op == "DEPTHWISE_CONV_2D" {
+        node.inputs.get(2).copied().flatten()
+    } else {
+        let mut readers: std::collections::HashMap<TensorId, Vec<usize>> = Default::default();
+        for (i, n) in g.nodes.iter().enumerate() {
+            for &t in n.inputs.iter().flatten() {
+                readers.entry(t).or_default().push(i);
+            }
+        }
+        crate::prune::structural::fold::bias_of(g, ni, &readers)
+    }
+    .filter(|&b| g.tensor(b).data.is_some());
     let mut lin = Linear {
         node: ni,
         name: node.name.clone(),
@@ -237,7 +244,6 @@ pub fn linear(
             lin.weights = Weights::ColMajor;
             lin.out = w[1];
             lin.k = w[0];
-            lin.bias = None;
         }
         (op, _) => {
             return Err(format!(
@@ -247,6 +253,12 @@ pub fn linear(
     }
     if lin.out == 0 || lin.k == 0 {
         return Err("the weight is empty".into());
+    }
+    // A bias pare can correct holds one value per output.
+    if let Some(b) = lin.bias {
+        if g.tensor(b).numel() != Some(lin.out as u64) {
+            lin.bias = None;
+        }
     }
     Ok(lin)
 }

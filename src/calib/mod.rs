@@ -84,6 +84,9 @@ pub struct CalibOptions {
     /// Collect every layer's statistics from the original model in one pass, instead of
     /// wave by wave from the model as pruned so far (faster on deep models, less accurate).
     pub one_pass: bool,
+    /// In sequential passes, reconstruct the original model's outputs (not the pruned
+    /// model's), correcting the error of the layers pruned before.
+    pub correct: bool,
 }
 
 impl CalibOptions {
@@ -94,6 +97,7 @@ impl CalibOptions {
             block: DEFAULT_BLOCK,
             refit: true,
             one_pass: false,
+            correct: true,
         }
     }
 
@@ -156,6 +160,8 @@ pub(crate) struct Pruned {
     /// Groups (a whole layer unless grouped) where SparseGPT's result reconstructed the
     /// outputs worse than zeroing the smallest weights, which was kept instead.
     pub plain_groups: usize,
+    /// The corrected bias (storage handle, payload), when the layer has one.
+    pub bias: Option<(usize, Bytes)>,
 }
 
 /// The layers of `targets` that calibration can cover (main graph, a linear view, statistics
@@ -228,6 +234,7 @@ fn nm_permutation(lin: &Linear) -> Option<Vec<usize>> {
 
 /// Prunes one weight with its statistics.
 fn prune_one(
+    g: &Graph,
     t: &Target,
     lin: &Linear,
     stats: &capture::Stats,
@@ -249,6 +256,7 @@ fn prune_one(
             zeros_before: zeros,
             zeros_after: zeros,
             plain_groups: 0,
+            bias: None,
         });
     }
     let values = t.codec.values(t.data);
@@ -262,6 +270,8 @@ fn prune_one(
     }
     let perm = if t.nm { nm_permutation(lin) } else { None };
     let col = |c: usize| perm.as_ref().map_or(c, |p| p[c]);
+    // The same, with the constant column last.
+    let aug = |c: usize| if c == k { k } else { col(c) };
     let counts = match t.amount {
         solve::Amount::Count(total) => {
             let sizes: Vec<usize> = rows_of.iter().map(|r| r.len() * k).collect();
@@ -271,7 +281,9 @@ fn prune_one(
     };
     let plain_kept = std::sync::atomic::AtomicUsize::new(0);
     // Snapping is per element; rows map to elements through the layout.
-    let results: Vec<std::result::Result<Vec<(usize, f64)>, String>> = rows_of
+    // Per group: the new weights (by element) and each row's bias correction.
+    type GroupResult = (Vec<(usize, f64)>, Vec<(usize, f64)>);
+    let results: Vec<std::result::Result<GroupResult, String>> = rows_of
         .par_iter()
         .enumerate()
         .map(|(gi, rows)| {
@@ -295,6 +307,27 @@ fn prune_one(
                     w
                 }
                 Criterion::Sparsegpt => {
+                    // Sequential passes after the first see the inputs x' of the model pruned
+                    // so far: the target is then the weights that best reproduce the original
+                    // outputs from x' (W* = argmin ‖W* x' − W x‖), which SparseGPT sparsifies.
+                    let w = match &stats.cross {
+                        Some(cross) => {
+                            let cross = &cross[gi];
+                            let hc =
+                                Mat::<f64>::from_fn(k + 1, k + 1, |i, j| gram[(aug(i), aug(j))]);
+                            let cc =
+                                Mat::<f64>::from_fn(k + 1, k + 1, |i, j| cross[(aug(i), aug(j))]);
+                            solve::refit_cross(
+                                w.as_ref(),
+                                None,
+                                hc.as_ref(),
+                                cc.as_ref(),
+                                opts.dampening,
+                            )?
+                            .0
+                        }
+                        None => w,
+                    };
                     let mut w = w;
                     let snap = |r: usize, v: f64| t.codec.snap(lin.index(rows[r], 0), v);
                     let quantized = t.codec.is_integer();
@@ -312,8 +345,10 @@ fn prune_one(
                     // row (they can lose when compensation pushes int8 weights off their
                     // range). Otherwise the plain choice is kept.
                     let ones = vec![1.0; k];
-                    let mask = solve::wanda(original.as_ref(), &ones, amount);
-                    let mut plain = original.clone();
+                    let stored =
+                        Mat::<f64>::from_fn(rows.len(), k, |r, c| out[lin.index(rows[r], col(c))]);
+                    let mask = solve::wanda(stored.as_ref(), &ones, amount);
+                    let mut plain = stored;
                     for (e, &m) in mask.iter().enumerate() {
                         if m {
                             plain[(e / k, e % k)] = 0.0;
@@ -332,17 +367,63 @@ fn prune_one(
                 }
                 Criterion::Magnitude => unreachable!("magnitude needs no calibration"),
             };
-            Ok((0..rows.len())
-                .flat_map(|r| (0..k).map(move |c| (r, c)))
-                .map(|(r, c)| (lin.index(rows[r], col(c)), new[(r, c)]))
-                .collect())
+            // The mean of what the layer outputs stays the original's: the bias absorbs
+            // Σ_j W_ij x̄_j − Σ_j W'_ij x̄'_j (x̄: the original model's mean input, x̄': the
+            // input the pruned layer sees).
+            let n = gram[(k, k)];
+            let deltas = if lin.bias.is_some() && opts.correct && n > 0.0 {
+                let mean_cur: Vec<f64> = (0..k).map(|j| gram[(k, col(j))] / n).collect();
+                let mean_ref: Vec<f64> = match &stats.cross {
+                    Some(c) => (0..k).map(|j| c[gi][(k, col(j))] / n).collect(),
+                    None => mean_cur.clone(),
+                };
+                (0..rows.len())
+                    .map(|r| {
+                        let d: f64 = (0..k)
+                            .map(|j| {
+                                out[lin.index(rows[r], col(j))] * mean_ref[j]
+                                    - new[(r, j)] * mean_cur[j]
+                            })
+                            .sum();
+                        (rows[r], d)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Ok((
+                (0..rows.len())
+                    .flat_map(|r| (0..k).map(move |c| (r, c)))
+                    .map(|(r, c)| (lin.index(rows[r], col(c)), new[(r, c)]))
+                    .collect(),
+                deltas,
+            ))
         })
         .collect();
+    let mut delta = vec![0f64; lin.out];
     for r in results {
-        for (e, v) in r? {
+        let (values, deltas) = r?;
+        for (e, v) in values {
             out[e] = v;
         }
+        for (o, d) in deltas {
+            delta[o] = d;
+        }
     }
+    let bias = lin
+        .bias
+        .filter(|_| delta.iter().any(|&d| d != 0.0))
+        .and_then(|b| {
+            let t = g.tensor(b);
+            let scale = t.quant.as_ref().map(|q| q.scale.clone());
+            let data = crate::prune::structural::fold::apply_delta(
+                t.dtype,
+                t.data.as_ref()?,
+                &delta,
+                scale.as_deref(),
+            )?;
+            Some((t.handle?, Bytes::from(data)))
+        });
     let data = t.codec.encode(&out);
     // Zeros as stored (an int8 weight that rounds to its zero point is zero).
     let stored = Codec::values(t.codec, &data);
@@ -352,6 +433,7 @@ fn prune_one(
         zeros_before,
         zeros_after,
         plain_groups: plain_kept.into_inner(),
+        bias,
     })
 }
 
@@ -418,7 +500,14 @@ pub(crate) fn prune_targets(
             current = doc.with_tensor_data(&edits);
             &current
         };
-        let (stats, s) = capture::collect(source, g, &lins, opts, progress)?;
+        // After the first pass, also the original's inputs (SparseGPT's target, see prune_one).
+        let reference = (!edits.is_empty() && criterion == Criterion::Sparsegpt && opts.correct)
+            .then_some(capture::Reference {
+                doc,
+                g,
+                layers: &lins,
+            });
+        let (stats, s) = capture::collect(source, g, &lins, reference, opts, progress)?;
         summary = Some(match summary {
             None => s,
             Some(mut acc) => {
@@ -432,13 +521,16 @@ pub(crate) fn prune_targets(
             let (i, lin) = &covered[c];
             let t = &targets[*i];
             warnings.extend(few_rows_warning(lin, st));
-            match prune_one(t, lin, st, criterion, opts) {
+            match prune_one(g, t, lin, st, criterion, opts) {
                 Ok(p) => {
                     if p.plain_groups > 0 {
                         plain.push(t.name.to_string());
                     }
                     if let Some(h) = g.tensor(t.weight).handle {
                         edits.insert(h, p.data.clone());
+                    }
+                    if let Some((h, b)) = &p.bias {
+                        edits.insert(*h, b.clone());
                     }
                     out[*i] = Some(p);
                     layers.push(t.name.to_string());
@@ -552,11 +644,6 @@ pub(crate) fn refit_structure(
     let (g0, g1) = (m0.main(), m1.main());
     let prod = crate::model::stats::producers(g0);
     // Layers whose weight lost input positions, with the kept columns and rows.
-    struct Job {
-        lin: Linear,
-        cols: Vec<usize>,
-        rows: Vec<usize>,
-    }
     let mut candidates = Vec::new();
     for (ni, node) in g0.nodes.iter().enumerate() {
         let Some((slots, _)) = crate::model::stats::weight_inputs(&node.op) else {
@@ -616,134 +703,99 @@ pub(crate) fn refit_structure(
                     .collect()
             }
         };
-        jobs.push(Job { lin, cols, rows });
+        jobs.push(RefitJob { lin, cols, rows });
     }
-    let lins: Vec<Linear> = jobs.iter().map(|j| j.lin.clone()).collect();
-    if lins.is_empty() {
+    // The edited layer of each job: same node, its weight and bias as the edit left them.
+    let mut ready = Vec::new();
+    let prod1 = crate::model::stats::producers(g1);
+    for job in jobs {
+        let lin = &job.lin;
+        let w1 = g1.nodes[lin.node]
+            .inputs
+            .get(WEIGHT_SLOT)
+            .copied()
+            .flatten()
+            .and_then(|w| crate::model::stats::stored_constant(g1, &prod1, w));
+        match w1.map(|w| layer::linear(g1, lin.node, WEIGHT_SLOT, w)) {
+            Some(Ok(l)) if l.out == job.rows.len() && l.k == job.cols.len() => ready.push((job, l)),
+            _ => fallbacks.push(Fallback {
+                name: lin.name.clone(),
+                reason: "the edited layer's weight does not follow its keeps".into(),
+            }),
+        }
+    }
+    if ready.is_empty() {
         return Err(Error::unsupported(
             original.path(),
             "--calib with channel pruning: no layer that lost input channels can be refit"
                 .to_string(),
         ));
     }
-    progress.stage("calibrating");
-    let (stats, summary) = capture::collect(original, g0, &lins, opts, progress)?;
-    progress.stage("refitting");
+    // Sequential (default): layer by layer in depth order, each refit on the inputs it sees in
+    // the model refit so far, against the original model's outputs. One pass: every layer on
+    // the original model's inputs, restricted to the kept channels.
+    let waves: Vec<Vec<usize>> = if opts.one_pass {
+        vec![(0..ready.len()).collect()]
+    } else {
+        waves(
+            g0,
+            &ready.iter().map(|(j, _)| j.lin.node).collect::<Vec<_>>(),
+        )
+    };
     let mut payloads: HashMap<usize, Bytes> = HashMap::new();
     let mut layers = Vec::new();
     let mut warnings = Vec::new();
-    for (job, s) in jobs.iter().zip(&stats) {
-        let lin = &job.lin;
-        warnings.extend(few_rows_warning(lin, s));
-        let fail = |reason: String| Fallback {
-            name: lin.name.clone(),
-            reason,
+    let mut summary: Option<capture::CalibSummary> = None;
+    for (wi, wave) in waves.iter().enumerate() {
+        progress.stage(&if waves.len() > 1 {
+            format!("refitting (layer group {} of {})", wi + 1, waves.len())
+        } else {
+            "refitting".to_string()
+        });
+        let lins0: Vec<Linear> = wave.iter().map(|&i| ready[i].0.lin.clone()).collect();
+        let (stats, s) = if opts.one_pass {
+            capture::collect(original, g0, &lins0, None, opts, progress)?
+        } else {
+            let lins1: Vec<Linear> = wave.iter().map(|&i| ready[i].1.clone()).collect();
+            let current = edited.with_tensor_data(&payloads);
+            capture::collect(
+                &current,
+                g1,
+                &lins1,
+                Some(capture::Reference {
+                    doc: original,
+                    g: g0,
+                    layers: &lins0,
+                }),
+                opts,
+                progress,
+            )?
         };
-        let Some(w0) = constant_values(g0, lin.weight) else {
-            fallbacks.push(fail("its weight cannot be read as real values".into()));
-            continue;
-        };
-        let b0 = lin.bias.and_then(|b| constant_values(g0, b));
-        if lin.bias.is_some() && b0.as_ref().is_none_or(|b| b.len() != lin.out) {
-            fallbacks.push(fail(
-                "its bias cannot be read as one real value per output".into(),
-            ));
-            continue;
-        }
-        // The edited layer: same node, its weight and bias as the edit left them.
-        let node1 = &g1.nodes[lin.node];
-        let w1 = node1.inputs.get(WEIGHT_SLOT).copied().flatten();
-        let Some(w1) = w1.and_then(|w| {
-            crate::model::stats::stored_constant(g1, &crate::model::stats::producers(g1), w)
-        }) else {
-            fallbacks.push(fail("the edited layer's weight is not a constant".into()));
-            continue;
-        };
-        let lin1 = match layer::linear(g1, lin.node, WEIGHT_SLOT, w1) {
-            Ok(l) if l.out == job.rows.len() && l.k == job.cols.len() => l,
-            _ => {
-                fallbacks.push(fail(
-                    "the edited layer's shape does not follow its keeps".into(),
-                ));
-                continue;
+        summary = Some(match summary {
+            None => s,
+            Some(mut acc) => {
+                acc.layers += s.layers;
+                acc.max_rows = acc.max_rows.max(s.max_rows);
+                acc.stats_bytes = acc.stats_bytes.max(s.stats_bytes);
+                acc
             }
-        };
-        let w = Mat::<f64>::from_fn(lin.out, lin.k, |o, c| w0[lin.index(o, c)] as f64);
-        let (wn, bn) = match solve::refit(
-            w.as_ref(),
-            b0.as_ref()
-                .map(|b| b.iter().map(|&x| x as f64).collect::<Vec<_>>())
-                .as_deref(),
-            s.gram[0].as_ref(),
-            &job.cols,
-            opts.dampening,
-        ) {
-            Ok(x) => x,
-            Err(e) => {
-                fallbacks.push(fail(e));
-                continue;
-            }
-        };
-        let t1 = g1.tensor(w1);
-        let (Some(h1), Some(shape1)) = (t1.handle, t1.fixed_shape()) else {
-            fallbacks.push(fail("the edited weight has no storage".into()));
-            continue;
-        };
-        let codec = match Codec::new(t1.dtype, &shape1, t1.quant.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                fallbacks.push(fail(e));
-                continue;
-            }
-        };
-        let mut values = vec![0f64; lin1.out * lin1.k];
-        for (r, &o) in job.rows.iter().enumerate() {
-            for c in 0..lin1.k {
-                values[lin1.index(r, c)] = wn[(o, c)];
-            }
-        }
-        payloads.insert(h1, Bytes::from(codec.encode(&values)));
-        if let (Some(bn), Some(b1)) = (bn, node1.inputs.get(2).copied().flatten()) {
-            let tb = g1.tensor(b1);
-            let (Some(hb), Some(data)) = (tb.handle, tb.data.as_ref()) else {
-                fallbacks.push(fail("the edited bias has no storage".into()));
-                continue;
-            };
-            let Some(current) = constant_values(g1, b1) else {
-                fallbacks.push(fail("the edited bias cannot be read".into()));
-                continue;
-            };
-            if current.len() != job.rows.len() {
-                fallbacks.push(fail(
-                    "the edited bias does not follow the kept outputs".into(),
-                ));
-                continue;
-            }
-            let delta: Vec<f64> = job
-                .rows
-                .iter()
-                .zip(&current)
-                .map(|(&o, &c)| bn[o] - c as f64)
-                .collect();
-            let scale = tb.quant.as_ref().map(|q| q.scale.clone());
-            match crate::prune::structural::fold::apply_delta(
-                tb.dtype,
-                data,
-                &delta,
-                scale.as_deref(),
-            ) {
-                Some(b) => {
-                    payloads.insert(hb, Bytes::from(b));
+        });
+        for (&i, s) in wave.iter().zip(&stats) {
+            let (job, lin1) = &ready[i];
+            match refit_one(g0, g1, job, lin1, s, opts) {
+                Ok(p) => {
+                    warnings.extend(few_rows_warning(lin1, s));
+                    payloads.extend(p);
+                    layers.push(job.lin.name.clone());
                 }
-                None => {
-                    fallbacks.push(fail(format!("cannot write a {} bias", tb.dtype)));
-                    payloads.remove(&h1);
-                    continue;
-                }
+                Err(reason) => fallbacks.push(Fallback {
+                    name: job.lin.name.clone(),
+                    reason,
+                }),
             }
         }
-        layers.push(lin.name.clone());
     }
+    let summary = summary.expect("at least one wave");
     let refit = edited.with_tensor_data(&payloads);
     Ok((
         refit,
@@ -758,6 +810,85 @@ pub(crate) fn refit_structure(
             warnings,
         },
     ))
+}
+
+/// A layer that lost input channels: its original view, kept columns and kept rows.
+struct RefitJob {
+    lin: Linear,
+    cols: Vec<usize>,
+    rows: Vec<usize>,
+}
+
+/// Refits one layer: the new payloads of its edited weight (`lin1`) and bias.
+fn refit_one(
+    g0: &Graph,
+    g1: &Graph,
+    job: &RefitJob,
+    lin1: &Linear,
+    s: &capture::Stats,
+    opts: &CalibOptions,
+) -> std::result::Result<Vec<(usize, Bytes)>, String> {
+    let lin = &job.lin;
+    let w0 = constant_values(g0, lin.weight).ok_or("its weight cannot be read as real values")?;
+    let b0 = lin.bias.and_then(|b| constant_values(g0, b));
+    if lin.bias.is_some() && b0.as_ref().is_none_or(|b| b.len() != lin.out) {
+        return Err("its bias cannot be read as one real value per output".into());
+    }
+    // Without a bias in the edited layer there is nothing to put the intercept in.
+    let b0: Option<Vec<f64>> = b0
+        .filter(|_| lin1.bias.is_some())
+        .map(|b| b.iter().map(|&x| x as f64).collect());
+    let w = Mat::<f64>::from_fn(lin.out, lin.k, |o, c| w0[lin.index(o, c)] as f64);
+    let (wn, bn) = match &s.cross {
+        Some(cross) => solve::refit_cross(
+            w.as_ref(),
+            b0.as_deref(),
+            s.gram[0].as_ref(),
+            cross[0].as_ref(),
+            opts.dampening,
+        )?,
+        None => solve::refit(
+            w.as_ref(),
+            b0.as_deref(),
+            s.gram[0].as_ref(),
+            &job.cols,
+            opts.dampening,
+        )?,
+    };
+    let t1 = g1.tensor(lin1.weight);
+    let (Some(h1), Some(shape1)) = (t1.handle, t1.fixed_shape()) else {
+        return Err("the edited weight has no storage".into());
+    };
+    let codec = Codec::new(t1.dtype, &shape1, t1.quant.as_ref())?;
+    let mut values = vec![0f64; lin1.out * lin1.k];
+    for (r, &o) in job.rows.iter().enumerate() {
+        for c in 0..lin1.k {
+            values[lin1.index(r, c)] = wn[(o, c)];
+        }
+    }
+    let mut out = vec![(h1, Bytes::from(codec.encode(&values)))];
+    if let (Some(bn), Some(b1)) = (bn, lin1.bias) {
+        let tb = g1.tensor(b1);
+        let (Some(hb), Some(data)) = (tb.handle, tb.data.as_ref()) else {
+            return Err("the edited bias has no storage".into());
+        };
+        let current = constant_values(g1, b1).ok_or("the edited bias cannot be read")?;
+        if current.len() != job.rows.len() {
+            return Err("the edited bias does not follow the kept outputs".into());
+        }
+        let delta: Vec<f64> = job
+            .rows
+            .iter()
+            .zip(&current)
+            .map(|(&o, &c)| bn[o] - c as f64)
+            .collect();
+        let scale = tb.quant.as_ref().map(|q| q.scale.clone());
+        let b =
+            crate::prune::structural::fold::apply_delta(tb.dtype, data, &delta, scale.as_deref())
+                .ok_or_else(|| format!("cannot write a {} bias", tb.dtype))?;
+        out.push((hb, Bytes::from(b)));
+    }
+    Ok(out)
 }
 
 /// The weight input of every layer [`layer::linear`] covers (Conv, Gemm, MatMul, CONV_2D, …).

@@ -262,46 +262,63 @@ pub fn refit(
     keep: &[usize],
     dampening: f64,
 ) -> Result<(Mat<f64>, Option<Vec<f64>>), String> {
+    let k = w.ncols();
+    let kept: Vec<usize> = keep.iter().copied().chain([k]).collect();
+    let h = Mat::<f64>::from_fn(kept.len(), kept.len(), |i, j| gram[(kept[i], kept[j])]);
+    let cross = Mat::<f64>::from_fn(kept.len(), k + 1, |i, j| gram[(kept[i], j)]);
+    refit_cross(w, b, h.as_ref(), cross.as_ref(), dampening)
+}
+
+/// Ridge least squares of a layer on new inputs `x'` against its original outputs on the
+/// original inputs `x` (the same samples): `w'`, `b'` minimizing
+/// `Σ ‖w' x' + b' − (w x + b)‖² + λ ‖w'‖²`, from `h` = `Σ x̃' x̃'ᵀ` ((m + 1)², with the
+/// constant 1 last) and `cross` = `Σ x̃' x̃ᵀ` ((m + 1) × (k + 1)). Without a bias the fit has no
+/// intercept.
+pub fn refit_cross(
+    w: MatRef<f64>,
+    b: Option<&[f64]>,
+    h: MatRef<f64>,
+    cross: MatRef<f64>,
+    dampening: f64,
+) -> Result<(Mat<f64>, Option<Vec<f64>>), String> {
     let (rows, k) = (w.nrows(), w.ncols());
+    let m = h.nrows() - 1;
     let with_bias = b.is_some();
-    // Columns of the full input (with the constant 1 when there is a bias) and of the kept one.
-    let full: Vec<usize> = (0..k).chain(with_bias.then_some(k)).collect();
-    let kept: Vec<usize> = keep.iter().copied().chain(with_bias.then_some(k)).collect();
-    let ns = kept.len();
-    let mut gss = Mat::<f64>::from_fn(ns, ns, |i, j| gram[(kept[i], kept[j])]);
+    // Without a bias the constant column takes no part.
+    let ns = m + with_bias as usize;
+    let nf = k + with_bias as usize;
+    let mut gss = h.submatrix(0, 0, ns, ns).to_owned();
     // Ridge on the weights only (not the intercept), scaled to the inputs.
-    let nw = keep.len();
-    let mean = (0..nw).map(|i| gss[(i, i)]).sum::<f64>() / nw.max(1) as f64;
+    let mean = (0..m).map(|i| gss[(i, i)]).sum::<f64>() / m.max(1) as f64;
     let lambda = (dampening * mean).max(1e-12);
-    for i in 0..nw {
+    for i in 0..m {
         gss[(i, i)] += lambda;
     }
-    if with_bias && gss[(ns - 1, ns - 1)] <= 0.0 {
+    if h[(m, m)] <= 0.0 {
         return Err("no calibration rows".into());
     }
-    // A = [W | b]; R = G[kept, full] · Aᵀ  (ns × rows).
-    let a = Mat::<f64>::from_fn(rows, full.len(), |o, j| {
+    // A = [W | b]; R = cross · Aᵀ  (ns × rows).
+    let a = Mat::<f64>::from_fn(rows, nf, |o, j| {
         if j < k {
             w[(o, j)]
         } else {
             b.expect("bias")[o]
         }
     });
-    let gsf = Mat::<f64>::from_fn(ns, full.len(), |i, j| gram[(kept[i], full[j])]);
     let mut r = Mat::<f64>::zeros(ns, rows);
     matmul(
         r.as_mut(),
         Accum::Replace,
-        gsf.as_ref(),
+        cross.submatrix(0, 0, ns, nf),
         a.transpose(),
         1.0,
         Par::rayon(0),
     );
     let llt = gss
         .llt(Side::Lower)
-        .map_err(|_| "the kept inputs' Gram matrix is singular even with dampening".to_string())?;
+        .map_err(|_| "the inputs' Gram matrix is singular even with dampening".to_string())?;
     let x = llt.solve(r.as_ref()); // ns × rows
-    let w_new = Mat::<f64>::from_fn(rows, nw, |o, i| x[(i, o)]);
+    let w_new = Mat::<f64>::from_fn(rows, m, |o, i| x[(i, o)]);
     let b_new = with_bias.then(|| (0..rows).map(|o| x[(ns - 1, o)]).collect());
     Ok((w_new, b_new))
 }
@@ -480,6 +497,36 @@ mod tests {
         }
         // The closed form: w0' = w0 + 2 w2, b' = b − w2.
         assert!((w2[(0, 0)] - 1.3).abs() < 1e-6 && (b2[0] - (0.1 - 0.4)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn refit_cross_matches_the_original_outputs_from_shifted_inputs() {
+        // The new inputs are the old ones scaled and shifted (x' = 2x + 1, as after an
+        // upstream change): the refit undoes it exactly.
+        let xs = rows();
+        let k = 3;
+        let xp: Vec<Vec<f64>> = xs
+            .iter()
+            .map(|x| x.iter().map(|v| 2.0 * v + 1.0).collect())
+            .collect();
+        let aug = |x: &Vec<f64>, i: usize| if i < k { x[i] } else { 1.0 };
+        let h = Mat::from_fn(k + 1, k + 1, |i, j| {
+            xp.iter().map(|x| aug(x, i) * aug(x, j)).sum()
+        });
+        let c = Mat::from_fn(k + 1, k + 1, |i, j| {
+            xp.iter().zip(&xs).map(|(a, b)| aug(a, i) * aug(b, j)).sum()
+        });
+        let w = Mat::from_fn(2, 3, |o, j| [[0.5, -0.3, 0.4], [0.2, 0.7, -0.35]][o][j]);
+        let b = [0.1, -0.2];
+        let (w2, b2) = refit_cross(w.as_ref(), Some(&b), h.as_ref(), c.as_ref(), 1e-12).unwrap();
+        let b2 = b2.unwrap();
+        for (x, x2) in xs.iter().zip(&xp) {
+            for o in 0..2 {
+                let y: f64 = (0..3).map(|j| w[(o, j)] * x[j]).sum::<f64>() + b[o];
+                let y2: f64 = (0..3).map(|j| w2[(o, j)] * x2[j]).sum::<f64>() + b2[o];
+                assert!((y - y2).abs() < 1e-6, "{y} vs {y2}");
+            }
+        }
     }
 
     #[test]

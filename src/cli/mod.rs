@@ -321,6 +321,10 @@ struct CalibFlags {
     /// (faster on deep models) instead of layer by layer from the model as pruned so far.
     #[arg(long, requires = "calib")]
     one_pass: bool,
+    /// Reconstruct each layer's outputs on the inputs it sees in the model pruned so far
+    /// (SparseGPT's own objective), without correcting the earlier layers' error or the bias.
+    #[arg(long, requires = "calib")]
+    no_correct: bool,
 }
 
 impl CalibFlags {
@@ -337,6 +341,7 @@ impl CalibFlags {
         o.dampening = self.dampening;
         o.refit = !self.no_refit;
         o.one_pass = self.one_pass;
+        o.correct = !self.no_correct;
         Some(o)
     }
 }

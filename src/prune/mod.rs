@@ -1287,9 +1287,13 @@ fn plan_with(
 
     // Tensors are pruned in parallel (and each one's scoring, selection and masking is itself
     // parallel); results come back in model order.
+    let mut bias_edits = Vec::new();
     let calibrated_results: HashMap<usize, (Option<(usize, Edit)>, LayerResult)> = calibrated
         .drain()
-        .map(|(i, p)| (i, calibrated_result(&jobs[i], p)))
+        .map(|(i, mut p)| {
+            bias_edits.extend(p.bias.take());
+            (i, calibrated_result(&jobs[i], p))
+        })
         .collect();
     let mut calibrated_results = calibrated_results;
     let results: Vec<(Option<(usize, Edit)>, LayerResult)> = jobs
@@ -1311,7 +1315,7 @@ fn plan_with(
         .enumerate()
         .map(|(i, r)| r.unwrap_or_else(|| calibrated_results.remove(&i).expect("calibrated")))
         .collect();
-    let mut edits = HashMap::new();
+    let mut edits: HashMap<usize, Bytes> = bias_edits.into_iter().collect();
     let mut deferred = Vec::new();
     let mut layers = Vec::with_capacity(results.len());
     for (edit, layer) in results {

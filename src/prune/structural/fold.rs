@@ -84,7 +84,11 @@ fn activation(name: &str, v: f32, alpha: Option<f32>) -> Option<f32> {
 
 /// The bias a consumer adds its outputs to: its own bias input, or for a MatMul the constant
 /// operand of the Add that alone reads its output. `(tensor, consumer of it, slot)`.
-fn bias_of(g: &Graph, ni: usize, readers: &HashMap<TensorId, Vec<usize>>) -> Option<TensorId> {
+pub(crate) fn bias_of(
+    g: &Graph,
+    ni: usize,
+    readers: &HashMap<TensorId, Vec<usize>>,
+) -> Option<TensorId> {
     let n = &g.nodes[ni];
     match n.op.as_str() {
         "Conv" | "CONV_2D" | "Gemm" | "FULLY_CONNECTED" => n.inputs.get(2).copied().flatten(),
