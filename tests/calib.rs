@@ -20,10 +20,67 @@ struct Row {
     out: PathBuf,
 }
 
-/// The issue's acceptance matrix. Every fixture at 75% and 87.5% (global scope) by magnitude,
-/// Wanda and SparseGPT, and at half its MACs by channel pruning without and with the refit;
-/// every output runs in onnxruntime / LiteRT, which measure its accuracy on the held-out data.
-/// Prints the README table.
+/// The cases of the acceptance matrix: (name, flags before `--calib`, calibrated).
+fn matrix() -> Vec<(&'static str, Vec<&'static str>, bool)> {
+    let sp = |s: &'static str, scope: &'static str, crit: &'static str| {
+        vec!["--sparsity", s, "--scope", scope, "--criterion", crit]
+    };
+    vec![
+        (
+            "magnitude 75% layer",
+            sp("0.75", "layer", "magnitude"),
+            false,
+        ),
+        (
+            "magnitude 75% global",
+            sp("0.75", "global", "magnitude"),
+            false,
+        ),
+        ("wanda 75% layer", sp("0.75", "layer", "wanda"), true),
+        (
+            "sparsegpt 75% layer",
+            sp("0.75", "layer", "sparsegpt"),
+            true,
+        ),
+        (
+            "sparsegpt 75% global",
+            sp("0.75", "global", "sparsegpt"),
+            true,
+        ),
+        (
+            "magnitude 87.5% global",
+            sp("0.875", "global", "magnitude"),
+            false,
+        ),
+        (
+            "sparsegpt 87.5% layer",
+            sp("0.875", "layer", "sparsegpt"),
+            true,
+        ),
+        (
+            "sparsegpt 87.5% global",
+            sp("0.875", "global", "sparsegpt"),
+            true,
+        ),
+        ("magnitude 2:4", vec!["--pattern", "2:4"], false),
+        (
+            "sparsegpt 2:4",
+            vec!["--pattern", "2:4", "--criterion", "sparsegpt"],
+            true,
+        ),
+        ("channels 50% MACs", vec!["--target-macs", "0.5"], false),
+        (
+            "channels 50% MACs + refit",
+            vec!["--target-macs", "0.5"],
+            true,
+        ),
+    ]
+}
+
+/// The issue's acceptance matrix on every fixture: magnitude, Wanda and SparseGPT at 75%,
+/// 87.5% and 2:4, and channel pruning to half the MACs without and with the refit. Every
+/// output runs in onnxruntime / LiteRT, which measure its accuracy on the held-out data
+/// (calibration uses other samples, from the training split). Prints the README table.
 #[test]
 fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
     let dir = tmpdir();
@@ -37,29 +94,18 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
         let calib = fixtures().join(m["calib_data"].as_str().unwrap());
         let calib = calib.to_str().unwrap();
         jobs.push(json!({"model": model, "x": x, "y": y}));
-        let mut cases: Vec<(String, Vec<&str>)> = Vec::new();
-        for s in ["0.75", "0.875"] {
-            for crit in ["magnitude", "wanda", "sparsegpt"] {
-                let mut a = vec!["--sparsity", s, "--scope", "global", "--criterion", crit];
-                if crit != "magnitude" {
-                    a.extend(["--calib", calib]);
-                }
-                cases.push((format!("{crit} {s}"), a));
-            }
-        }
-        cases.push(("channels".into(), vec!["--target-macs", "0.5"]));
-        cases.push((
-            "channels+refit".into(),
-            vec!["--target-macs", "0.5", "--calib", calib],
-        ));
-        for (i, (case, args)) in cases.into_iter().enumerate() {
+        for (i, (case, flags, calibrated)) in matrix().into_iter().enumerate() {
             let out = dir.path().join(format!("{i}-{file}"));
+            let mut args = flags.clone();
+            if calibrated {
+                args.extend(["--calib", calib]);
+            }
             let r = prune_json(&model, &out, &args);
             assert_eq!(
                 r["write"]["verification"]["verified"], true,
                 "{file} {case}: tract could not run it"
             );
-            if case != "channels" && !case.starts_with("magnitude") {
+            if calibrated {
                 let c = r["calibration"].as_array().expect("calibration report");
                 let c = c.last().unwrap();
                 assert!(
@@ -72,8 +118,8 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
                 let ch = &r["channels"];
                 let f = ch["macs_after"].as_f64().unwrap() / ch["macs_before"].as_f64().unwrap();
                 assert!(f <= 0.5, "{file} {case}: MACs at {f}");
-            } else {
-                let s: f64 = case.split(' ').nth(1).unwrap().parse().unwrap();
+            } else if !case.ends_with("2:4") {
+                let s = if case.contains("87.5%") { 0.875 } else { 0.75 };
                 let got = r["totals"]["eligible_sparsity_after"].as_f64().unwrap();
                 // Inputs that are always zero lose their weights too (SparseGPT).
                 assert!(
@@ -84,7 +130,7 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
             jobs.push(json!({"model": out, "x": x, "y": y}));
             rows.push(Row {
                 file: file.clone(),
-                case,
+                case: case.to_string(),
                 out,
             });
         }
@@ -92,24 +138,14 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
     let results = interop(&["accuracy"], Some(&serde_json::to_string(&jobs).unwrap()));
     let results = results.as_array().unwrap();
     let acc = |p: &Path| 100.0 * accuracy_in(results, p);
-    let files: Vec<String> = fixture_models()
-        .iter()
-        .map(|m| m["file"].as_str().unwrap().to_string())
-        .collect();
-    let cases: Vec<String> = rows
-        .iter()
-        .filter(|r| r.file == files[0])
-        .map(|r| r.case.clone())
-        .collect();
+    let cases: Vec<&str> = matrix().iter().map(|c| c.0).collect();
     println!("| model | original | {} |", cases.join(" | "));
     println!("|---|---|{}", "---|".repeat(cases.len()));
-    for f in &files {
+    for m in fixture_models() {
+        let f = m["file"].as_str().unwrap();
         let original = acc(&fixtures().join(f));
         let drop = |case: &str| {
-            let r = rows
-                .iter()
-                .find(|r| &r.file == f && r.case == case)
-                .unwrap();
+            let r = rows.iter().find(|r| r.file == f && r.case == case).unwrap();
             original - acc(&r.out)
         };
         println!(
@@ -120,33 +156,33 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
-        // SparseGPT does no worse than magnitude at 75% (within one test sample, 0.28 points);
-        // at 87.5% these small models collapse either way, and the table reports it. The refit
-        // never does worse than channel pruning alone.
-        let ratios: &[&str] = &["0.75"];
-        for &s in ratios {
-            let (m, g) = (
-                drop(&format!("magnitude {s}")),
-                drop(&format!("sparsegpt {s}")),
-            );
-            assert!(
-                g <= m + 0.3,
-                "{f} {s}: sparsegpt drops {g:.2}, magnitude {m:.2}"
-            );
-        }
-        let (plain, refit) = (drop("channels"), drop("channels+refit"));
+        // At 75% and 2:4, SparseGPT does no worse than magnitude (within one test sample,
+        // 0.28 points); the refit never does worse than channel pruning alone.
+        let best_magnitude = drop("magnitude 75% layer").min(drop("magnitude 75% global"));
+        let best_sparsegpt = drop("sparsegpt 75% layer").min(drop("sparsegpt 75% global"));
+        assert!(
+            best_sparsegpt <= best_magnitude + 0.3,
+            "{f}: sparsegpt at 75% drops {best_sparsegpt:.2}, magnitude {best_magnitude:.2}"
+        );
+        let (m24, g24) = (drop("magnitude 2:4"), drop("sparsegpt 2:4"));
+        assert!(
+            g24 <= m24 + 0.3,
+            "{f}: 2:4 sparsegpt {g24:.2}, magnitude {m24:.2}"
+        );
+        let (plain, refit) = (drop("channels 50% MACs"), drop("channels 50% MACs + refit"));
         assert!(
             refit <= plain + 0.3,
             "{f}: refit drops {refit:.2}, plain {plain:.2}"
         );
-        // Where the model has room (the MLP and the CNN), the targets of the issue.
-        if f.starts_with("mlp") {
-            let g = drop("sparsegpt 0.75");
-            assert!(g <= 2.0, "{f}: sparsegpt at 75% drops {g:.2} points");
-        }
-        if f.starts_with("mlp") || f.starts_with("cnn") {
+        // Where the model has room (the MLP and the CNN), the targets of the issue, with the
+        // margin of a few test samples.
+        if !f.starts_with("mobilenet") {
             assert!(
-                refit <= 3.0,
+                best_sparsegpt <= 2.0,
+                "{f}: sparsegpt at 75% drops {best_sparsegpt:.2}"
+            );
+            assert!(
+                refit <= 2.5,
                 "{f}: refit at half the MACs drops {refit:.2} points"
             );
             assert!(
@@ -202,10 +238,10 @@ fn int8_weights_are_reconstructed_on_their_own_grid() {
             );
             changed += (ta.data != tb.data) as usize;
         }
-        // Only weights changed: fully connected / conv kernels (biases stay).
+        // Only the pruned weights and their biases (the mean correction) changed.
         let layers = r["layers"].as_array().unwrap().len();
-        assert_eq!(
-            changed, layers,
+        assert!(
+            changed >= layers && changed <= 2 * layers,
             "{file}: {changed} tensors changed for {layers} layers"
         );
     }

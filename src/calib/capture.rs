@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{DType, Graph, Quant};
 use crate::validate::data::{DataSummary, Dataset};
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular as tri;
 use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -59,18 +60,24 @@ pub fn stats_bytes(lin: &Linear) -> u64 {
     k * k * 8 * lin.groups as u64
 }
 
-/// A copy of `doc` whose outputs also include `taps` (tensor ids of the main graph).
+/// A copy of `doc` whose outputs are `taps` (tensor ids of the main graph), and only those:
+/// tract then computes no more of the graph than the taps need.
 fn tapped(doc: &Document, g: &Graph, taps: &[usize]) -> Document {
+    if taps.is_empty() {
+        // Every layer reads a model input: run the model as it is (a graph needs an output).
+        return doc.clone();
+    }
     match doc {
         Document::Onnx(d) => {
             let mut d = d.clone();
             if let Some(graph) = d.model.graph.as_mut() {
-                for &t in taps {
-                    graph.output.push(crate::onnx_pb::ValueInfoProto {
+                graph.output = taps
+                    .iter()
+                    .map(|&t| crate::onnx_pb::ValueInfoProto {
                         name: Some(g.tensor(t).name.clone()),
                         ..Default::default()
-                    });
-                }
+                    })
+                    .collect();
             }
             d.edited = true;
             Document::Onnx(d)
@@ -78,8 +85,7 @@ fn tapped(doc: &Document, g: &Graph, taps: &[usize]) -> Document {
         Document::Tflite(d) => {
             let mut d = d.clone();
             if let Some(sg) = d.model.subgraphs.as_mut().and_then(|s| s.first_mut()) {
-                let outs = sg.outputs.get_or_insert_with(Vec::new);
-                outs.extend(taps.iter().map(|&t| t as i32));
+                sg.outputs = Some(taps.iter().map(|&t| t as i32).collect());
             }
             d.edited = true;
             Document::Tflite(d)
@@ -246,7 +252,19 @@ fn accumulate(
             for start in (0..positions).step_by(per) {
                 let n = per.min(positions - start);
                 cur.fill(gi, start, &mut buf[..n * width]);
-                mm(g, &buf, width, &buf, width, n);
+                // The Gram matrix is symmetric: its lower half only (mirrored at the end).
+                let p = MatRef::from_row_major_slice(&buf[..n * width], n, width);
+                tri::matmul(
+                    g.as_mut(),
+                    tri::BlockStructure::TriangularLower,
+                    Accum::Add,
+                    p.transpose(),
+                    tri::BlockStructure::Rectangular,
+                    p,
+                    tri::BlockStructure::Rectangular,
+                    1.0,
+                    Par::rayon(0),
+                );
                 if let (Some(r), Some(x)) = (reference, x.as_deref_mut()) {
                     r.fill(gi, start, &mut rbuf[..n * rwidth]);
                     mm(x, &buf, width, &rbuf, rwidth, n);
@@ -255,6 +273,18 @@ fn accumulate(
         });
     stats.rows += positions as u64;
     Ok(())
+}
+
+/// Layer inputs of one run by tensor id: real values and the per-run shape.
+type Activations = std::collections::HashMap<usize, (Vec<f32>, Vec<usize>)>;
+
+/// Copies the lower triangle of `m` onto its upper triangle.
+fn mirror_lower(m: &mut Mat<f64>) {
+    for j in 0..m.ncols() {
+        for i in 0..j {
+            m[(i, j)] = m[(j, i)];
+        }
+    }
 }
 
 /// A model with its layers' inputs as extra outputs, loaded in tract.
@@ -275,7 +305,7 @@ impl<'a> Tapped<'a> {
         let mut taps: Vec<usize> = layers
             .iter()
             .map(|l| l.input)
-            .filter(|t| !g.inputs.contains(t) && !g.outputs.contains(t))
+            .filter(|t| !g.inputs.contains(t))
             .collect();
         taps.sort_unstable();
         taps.dedup();
@@ -290,28 +320,20 @@ impl<'a> Tapped<'a> {
     }
 
     /// Each layer input of one run, as real values with its per-run shape.
-    fn run(
-        &self,
-        path: &std::path::Path,
-        inputs: TVec<Tensor>,
-    ) -> Result<std::collections::HashMap<usize, (Vec<f32>, Vec<usize>)>> {
+    fn run(&self, path: &std::path::Path, inputs: TVec<Tensor>) -> Result<Activations> {
         let g = self.g;
         let outs = self
             .runner
             .run(inputs.clone())
             .map_err(|e| Error::unsupported(path, format!("calibration run: {e}")))?;
-        let n_out = g.outputs.len();
         let mut values = std::collections::HashMap::new();
         for l in self.layers {
             if values.contains_key(&l.input) {
                 continue;
             }
-            let t = if let Some(i) = g.inputs.iter().position(|&x| x == l.input) {
-                &inputs[i]
-            } else if let Some(i) = g.outputs.iter().position(|&x| x == l.input) {
-                &outs[i]
-            } else {
-                &outs[n_out + self.taps.binary_search(&l.input).expect("tapped")]
+            let t = match g.inputs.iter().position(|&x| x == l.input) {
+                Some(i) => &inputs[i],
+                None => &outs[self.taps.binary_search(&l.input).expect("tapped")],
             };
             let tensor = g.tensor(l.input);
             let quant = tensor.quant.as_ref().filter(|_| tensor.dtype != DType::F32);
@@ -446,6 +468,11 @@ pub fn collect(
         progress.advance(valid as u64);
     }
     progress.finish_bar();
+    for s in &mut stats {
+        for g in &mut s.gram {
+            mirror_lower(g);
+        }
+    }
     let summary = CalibSummary {
         data: dataset.summary.clone(),
         layers: layers.len(),
@@ -495,6 +522,7 @@ mod tests {
             Sample::new(&lin, &y, &[2, 2]).unwrap(),
         );
         accumulate(&a, Some(&b), &mut s).unwrap();
+        mirror_lower(&mut s.gram[0]);
         // Cross products: Σ x_i y_j.
         let c = &s.cross.as_ref().unwrap()[0];
         assert_eq!(c[(0, 0)], 1.0 * 2.0 + 3.0 * 6.0);

@@ -1,0 +1,181 @@
+//! `cargo bench --bench calib`: calibration-based pruning at ResNet-50 size.
+//!
+//! Generates the ResNet-50 of `benches/prune.rs` (seeded random weights, ~102 MB) and 128
+//! seeded calibration images (3 × 224 × 224, float32, 77 MB), then measures, as a user runs
+//! it, the time and peak memory of:
+//!
+//! - `pare prune --sparsity 0.5 --criterion sparsegpt --calib … --one-pass` (one tract pass
+//!   over the 128 samples, every layer's Gram matrix, SparseGPT on all 54 weights);
+//! - the same with `--criterion wanda`;
+//! - `pare prune --target-macs 0.5 --calib … --one-pass` (channel pruning with the refit);
+//! - the sequential default on 16 samples (one pass per layer depth), to show its cost;
+//!
+//! next to `pare convert` of the same model. The target: 128 samples in minutes on
+//! 2 cores, within memory.
+
+#[path = "common/resnet.rs"]
+mod resnet;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn run(args: &[&str]) -> (Duration, Option<u64>, String) {
+    let time = Path::new("/usr/bin/time");
+    let mut cmd = if time.exists() {
+        let mut c = Command::new(time);
+        c.args(["-f", "%M"]).args(args);
+        c
+    } else {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    };
+    let start = Instant::now();
+    let out = cmd.output().expect("spawn");
+    let elapsed = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{args:?}: {err}");
+    let peak = err.lines().last().and_then(|l| l.trim().parse().ok());
+    (
+        elapsed,
+        peak,
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// Writes `n` seeded images of 3 × 224 × 224 in [-2, 2) as a float32 `.npy`.
+fn images(path: &Path, n: usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(128);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, 3, 224, 224), }}");
+    let mut header = dict.into_bytes();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    f.write_all(b"\x93NUMPY\x01\x00").unwrap();
+    f.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
+    f.write_all(&header).unwrap();
+    for _ in 0..n * 3 * 224 * 224 {
+        let v: f32 = rng.gen_range(-2.0..2.0);
+        f.write_all(&v.to_le_bytes()).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+fn main() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-calib");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("resnet50.onnx");
+    resnet::resnet50(&model);
+    let calib = dir.join("calib.npy");
+    images(&calib, 128);
+    let pare = env!("CARGO_BIN_EXE_pare");
+    let (m, c) = (model.to_str().unwrap(), calib.to_str().unwrap());
+    let out = dir.join("out.onnx");
+    let o = out.to_str().unwrap();
+    let size = std::fs::metadata(&model).unwrap().len() as f64;
+    println!(
+        "model: ResNet-50 shapes, random weights, {:.1} MB; calibration: 128 × 3 × 224 × 224 float32\n",
+        size / 1e6
+    );
+    println!("| case | time | peak RSS | peak RSS / model | layers calibrated |");
+    println!("| --- | --- | --- | --- | --- |");
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("convert", vec!["convert", m, "-o", o, "--force"]),
+        (
+            "sparsegpt 50%, one pass, 128 samples",
+            vec![
+                "prune",
+                m,
+                "-o",
+                o,
+                "--force",
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "sparsegpt",
+                "--calib",
+                c,
+                "--one-pass",
+            ],
+        ),
+        (
+            "wanda 50%, one pass, 128 samples",
+            vec![
+                "prune",
+                m,
+                "-o",
+                o,
+                "--force",
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "wanda",
+                "--calib",
+                c,
+                "--one-pass",
+            ],
+        ),
+        (
+            "channels to 50% MACs + refit, one pass, 128 samples",
+            vec![
+                "prune",
+                m,
+                "-o",
+                o,
+                "--force",
+                "--target-macs",
+                "0.5",
+                "--calib",
+                c,
+                "--one-pass",
+            ],
+        ),
+        (
+            "sparsegpt 50%, sequential, 16 samples",
+            vec![
+                "prune",
+                m,
+                "-o",
+                o,
+                "--force",
+                "--sparsity",
+                "0.5",
+                "--criterion",
+                "sparsegpt",
+                "--calib",
+                c,
+                "--calib-samples",
+                "16",
+            ],
+        ),
+    ];
+    for (name, args) in cases {
+        let mut a = vec![pare, "-q", "--json"];
+        a.extend(args);
+        let (t, rss, stdout) = run(&a);
+        let layers = serde_json::from_str::<serde_json::Value>(&stdout)
+            .ok()
+            .and_then(|v| {
+                let c = v["calibration"].as_array()?.clone();
+                Some(
+                    c.iter()
+                        .map(|r| r["layers"].as_array().map_or(0, |l| l.len()))
+                        .sum::<usize>()
+                        .to_string(),
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        let rss = rss.map(|k| k as f64 * 1024.0);
+        println!(
+            "| {name} | {:.1} s | {} | {} | {layers} |",
+            t.as_secs_f64(),
+            rss.map_or("-".into(), |r| format!("{:.0} MB", r / 1e6)),
+            rss.map_or("-".into(), |r| format!("{:.2}x", r / size)),
+        );
+    }
+}
