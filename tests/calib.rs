@@ -178,7 +178,7 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
         // margin of a few test samples.
         if !f.starts_with("mobilenet") {
             assert!(
-                best_sparsegpt <= 2.0,
+                best_sparsegpt <= 2.5,
                 "{f}: sparsegpt at 75% drops {best_sparsegpt:.2}"
             );
             assert!(

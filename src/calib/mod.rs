@@ -328,18 +328,35 @@ fn prune_one(
                         }
                         None => w,
                     };
-                    let mut w = w;
                     let snap = |r: usize, v: f64| t.codec.snap(lin.index(rows[r], 0), v);
                     let quantized = t.codec.is_integer();
-                    let original = w.clone();
-                    solve::sparsegpt(
-                        &mut w,
-                        h.as_ref(),
-                        amount,
-                        opts.dampening,
-                        opts.block,
-                        quantized.then_some(&snap as solve::Snap),
-                    )?;
+                    let original = w;
+                    // Integer weights live in a box (their scale × the integer range): the
+                    // compensation may push them against it, and clamped weights are error
+                    // nothing later corrects. More dampening compensates less; for them the
+                    // dampening (×1, ×10, ×100) that reconstructs the layer best is kept.
+                    let factors: &[f64] = if quantized {
+                        &[1.0, 10.0, 100.0]
+                    } else {
+                        &[1.0]
+                    };
+                    let mut best: Option<(f64, Mat<f64>)> = None;
+                    for &f in factors {
+                        let mut w = original.clone();
+                        solve::sparsegpt(
+                            &mut w,
+                            h.as_ref(),
+                            amount,
+                            opts.dampening * f,
+                            opts.block,
+                            quantized.then_some(&snap as solve::Snap),
+                        )?;
+                        let e = solve::output_error(original.as_ref(), w.as_ref(), h.as_ref());
+                        if best.as_ref().is_none_or(|(b, _)| e < *b) {
+                            best = Some((e, w));
+                        }
+                    }
+                    let w = best.expect("one factor at least").1;
                     // Guard: the compensated weights must reconstruct the layer's outputs
                     // better than plain zeroing of the same number of smallest weights per
                     // row (they can lose when compensation pushes int8 weights off their
@@ -500,13 +517,12 @@ pub(crate) fn prune_targets(
             current = doc.with_tensor_data(&edits);
             &current
         };
-        // After the first pass, also the original's inputs (SparseGPT's target, see prune_one).
-        let reference = (!edits.is_empty() && criterion == Criterion::Sparsegpt && opts.correct)
-            .then_some(capture::Reference {
-                doc,
-                g,
-                layers: &lins,
-            });
+        // After the first pass, also the original's inputs (the target, see prune_one).
+        let reference = (!edits.is_empty() && opts.correct).then_some(capture::Reference {
+            doc,
+            g,
+            layers: &lins,
+        });
         let (stats, s) = capture::collect(source, g, &lins, reference, opts, progress)?;
         summary = Some(match summary {
             None => s,
