@@ -86,54 +86,88 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
     let dir = tmpdir();
     let mut jobs = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
+    // Every run first (two at a time: most of a small model's run is single-threaded tract),
+    // then the checks in order.
+    struct Spec {
+        file: String,
+        model: PathBuf,
+        case: &'static str,
+        args: Vec<String>,
+        calibrated: bool,
+        out: PathBuf,
+    }
+    let mut specs = Vec::new();
     for m in fixture_models() {
         let file = m["file"].as_str().unwrap().to_string();
         let model = fixtures().join(&file);
         let x = fixtures().join(m["test_data"].as_str().unwrap());
         let y = fixtures().join(m["test_labels"].as_str().unwrap());
         let calib = fixtures().join(m["calib_data"].as_str().unwrap());
-        let calib = calib.to_str().unwrap();
         jobs.push(json!({"model": model, "x": x, "y": y}));
         for (i, (case, flags, calibrated)) in matrix().into_iter().enumerate() {
             let out = dir.path().join(format!("{i}-{file}"));
-            let mut args = flags.clone();
+            let mut args: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
             if calibrated {
-                args.extend(["--calib", calib]);
-            }
-            let r = prune_json(&model, &out, &args);
-            assert_eq!(
-                r["write"]["verification"]["verified"], true,
-                "{file} {case}: tract could not run it"
-            );
-            if calibrated {
-                let c = r["calibration"].as_array().expect("calibration report");
-                let c = c.last().unwrap();
-                assert!(
-                    !c["layers"].as_array().unwrap().is_empty(),
-                    "{file} {case}: no layer calibrated: {c}"
-                );
-                assert_eq!(c["capture"]["data"]["samples"], 128, "{file} {case}");
-            }
-            if case.starts_with("channels") {
-                let ch = &r["channels"];
-                let f = ch["macs_after"].as_f64().unwrap() / ch["macs_before"].as_f64().unwrap();
-                assert!(f <= 0.5, "{file} {case}: MACs at {f}");
-            } else if !case.ends_with("2:4") {
-                let s = if case.contains("87.5%") { 0.875 } else { 0.75 };
-                let got = r["totals"]["eligible_sparsity_after"].as_f64().unwrap();
-                // Inputs that are always zero lose their weights too (SparseGPT).
-                assert!(
-                    got > s - 0.005 && got < s + 0.02,
-                    "{file} {case}: sparsity {got}"
-                );
+                args.extend(["--calib".to_string(), calib.to_str().unwrap().to_string()]);
             }
             jobs.push(json!({"model": out, "x": x, "y": y}));
-            rows.push(Row {
+            specs.push(Spec {
                 file: file.clone(),
-                case: case.to_string(),
+                model: model.clone(),
+                case,
+                args,
+                calibrated,
                 out,
             });
         }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let reports: Vec<std::sync::Mutex<Option<Value>>> =
+        specs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(sp) = specs.get(i) else { break };
+                let args: Vec<&str> = sp.args.iter().map(String::as_str).collect();
+                *reports[i].lock().unwrap() = Some(prune_json(&sp.model, &sp.out, &args));
+            });
+        }
+    });
+    for (sp, r) in specs.iter().zip(reports) {
+        let r = r.into_inner().unwrap().expect("run");
+        let (file, case) = (&sp.file, sp.case);
+        assert_eq!(
+            r["write"]["verification"]["verified"], true,
+            "{file} {case}: tract could not run it"
+        );
+        if sp.calibrated {
+            let c = r["calibration"].as_array().expect("calibration report");
+            let c = c.last().unwrap();
+            assert!(
+                !c["layers"].as_array().unwrap().is_empty(),
+                "{file} {case}: no layer calibrated: {c}"
+            );
+            assert_eq!(c["capture"]["data"]["samples"], 128, "{file} {case}");
+        }
+        if case.starts_with("channels") {
+            let ch = &r["channels"];
+            let f = ch["macs_after"].as_f64().unwrap() / ch["macs_before"].as_f64().unwrap();
+            assert!(f <= 0.5, "{file} {case}: MACs at {f}");
+        } else if !case.ends_with("2:4") {
+            let s = if case.contains("87.5%") { 0.875 } else { 0.75 };
+            let got = r["totals"]["eligible_sparsity_after"].as_f64().unwrap();
+            // Inputs that are always zero lose their weights too (SparseGPT).
+            assert!(
+                got > s - 0.005 && got < s + 0.02,
+                "{file} {case}: sparsity {got}"
+            );
+        }
+        rows.push(Row {
+            file: file.clone(),
+            case: case.to_string(),
+            out: sp.out.clone(),
+        });
     }
     let results = interop(&["accuracy"], Some(&serde_json::to_string(&jobs).unwrap()));
     let results = results.as_array().unwrap();
