@@ -45,8 +45,19 @@ pub struct CalibSummary {
     pub layers: usize,
     /// Calibration rows (patches or dense rows) seen by the widest layer.
     pub max_rows: u64,
-    /// Bytes of statistics held (the Gram matrices).
+    /// Bytes of statistics held at once (the Gram and cross matrices of one pass).
     pub stats_bytes: u64,
+}
+
+impl CalibSummary {
+    /// The summary of two passes over the same data: layers added, the largest row count and
+    /// the largest statistics held at once.
+    pub fn merge(mut self, other: CalibSummary) -> CalibSummary {
+        self.layers += other.layers;
+        self.max_rows = self.max_rows.max(other.max_rows);
+        self.stats_bytes = self.stats_bytes.max(other.stats_bytes);
+        self
+    }
 }
 
 /// No single layer's statistics may exceed this (a 11585-wide dense layer, in f64).

@@ -526,12 +526,7 @@ pub(crate) fn prune_targets(
         let (stats, s) = capture::collect(source, g, &lins, reference, opts, progress)?;
         summary = Some(match summary {
             None => s,
-            Some(mut acc) => {
-                acc.layers += s.layers;
-                acc.max_rows = acc.max_rows.max(s.max_rows);
-                acc.stats_bytes = acc.stats_bytes.max(s.stats_bytes);
-                acc
-            }
+            Some(acc) => acc.merge(s),
         });
         for (&c, st) in wave.iter().zip(&stats) {
             let (i, lin) = &covered[c];
@@ -789,12 +784,7 @@ pub(crate) fn refit_structure(
         };
         summary = Some(match summary {
             None => s,
-            Some(mut acc) => {
-                acc.layers += s.layers;
-                acc.max_rows = acc.max_rows.max(s.max_rows);
-                acc.stats_bytes = acc.stats_bytes.max(s.stats_bytes);
-                acc
-            }
+            Some(acc) => acc.merge(s),
         });
         for (&i, s) in wave.iter().zip(&stats) {
             let (job, lin1) = &ready[i];

@@ -929,25 +929,7 @@ fn prune_one(
         }
     };
     let edit = new.map(|e| (c.handle, e));
-    let params = n as u64;
-    let layer = LayerResult {
-        graph: c.graph,
-        name: c.name.clone(),
-        nodes: c.nodes.clone(),
-        ops: c.ops.clone(),
-        stored_via: c.via.clone(),
-        dtype: c.dtype,
-        shape: c.shape.clone(),
-        params,
-        pattern: job.pattern,
-        target: if job.pooled { None } else { job.sparsity },
-        zeros_before,
-        zeros_after,
-        sparsity_before: fraction(zeros_before, params),
-        sparsity_after: fraction(zeros_after, params),
-        threshold,
-        rule: job.rule.clone(),
-    };
+    let layer = layer_result(job, zeros_before, zeros_after, threshold);
     (edit, layer)
 }
 
@@ -1025,9 +1007,20 @@ fn prune_calibrated(
 
 /// The edit and report line of a tensor pruned with calibration data.
 fn calibrated_result(job: &Job, p: crate::calib::Pruned) -> (Option<(usize, Edit)>, LayerResult) {
+    let layer = layer_result(job, p.zeros_before, p.zeros_after, None);
+    (Some((job.cand.handle, Edit::Data(p.data))), layer)
+}
+
+/// A tensor's report line.
+fn layer_result(
+    job: &Job,
+    zeros_before: u64,
+    zeros_after: u64,
+    threshold: Option<f64>,
+) -> LayerResult {
     let c = &job.cand;
     let params = c.numel();
-    let layer = LayerResult {
+    LayerResult {
         graph: c.graph,
         name: c.name.clone(),
         nodes: c.nodes.clone(),
@@ -1038,14 +1031,13 @@ fn calibrated_result(job: &Job, p: crate::calib::Pruned) -> (Option<(usize, Edit
         params,
         pattern: job.pattern,
         target: if job.pooled { None } else { job.sparsity },
-        zeros_before: p.zeros_before,
-        zeros_after: p.zeros_after,
-        sparsity_before: fraction(p.zeros_before, params),
-        sparsity_after: fraction(p.zeros_after, params),
-        threshold: None,
+        zeros_before,
+        zeros_after,
+        sparsity_before: fraction(zeros_before, params),
+        sparsity_after: fraction(zeros_after, params),
+        threshold,
         rule: job.rule.clone(),
-    };
-    (Some((c.handle, Edit::Data(p.data))), layer)
+    }
 }
 
 /// Prunes `doc` in memory: the new payloads and the report (without `write`).
