@@ -74,6 +74,11 @@ fn matrix() -> Vec<(&'static str, Vec<&'static str>, bool)> {
             vec!["--target-macs", "0.5"],
             true,
         ),
+        (
+            "channels 50% MACs + refit, activation importance",
+            vec!["--target-macs", "0.5", "--importance", "activation"],
+            true,
+        ),
     ]
 }
 
@@ -204,6 +209,12 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
             "{f}: 2:4 sparsegpt {g24:.2}, magnitude {m24:.2}"
         );
         let (plain, refit) = (drop("channels 50% MACs"), drop("channels 50% MACs + refit"));
+        // Ranking channels by what they contribute on the calibration data, then refitting.
+        let activation = drop("channels 50% MACs + refit, activation importance");
+        assert!(
+            activation <= plain - 5.0,
+            "{f}: activation importance + refit drops {activation:.2}, plain {plain:.2}"
+        );
         assert!(
             refit <= plain + 0.3,
             "{f}: refit drops {refit:.2}, plain {plain:.2}"
@@ -374,6 +385,10 @@ fn bad_calibration_data_is_refused_before_anything_is_written() {
         (
             vec!["--sparsity", "0.5", "--criterion", "sparsegpt"],
             "needs calibration data",
+        ),
+        (
+            vec!["--channels", "0.5", "--importance", "activation"],
+            "give --calib DATA",
         ),
         (
             vec!["--sparsity", "0.5", "--calib", flat.to_str().unwrap()],

@@ -604,6 +604,63 @@ fn waves(g: &Graph, nodes: &[usize]) -> Vec<Vec<usize>> {
     waves
 }
 
+/// For `--importance activation`: per layer that mixes channels (by main-graph node), what
+/// each of its input channels contributes to its outputs on the calibration data,
+/// `Σ_o Σ_k W[o, c, k]² · E[x_{c,k}²]` (the output energy lost if the channel went and nothing
+/// were compensated), from one pass over the original model.
+pub(crate) fn channel_energy(
+    doc: &Document,
+    opts: &CalibOptions,
+    progress: &dyn Progress,
+) -> Result<crate::prune::structural::importance::Energy> {
+    opts.validate()?;
+    let model = doc.to_model()?;
+    let g = model.main();
+    let prod = crate::model::stats::producers(g);
+    let targets = g.nodes.iter().enumerate().filter_map(|(ni, node)| {
+        let slot = *crate::model::stats::weight_inputs(&node.op)?.0.first()?;
+        let input = (*node.inputs.get(slot)?)?;
+        let w = crate::model::stats::stored_constant(g, &prod, input)?;
+        Some((ni, slot, w, node.name.clone()))
+    });
+    let (covered, _) = views(g, targets);
+    let lins: Vec<Linear> = covered
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.mixes_channels())
+        .collect();
+    progress.stage("calibrating (channel importance)");
+    let (stats, _) = capture::collect(doc, g, &lins, None, opts, progress)?;
+    let mut out = HashMap::new();
+    for (lin, s) in lins.iter().zip(&stats) {
+        let Some(w) = constant_values(g, lin.weight) else {
+            continue;
+        };
+        let gram = &s.gram[0];
+        let n = gram[(lin.k, lin.k)].max(1.0);
+        let (channels, channel_of): (usize, Box<dyn Fn(usize) -> usize>) = match &lin.kind {
+            Kind::Dense => (lin.k, Box::new(|j| j)),
+            Kind::Conv(c) => {
+                let (cin, per) = (c.cin, c.kernel[0] * c.kernel[1]);
+                if c.channel_first {
+                    (cin, Box::new(move |j| j / per))
+                } else {
+                    (cin, Box::new(move |j| j % cin))
+                }
+            }
+        };
+        let mut e = vec![0f64; channels];
+        for j in 0..lin.k {
+            let col: f64 = (0..lin.out)
+                .map(|o| (w[lin.index(o, j)] as f64).powi(2))
+                .sum();
+            e[channel_of(j)] += col * gram[(j, j)] / n;
+        }
+        out.insert(lin.node, e);
+    }
+    Ok(out)
+}
+
 /// Axes of a layer's weight: (output, input); `None` for the input axis of a depthwise kernel.
 fn axes(lin: &Linear, g: &Graph) -> (usize, Option<usize>) {
     let node = &g.nodes[lin.node];

@@ -360,8 +360,9 @@ struct ChannelFlags {
     #[arg(long, value_name = "F", group = "channel_amount")]
     target_params: Option<f64>,
     /// How channels are ranked: l1 or l2 (filter norm), bn (|gamma| of an explicit
-    /// batch-norm), fpgm (distance to the geometric median of the layer's filters) [default: l1].
-    #[arg(long, value_name = "l1|l2|bn|fpgm")]
+    /// batch-norm), fpgm (distance to the geometric median of the layer's filters), activation
+    /// (what the channel contributes to the next layers' outputs on --calib data) [default: l1].
+    #[arg(long, value_name = "l1|l2|bn|fpgm|activation")]
     importance: Option<crate::prune::structural::Importance>,
     /// layer: every group of coupled layers loses the ratio; global: one ranking of
     /// normalized scores over all groups [default: --scope if layer or global, else layer].
@@ -418,6 +419,7 @@ impl ChannelFlags {
             exclude: exclude.to_vec(),
             rules: config.map(|c| c.rules).unwrap_or_default(),
             fold: !self.no_fold,
+            energy: None,
         }))
     }
 }

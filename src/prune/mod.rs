@@ -285,6 +285,12 @@ impl PruneOptions {
             }
         }
         if let Some(c) = &self.channels {
+            if c.importance == structural::Importance::Activation && self.calib.is_none() {
+                return usage(
+                    "--importance activation ranks channels by calibration data: give --calib DATA"
+                        .into(),
+                );
+            }
             c.validate()?;
             if !self.magnitude_requested() {
                 return Ok(());
@@ -1386,6 +1392,18 @@ pub(crate) fn prune_document_with(
     let mut calibration = Vec::new();
     let (base, channels) = match &opts.channels {
         Some(c) => {
+            let with_energy;
+            let c = match &opts.calib {
+                Some(calib) if c.importance == structural::Importance::Activation => {
+                    let mut c2 = c.clone();
+                    c2.energy = Some(std::sync::Arc::new(crate::calib::channel_energy(
+                        doc, calib, progress,
+                    )?));
+                    with_energy = c2;
+                    &with_energy
+                }
+                _ => c,
+            };
             let (d, r, edits) = structural::prune_channels_with_edits(doc, c)?;
             let d = match (&opts.calib, edits) {
                 (Some(calib), Some(edits)) if calib.refit => {

@@ -26,6 +26,9 @@ pub enum Importance {
     /// Distance to the geometric median of the layer's filters (He et al., CVPR 2019): the
     /// filters most replaceable by the others go first.
     Fpgm,
+    /// What the channel contributes to its consumers' outputs on calibration data:
+    /// `Σ_o Σ_k W[o, c, k]² · E[x_{c,k}²]` over every layer that reads it (needs `--calib`).
+    Activation,
 }
 
 impl FromStr for Importance {
@@ -36,8 +39,9 @@ impl FromStr for Importance {
             "l2" => Ok(Importance::L2),
             "bn" => Ok(Importance::Bn),
             "fpgm" => Ok(Importance::Fpgm),
+            "activation" => Ok(Importance::Activation),
             _ => Err(format!(
-                "unknown importance {s:?}: expected l1, l2, bn or fpgm"
+                "unknown importance {s:?}: expected l1, l2, bn, fpgm or activation"
             )),
         }
     }
@@ -50,6 +54,7 @@ impl fmt::Display for Importance {
             Importance::L2 => "l2",
             Importance::Bn => "bn",
             Importance::Fpgm => "fpgm",
+            Importance::Activation => "activation",
         })
     }
 }
@@ -78,7 +83,7 @@ fn position_scores(values: &[f32], shape: &[u64], axis: usize, how: Importance) 
         f
     };
     match how {
-        Importance::L1 | Importance::Bn => (0..c)
+        Importance::L1 | Importance::Bn | Importance::Activation => (0..c)
             .into_par_iter()
             .map(|p| filter(p).iter().map(|v| v.abs() as f64).sum())
             .collect(),
@@ -114,13 +119,22 @@ fn position_scores(values: &[f32], shape: &[u64], axis: usize, how: Importance) 
     }
 }
 
+/// Per consumer node (main graph): the output energy each of its input-channel positions
+/// carries, from calibration data (see [`Importance::Activation`]).
+pub type Energy = HashMap<usize, Vec<f64>>;
+
 /// Score of every group root that has one. With `Bn`, only groups with a batch-norm scale
-/// are scored.
-pub fn scores(g: &Graph, d: &DepGraph, how: Importance) -> HashMap<ChannelId, f64> {
-    let wanted = if how == Importance::Bn {
-        Role::BnScale
-    } else {
-        Role::Filters
+/// are scored; with `Activation`, groups read by a calibrated consumer (`energy`).
+pub fn scores(
+    g: &Graph,
+    d: &DepGraph,
+    how: Importance,
+    energy: Option<&Energy>,
+) -> HashMap<ChannelId, f64> {
+    let wanted = match how {
+        Importance::Bn => Role::BnScale,
+        Importance::Activation => Role::Inputs,
+        _ => Role::Filters,
     };
     let mut sum: HashMap<ChannelId, (f64, u32)> = HashMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -129,10 +143,17 @@ pub fn scores(g: &Graph, d: &DepGraph, how: Importance) -> HashMap<ChannelId, f6
         if s.role != wanted || s.slot.is_none() || !seen.insert((s.tensor, s.axis)) {
             continue;
         }
-        let Some((values, shape)) = real_values(g, s.tensor) else {
-            continue;
+        let per = if how == Importance::Activation {
+            match energy.and_then(|e| e.get(&s.node)) {
+                Some(e) if e.len() == s.ids.len() => e.clone(),
+                _ => continue,
+            }
+        } else {
+            let Some((values, shape)) = real_values(g, s.tensor) else {
+                continue;
+            };
+            position_scores(&values, &shape, s.axis, how)
         };
-        let per = position_scores(&values, &shape, s.axis, how);
         let mean = per.iter().sum::<f64>() / per.len().max(1) as f64;
         for (p, v) in per.iter().enumerate() {
             let norm = if mean > 0.0 { v / mean } else { 0.0 };

@@ -15,7 +15,7 @@
 
 pub(crate) mod fold;
 mod graph;
-mod importance;
+pub mod importance;
 mod plan;
 mod rules;
 
@@ -99,6 +99,9 @@ pub struct ChannelOptions {
     pub rules: Vec<ChannelRule>,
     /// Fold the constant that removed channels still output into the consumers' biases.
     pub fold: bool,
+    /// With `Importance::Activation`: the consumers' per-channel output energy on calibration
+    /// data (filled in by the pruning pipeline from `--calib`).
+    pub energy: Option<std::sync::Arc<importance::Energy>>,
 }
 
 impl Default for ChannelOptions {
@@ -112,6 +115,7 @@ impl Default for ChannelOptions {
             exclude: Vec::new(),
             rules: Vec::new(),
             fold: true,
+            energy: None,
         }
     }
 }

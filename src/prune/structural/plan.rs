@@ -158,11 +158,17 @@ impl<'a> Planner<'a> {
             }
         }
 
-        let mut scores = importance::scores(g, &d, opts.importance);
+        let mut scores = importance::scores(g, &d, opts.importance, opts.energy.as_deref());
         if opts.importance == Importance::Bn && scores.is_empty() {
             return Err(Error::unsupported(
                 doc.path(),
                 "--importance bn needs explicit batch-norm layers, and this model has none (exporters usually fold batch-norm into the convolutions); use l1, l2 or fpgm",
+            ));
+        }
+        if opts.importance == Importance::Activation && scores.is_empty() {
+            return Err(Error::unsupported(
+                doc.path(),
+                "--importance activation needs calibration data (--calib DATA) for the layers that read the channels",
             ));
         }
         // Channels without a score (no batch-norm with `bn`, an unreadable weight type) stay.
