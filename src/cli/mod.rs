@@ -79,8 +79,9 @@ enum Command {
     },
     /// Zero the weights closest to zero (magnitude pruning: per layer, global, LAMP; unstructured,
     /// N:M or blocks; float, f16 and int8 weights in their stored type), and/or remove whole
-    /// channels (structural pruning: --channels, --target-macs). The written model is checked
-    /// against the original in tract.
+    /// channels (structural pruning: --channels, --target-macs); with calibration data
+    /// (--calib), reconstruct what stays (SparseGPT, Wanda, least-squares refit). The written
+    /// model is checked against the original in tract.
     #[command(after_help = PRUNE_HELP)]
     Prune {
         /// The input model.
@@ -477,6 +478,14 @@ consumers). Runs before magnitude pruning when both are given; --search with --c
 
 Storage (--storage, default auto): each eligible weight is written in the smaller of its dense and sparse encodings: TFLite sparse tensors (SparsityParameters, SPARSE_CSR with the narrowest index vectors; blocks with --pattern block:RxC) feeding a DENSIFY op, as TensorFlow's converter writes them; ONNX sparse_initializer with INT64 indices. int8 FULLY_CONNECTED weights stay dense (LiteRT's default XNNPACK delegate cannot prepare them behind DENSIFY). sparse forces it, dense writes every weight dense, keep leaves the input's encoding. Sparse files are smaller on disk, not in RAM: runtimes expand them at load. tract verifies the densified equivalent, and the report says so. Sparse inputs are pruned dense and written back as --storage says.
 
+Calibration (--calib DATA, a few hundred representative inputs as .npy/.npz): --criterion wanda \
+prunes by |W|·‖X‖ per output row; --criterion sparsegpt prunes layer by layer with Hessian-guided \
+error compensation on the weights that stay (int8 weights stay on their quantization grid), \
+reproducing the original model's outputs and mean; with channel pruning, every layer that lost \
+input channels is refit by least squares, and --importance activation ranks channels by what they \
+contribute on the data. Layers calibration cannot cover are pruned by magnitude and listed in the \
+report (calibration[].fallbacks). --one-pass trades accuracy for speed on deep models.
+
 Config file (--config pare.toml): top-level keys sparsity, scope, pattern, min_params, \
 max_layer_sparsity, include, exclude, and [[layer]] tables with match (regex), sparsity, pattern, \
 channels (a channel ratio for the matching layers) or skip = true; the first matching rule wins. A \
@@ -500,7 +509,9 @@ Examples:
   pare prune model.onnx -o out.onnx --scope lamp --validate test.npz --max-accuracy-drop 1 --search
   pare prune model.tflite -o small.tflite --target-macs 0.5 --round-to 8
   pare prune model.tflite -o sparse.tflite --sparsity 0.875 --pattern block:1x4 --json
-  pare prune model.onnx -o out.onnx --channels 0.5 --validate val.npz --max-accuracy-drop 1 --search";
+  pare prune model.onnx -o out.onnx --channels 0.5 --validate val.npz --max-accuracy-drop 1 --search
+  pare prune model.onnx -o out.onnx --sparsity 0.75 --criterion sparsegpt --calib calib.npy
+  pare prune model.tflite -o small.tflite --target-macs 0.5 --importance activation --calib calib.npy";
 
 #[derive(Args, Debug)]
 struct DataFlags {
