@@ -15,35 +15,13 @@
 
 #[path = "common/resnet.rs"]
 mod resnet;
+#[path = "common/run.rs"]
+mod run;
+
+use run::run;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-fn run(args: &[&str]) -> (Duration, Option<u64>, String) {
-    let time = Path::new("/usr/bin/time");
-    let mut cmd = if time.exists() {
-        let mut c = Command::new(time);
-        c.args(["-f", "%M"]).args(args);
-        c
-    } else {
-        let mut c = Command::new(args[0]);
-        c.args(&args[1..]);
-        c
-    };
-    let start = Instant::now();
-    let out = cmd.output().expect("spawn");
-    let elapsed = start.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{args:?}: {err}");
-    let peak = err.lines().last().and_then(|l| l.trim().parse().ok());
-    (
-        elapsed,
-        peak,
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    )
-}
 
 /// Writes `n` seeded images of 3 × 224 × 224 in [-2, 2) as a float32 `.npy`.
 fn images(path: &Path, n: usize) {

@@ -12,36 +12,15 @@
 
 #[path = "common/resnet.rs"]
 mod resnet;
+#[path = "common/run.rs"]
+mod run;
+
+use run::run;
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RUNS: usize = 3;
-
-fn run(args: &[&str]) -> (Duration, Option<u64>, String) {
-    let time = std::path::Path::new("/usr/bin/time");
-    let mut cmd = if time.exists() {
-        let mut c = Command::new(time);
-        c.args(["-f", "%M"]).args(args);
-        c
-    } else {
-        let mut c = Command::new(args[0]);
-        c.args(&args[1..]);
-        c
-    };
-    let start = Instant::now();
-    let out = cmd.output().expect("spawn");
-    let elapsed = start.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{args:?}: {err}");
-    let peak = err.lines().last().and_then(|l| l.trim().parse().ok());
-    (
-        elapsed,
-        peak,
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    )
-}
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
