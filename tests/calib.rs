@@ -474,3 +474,56 @@ fn too_few_samples_warn_and_still_prune() {
     );
     assert_eq!(r["write"]["verification"]["verified"], true);
 }
+
+/// `--one-pass` and `--no-correct` are other computations (different weights, each verified);
+/// `--no-refit` writes exactly what channel pruning alone writes.
+#[test]
+fn calibration_modes_change_what_they_say() {
+    let dir = tmpdir();
+    let model = fixtures().join("cnn.onnx");
+    let calib = fixtures().join("data/calib_x_nchw.npy");
+    let c = calib.to_str().unwrap();
+    let base = [
+        "--sparsity",
+        "0.75",
+        "--criterion",
+        "sparsegpt",
+        "--calib",
+        c,
+    ];
+    let mut outs = Vec::new();
+    for (name, extra) in [
+        ("default", vec![]),
+        ("one-pass", vec!["--one-pass"]),
+        ("no-correct", vec!["--no-correct"]),
+    ] {
+        let out = dir.path().join(format!("{name}.onnx"));
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let r = prune_json(&model, &out, &args);
+        assert_eq!(r["write"]["verification"]["verified"], true, "{name}");
+        assert_eq!(
+            r["calibration"][0]["layers"].as_array().unwrap().len(),
+            6,
+            "{name}"
+        );
+        outs.push((name, std::fs::read(&out).unwrap()));
+    }
+    for (name, bytes) in &outs[1..] {
+        assert_ne!(bytes, &outs[0].1, "{name} wrote the default's weights");
+    }
+
+    let plain = dir.path().join("plain.onnx");
+    let no_refit = dir.path().join("no-refit.onnx");
+    prune_json(&model, &plain, &["--target-macs", "0.5"]);
+    let r = prune_json(
+        &model,
+        &no_refit,
+        &["--target-macs", "0.5", "--calib", c, "--no-refit"],
+    );
+    assert!(r.get("calibration").is_none(), "{r}");
+    assert_eq!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&no_refit).unwrap()
+    );
+}

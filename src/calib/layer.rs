@@ -134,9 +134,10 @@ pub fn linear(
         .flatten()
         .ok_or("the layer has no input")?;
     // Its own bias input, or (MatMul) the constant of the Add that alone reads its output.
-    let bias = if node.op == "DEPTHWISE_CONV_2D" {
+    let bias = if node.op != "MatMul" {
         node.inputs.get(2).copied().flatten()
     } else {
+        // Only a MatMul's bias is in another node: who reads its output.
         let mut readers: std::collections::HashMap<TensorId, Vec<usize>> = Default::default();
         for (i, n) in g.nodes.iter().enumerate() {
             for &t in n.inputs.iter().flatten() {

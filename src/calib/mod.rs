@@ -243,8 +243,8 @@ fn prune_one(
 ) -> std::result::Result<Pruned, String> {
     if t.codec.per_channel() {
         // Snapping goes by row: the quantization must follow the output channels.
-        let c0 = t.codec.channel_of(lin.index(0, 0));
-        if (0..lin.k).any(|c| t.codec.channel_of(lin.index(0, c)) != c0) {
+        let c0 = t.codec.channel(lin.index(0, 0));
+        if (0..lin.k).any(|c| t.codec.channel(lin.index(0, c)) != c0) {
             return Err("per-channel quantization along the input axis".into());
         }
     }
@@ -263,6 +263,7 @@ fn prune_one(
     let zeros_before = values.iter().filter(|&&v| v == 0.0).count() as u64;
     let k = lin.k;
     let mut out: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+    drop(values);
     // Rows of each group.
     let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); lin.groups];
     for o in 0..lin.out {
@@ -280,16 +281,20 @@ fn prune_one(
         solve::Amount::NOfM { .. } => vec![0; lin.groups],
     };
     let plain_kept = std::sync::atomic::AtomicUsize::new(0);
-    // Snapping is per element; rows map to elements through the layout.
     // Per group: the new weights (by element) and each row's bias correction.
     type GroupResult = (Vec<(usize, f64)>, Vec<(usize, f64)>);
     let results: Vec<std::result::Result<GroupResult, String>> = rows_of
         .par_iter()
         .enumerate()
         .map(|(gi, rows)| {
-            let w = Mat::<f64>::from_fn(rows.len(), k, |r, c| out[lin.index(rows[r], col(c))]);
-            let gram = &stats.gram[gi];
-            let h = Mat::<f64>::from_fn(k, k, |i, j| gram[(col(i), col(j))]);
+            // The group's weights and statistics, in the criterion's column order.
+            let stored = Mat::<f64>::from_fn(rows.len(), k, |r, c| out[lin.index(rows[r], col(c))]);
+            let gram = Mat::<f64>::from_fn(k + 1, k + 1, |i, j| stats.gram[gi][(aug(i), aug(j))]);
+            let cross = stats
+                .cross
+                .as_ref()
+                .map(|c| Mat::<f64>::from_fn(k + 1, k + 1, |i, j| c[gi][(aug(i), aug(j))]));
+            let h = gram.as_ref().submatrix(0, 0, k, k);
             let amount = match t.amount {
                 solve::Amount::Count(_) => solve::Amount::Count(counts[gi]),
                 a => a,
@@ -297,113 +302,31 @@ fn prune_one(
             let new = match criterion {
                 Criterion::Wanda => {
                     let norms: Vec<f64> = (0..k).map(|i| h[(i, i)]).collect();
-                    let mask = solve::wanda(w.as_ref(), &norms, amount);
-                    let mut w = w;
-                    for (e, &m) in mask.iter().enumerate() {
-                        if m {
-                            w[(e / k, e % k)] = 0.0;
-                        }
+                    let mask = solve::wanda(stored.as_ref(), &norms, amount);
+                    zeroed(stored.clone(), &mask)
+                }
+                Criterion::Sparsegpt => {
+                    let snap = |r: usize, v: f64| t.codec.snap(lin.index(rows[r], 0), v);
+                    let (w, plain) = sparsegpt_group(
+                        &stored,
+                        &gram,
+                        cross.as_ref(),
+                        amount,
+                        t.codec.is_integer().then_some(&snap as solve::Snap),
+                        opts,
+                    )?;
+                    if plain {
+                        plain_kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     w
                 }
-                Criterion::Sparsegpt => {
-                    // Sequential passes after the first see the inputs x' of the model pruned
-                    // so far: the target is then the weights that best reproduce the original
-                    // outputs from x' (W* = argmin ‖W* x' − W x‖), which SparseGPT sparsifies.
-                    let w = match &stats.cross {
-                        Some(cross) => {
-                            let cross = &cross[gi];
-                            let hc =
-                                Mat::<f64>::from_fn(k + 1, k + 1, |i, j| gram[(aug(i), aug(j))]);
-                            let cc =
-                                Mat::<f64>::from_fn(k + 1, k + 1, |i, j| cross[(aug(i), aug(j))]);
-                            solve::refit_cross(
-                                w.as_ref(),
-                                None,
-                                hc.as_ref(),
-                                cc.as_ref(),
-                                opts.dampening,
-                            )?
-                            .0
-                        }
-                        None => w,
-                    };
-                    let snap = |r: usize, v: f64| t.codec.snap(lin.index(rows[r], 0), v);
-                    let quantized = t.codec.is_integer();
-                    let original = w;
-                    // Integer weights live in a box (their scale × the integer range): the
-                    // compensation may push them against it, and clamped weights are error
-                    // nothing later corrects. More dampening compensates less; for them the
-                    // dampening (×1, ×10, ×100) that reconstructs the layer best is kept.
-                    let factors: &[f64] = if quantized {
-                        &[1.0, 10.0, 100.0]
-                    } else {
-                        &[1.0]
-                    };
-                    let mut best: Option<(f64, Mat<f64>)> = None;
-                    for &f in factors {
-                        let mut w = original.clone();
-                        solve::sparsegpt(
-                            &mut w,
-                            h.as_ref(),
-                            amount,
-                            opts.dampening * f,
-                            opts.block,
-                            quantized.then_some(&snap as solve::Snap),
-                        )?;
-                        let e = solve::output_error(original.as_ref(), w.as_ref(), h.as_ref());
-                        if best.as_ref().is_none_or(|(b, _)| e < *b) {
-                            best = Some((e, w));
-                        }
-                    }
-                    let w = best.expect("one factor at least").1;
-                    // Guard: the compensated weights must reconstruct the layer's outputs
-                    // better than plain zeroing of the same number of smallest weights per
-                    // row (they can lose when compensation pushes int8 weights off their
-                    // range). Otherwise the plain choice is kept.
-                    let ones = vec![1.0; k];
-                    let stored =
-                        Mat::<f64>::from_fn(rows.len(), k, |r, c| out[lin.index(rows[r], col(c))]);
-                    let mask = solve::wanda(stored.as_ref(), &ones, amount);
-                    let mut plain = stored;
-                    for (e, &m) in mask.iter().enumerate() {
-                        if m {
-                            plain[(e / k, e % k)] = 0.0;
-                        }
-                    }
-                    let (eg, ep) = (
-                        solve::output_error(original.as_ref(), w.as_ref(), h.as_ref()),
-                        solve::output_error(original.as_ref(), plain.as_ref(), h.as_ref()),
-                    );
-                    if ep < eg {
-                        plain_kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        plain
-                    } else {
-                        w
-                    }
-                }
                 Criterion::Magnitude => unreachable!("magnitude needs no calibration"),
             };
-            // The mean of what the layer outputs stays the original's: the bias absorbs
-            // Σ_j W_ij x̄_j − Σ_j W'_ij x̄'_j (x̄: the original model's mean input, x̄': the
-            // input the pruned layer sees).
-            let n = gram[(k, k)];
-            let deltas = if lin.bias.is_some() && opts.correct && n > 0.0 {
-                let mean_cur: Vec<f64> = (0..k).map(|j| gram[(k, col(j))] / n).collect();
-                let mean_ref: Vec<f64> = match &stats.cross {
-                    Some(c) => (0..k).map(|j| c[gi][(k, col(j))] / n).collect(),
-                    None => mean_cur.clone(),
-                };
-                (0..rows.len())
-                    .map(|r| {
-                        let d: f64 = (0..k)
-                            .map(|j| {
-                                out[lin.index(rows[r], col(j))] * mean_ref[j]
-                                    - new[(r, j)] * mean_cur[j]
-                            })
-                            .sum();
-                        (rows[r], d)
-                    })
+            let deltas = if lin.bias.is_some() && opts.correct {
+                mean_shift(&stored, &new, &gram, cross.as_ref())
+                    .into_iter()
+                    .enumerate()
+                    .map(|(r, d)| (rows[r], d))
                     .collect()
             } else {
                 Vec::new()
@@ -427,24 +350,14 @@ fn prune_one(
             delta[o] = d;
         }
     }
+    // A bias pare cannot write keeps its value (the weights are still pruned).
     let bias = lin
         .bias
         .filter(|_| delta.iter().any(|&d| d != 0.0))
-        .and_then(|b| {
-            let t = g.tensor(b);
-            let scale = t.quant.as_ref().map(|q| q.scale.clone());
-            let data = crate::prune::structural::fold::apply_delta(
-                t.dtype,
-                t.data.as_ref()?,
-                &delta,
-                scale.as_deref(),
-            )?;
-            Some((t.handle?, Bytes::from(data)))
-        });
+        .and_then(|b| bias_payload(g, b, &delta).ok());
     let data = t.codec.encode(&out);
     // Zeros as stored (an int8 weight that rounds to its zero point is zero).
-    let stored = Codec::values(t.codec, &data);
-    let zeros_after = stored.iter().filter(|&&v| v == 0.0).count() as u64;
+    let zeros_after = t.codec.values(&data).iter().filter(|&&v| v == 0.0).count() as u64;
     Ok(Pruned {
         data: Bytes::from(data),
         zeros_before,
@@ -452,6 +365,123 @@ fn prune_one(
         plain_groups: plain_kept.into_inner(),
         bias,
     })
+}
+
+/// `w` with the elements where `mask` is set zeroed (`mask` row-major over `w`).
+fn zeroed(mut w: Mat<f64>, mask: &[bool]) -> Mat<f64> {
+    let k = w.ncols();
+    for (e, _) in mask.iter().enumerate().filter(|p| *p.1) {
+        w[(e / k, e % k)] = 0.0;
+    }
+    w
+}
+
+/// SparseGPT on one group: `stored` (rows × k) with its augmented Gram matrix `gram`
+/// ((k + 1)²) and, after the first sequential pass, the cross statistics with the original
+/// model's inputs. Returns the new weights and whether plain zeroing was kept instead.
+fn sparsegpt_group(
+    stored: &Mat<f64>,
+    gram: &Mat<f64>,
+    cross: Option<&Mat<f64>>,
+    amount: solve::Amount,
+    snap: Option<solve::Snap>,
+    opts: &CalibOptions,
+) -> std::result::Result<(Mat<f64>, bool), String> {
+    let k = stored.ncols();
+    let h = gram.as_ref().submatrix(0, 0, k, k);
+    // Sequential passes after the first see the inputs x' of the model pruned so far: the
+    // target is then the weights that best reproduce the original outputs from x'
+    // (W* = argmin ‖W* x' − W x‖), which SparseGPT sparsifies.
+    let target = match cross {
+        Some(c) => {
+            solve::refit_cross(
+                stored.as_ref(),
+                None,
+                gram.as_ref(),
+                c.as_ref(),
+                opts.dampening,
+            )?
+            .0
+        }
+        None => stored.clone(),
+    };
+    // Integer weights live in a box (their scale × the integer range): the compensation may
+    // push them against it, and clamped weights are error nothing later corrects. More
+    // dampening compensates less; for them the dampening (×1, ×10, ×100) that reconstructs
+    // the layer best is kept.
+    let factors: &[f64] = if snap.is_some() {
+        &[1.0, 10.0, 100.0]
+    } else {
+        &[1.0]
+    };
+    let mut best: Option<(f64, Mat<f64>)> = None;
+    for &f in factors {
+        let mut w = target.clone();
+        solve::sparsegpt(&mut w, h, amount, opts.dampening * f, opts.block, snap)?;
+        let e = solve::output_error(target.as_ref(), w.as_ref(), h);
+        if best.as_ref().is_none_or(|(b, _)| e < *b) {
+            best = Some((e, w));
+        }
+    }
+    let (error, w) = best.expect("one factor at least");
+    // Guard: the compensated weights must reconstruct the layer's outputs better than plain
+    // zeroing of the same number of smallest weights per row. Otherwise the plain choice is
+    // kept.
+    let ones = vec![1.0; k];
+    let plain = zeroed(
+        stored.clone(),
+        &solve::wanda(stored.as_ref(), &ones, amount),
+    );
+    if solve::output_error(target.as_ref(), plain.as_ref(), h) < error {
+        Ok((plain, true))
+    } else {
+        Ok((w, false))
+    }
+}
+
+/// Per row: what the bias must absorb so that the layer's mean output stays the original's,
+/// `Σ_j W_j x̄_j − Σ_j W'_j x̄'_j` (x̄: the original model's mean input, from the cross
+/// statistics when there are some; x̄': the mean input the pruned layer sees).
+fn mean_shift(
+    stored: &Mat<f64>,
+    new: &Mat<f64>,
+    gram: &Mat<f64>,
+    cross: Option<&Mat<f64>>,
+) -> Vec<f64> {
+    let k = stored.ncols();
+    let n = gram[(k, k)];
+    if n <= 0.0 {
+        return vec![0.0; stored.nrows()];
+    }
+    let mean_cur: Vec<f64> = (0..k).map(|j| gram[(k, j)] / n).collect();
+    let mean_ref: Vec<f64> = match cross {
+        Some(c) => (0..k).map(|j| c[(k, j)] / n).collect(),
+        None => mean_cur.clone(),
+    };
+    (0..stored.nrows())
+        .map(|r| {
+            (0..k)
+                .map(|j| stored[(r, j)] * mean_ref[j] - new[(r, j)] * mean_cur[j])
+                .sum()
+        })
+        .collect()
+}
+
+/// The payload of bias `b` (a main-graph constant) plus `delta` (real units), by its storage
+/// handle.
+fn bias_payload(
+    g: &Graph,
+    b: TensorId,
+    delta: &[f64],
+) -> std::result::Result<(usize, Bytes), String> {
+    let t = g.tensor(b);
+    let (Some(handle), Some(data)) = (t.handle, t.data.as_ref()) else {
+        return Err("the bias has no storage".into());
+    };
+    let scale = t.quant.as_ref().map(|q| q.scale.clone());
+    let new = crate::prune::structural::fold::apply_delta(t.dtype, data, delta, scale.as_deref())
+        .ok_or_else(|| format!("cannot write a {} bias", t.dtype))?;
+    Ok((handle, Bytes::from(new)))
 }
 
 /// Unstructured pruning with calibration data: every target the calibration covers is pruned
@@ -464,7 +494,6 @@ pub(crate) fn prune_targets(
     opts: &CalibOptions,
     progress: &dyn Progress,
 ) -> Result<(Vec<Option<Pruned>>, CalibReport)> {
-    opts.validate()?;
     let (covered, mut fallbacks) = views(
         g,
         targets
@@ -569,6 +598,18 @@ pub(crate) fn prune_targets(
     ))
 }
 
+/// Every weight-bearing node of `g` with a stored constant weight (its first weight input):
+/// (node, slot, weight, node name).
+fn layer_weights(g: &Graph) -> impl Iterator<Item = (usize, usize, TensorId, String)> + '_ {
+    let prod = crate::model::stats::producers(g);
+    g.nodes.iter().enumerate().filter_map(move |(ni, node)| {
+        let slot = *crate::model::stats::weight_inputs(&node.op)?.0.first()?;
+        let input = (*node.inputs.get(slot)?)?;
+        let w = crate::model::stats::stored_constant(g, &prod, input)?;
+        Some((ni, slot, w, node.name.clone()))
+    })
+}
+
 /// Groups layer nodes `nodes` by depth: wave `d` holds the layers with `d` of the others on
 /// their longest path from the inputs. Nodes are in topological order (as both formats store
 /// them).
@@ -613,17 +654,9 @@ pub(crate) fn channel_energy(
     opts: &CalibOptions,
     progress: &dyn Progress,
 ) -> Result<crate::prune::structural::importance::Energy> {
-    opts.validate()?;
     let model = doc.to_model()?;
     let g = model.main();
-    let prod = crate::model::stats::producers(g);
-    let targets = g.nodes.iter().enumerate().filter_map(|(ni, node)| {
-        let slot = *crate::model::stats::weight_inputs(&node.op)?.0.first()?;
-        let input = (*node.inputs.get(slot)?)?;
-        let w = crate::model::stats::stored_constant(g, &prod, input)?;
-        Some((ni, slot, w, node.name.clone()))
-    });
-    let (covered, _) = views(g, targets);
+    let (covered, _) = views(g, layer_weights(g));
     let lins: Vec<Linear> = covered
         .into_iter()
         .map(|(_, l)| l)
@@ -661,38 +694,26 @@ pub(crate) fn channel_energy(
     Ok(out)
 }
 
-/// Axes of a layer's weight: (output, input); `None` for the input axis of a depthwise kernel.
-fn axes(lin: &Linear, g: &Graph) -> (usize, Option<usize>) {
-    let node = &g.nodes[lin.node];
-    match (node.op.as_str(), lin.weights) {
-        ("Conv", _) => (0, Some(1)),
-        ("CONV_2D", _) => (0, Some(3)),
-        ("DEPTHWISE_CONV_2D", _) => (3, None),
-        (_, layer::Weights::RowMajor) => (0, Some(1)),
-        (_, layer::Weights::ColMajor) => (1, Some(0)),
-    }
-}
-
-/// Real values of a constant (decoded through its quantization).
+/// Real values of a constant: through its codec, or for an int32 bias, `q · scale` (per
+/// output channel, or one scale).
 fn constant_values(g: &Graph, t: TensorId) -> Option<Vec<f32>> {
-    let t = g.tensor(t);
-    let data = t.data.as_ref()?;
-    let shape = t.fixed_shape()?;
-    if t.dtype == crate::model::DType::I32 {
-        // Quantized biases: real = q · scale (per output channel, or one scale).
-        let scale = &t.quant.as_ref()?.scale;
-        return Some(
-            data.chunks_exact(4)
-                .enumerate()
-                .map(|(o, c)| {
-                    i32::from_le_bytes(c.try_into().expect("4")) as f32
-                        * *scale.get(o).or(scale.first()).unwrap_or(&1.0)
-                })
-                .collect(),
-        );
+    let tensor = g.tensor(t);
+    if tensor.dtype != crate::model::DType::I32 {
+        return crate::prune::structural::importance::real_values(g, t).map(|(v, _)| v);
     }
-    let codec = Codec::new(t.dtype, &shape, t.quant.as_ref()).ok()?;
-    Some(codec.values(data))
+    let scale = &tensor.quant.as_ref()?.scale;
+    Some(
+        tensor
+            .data
+            .as_ref()?
+            .chunks_exact(4)
+            .enumerate()
+            .map(|(o, c)| {
+                i32::from_le_bytes(c.try_into().expect("4")) as f32
+                    * *scale.get(o).or(scale.first()).unwrap_or(&1.0)
+            })
+            .collect(),
+    )
 }
 
 /// Structural pruning with calibration data: every layer that lost input channels (and mixes
@@ -706,32 +727,16 @@ pub(crate) fn refit_structure(
     opts: &CalibOptions,
     progress: &dyn Progress,
 ) -> Result<(Document, CalibReport)> {
-    opts.validate()?;
     let m0 = original.to_model()?;
     let m1 = edited.to_model()?;
     let (g0, g1) = (m0.main(), m1.main());
-    let prod = crate::model::stats::producers(g0);
     // Layers whose weight lost input positions, with the kept columns and rows.
-    let mut candidates = Vec::new();
-    for (ni, node) in g0.nodes.iter().enumerate() {
-        let Some((slots, _)) = crate::model::stats::weight_inputs(&node.op) else {
-            continue;
-        };
-        let Some(&slot) = slots.first() else { continue };
-        let Some(Some(input)) = node.inputs.get(slot) else {
-            continue;
-        };
-        let Some(wid) = crate::model::stats::stored_constant(g0, &prod, *input) else {
-            continue;
-        };
-        let Some(handle) = g0.tensor(wid).handle else {
-            continue;
-        };
-        let Some(edit) = edits.constants.get(&handle) else {
-            continue;
-        };
-        candidates.push((ni, slot, wid, node.name.clone(), edit));
-    }
+    let candidates: Vec<_> = layer_weights(g0)
+        .filter_map(|(ni, slot, wid, name)| {
+            let edit = edits.constants.get(&g0.tensor(wid).handle?)?;
+            Some((ni, slot, wid, name, edit))
+        })
+        .collect();
     let (covered, mut fallbacks) = views(
         g0,
         candidates
@@ -741,7 +746,10 @@ pub(crate) fn refit_structure(
     let mut jobs = Vec::new();
     for (i, lin) in covered {
         let edit = candidates[i].4;
-        let (out_axis, in_axis) = axes(&lin, g0);
+        let node = &g0.nodes[lin.node];
+        let rank = g0.tensor(lin.weight).shape.as_ref().map_or(2, |s| s.len());
+        let (out_axis, in_axis) =
+            crate::prune::layout(&node.op, WEIGHT_SLOT, node.attrs.trans_b, rank);
         let Some(in_axis) = in_axis.filter(|_| lin.mixes_channels()) else {
             continue; // depthwise / grouped: no channel mixing to refit
         };
@@ -931,10 +939,6 @@ fn refit_one(
     }
     let mut out = vec![(h1, Bytes::from(codec.encode(&values)))];
     if let (Some(bn), Some(b1)) = (bn, lin1.bias) {
-        let tb = g1.tensor(b1);
-        let (Some(hb), Some(data)) = (tb.handle, tb.data.as_ref()) else {
-            return Err("the edited bias has no storage".into());
-        };
         let current = constant_values(g1, b1).ok_or("the edited bias cannot be read")?;
         if current.len() != job.rows.len() {
             return Err("the edited bias does not follow the kept outputs".into());
@@ -945,11 +949,7 @@ fn refit_one(
             .zip(&current)
             .map(|(&o, &c)| bn[o] - c as f64)
             .collect();
-        let scale = tb.quant.as_ref().map(|q| q.scale.clone());
-        let b =
-            crate::prune::structural::fold::apply_delta(tb.dtype, data, &delta, scale.as_deref())
-                .ok_or_else(|| format!("cannot write a {} bias", tb.dtype))?;
-        out.push((hb, Bytes::from(b)));
+        out.push(bias_payload(g1, b1, &delta)?);
     }
     Ok(out)
 }

@@ -499,7 +499,7 @@ enum Edit {
 }
 
 /// Axes of a weight for its consumer: (output-channel axis, input-channel axis).
-fn layout(op: &str, input: usize, trans_b: bool, rank: usize) -> (usize, Option<usize>) {
+pub(crate) fn layout(op: &str, input: usize, trans_b: bool, rank: usize) -> (usize, Option<usize>) {
     let last = rank - 1;
     let before = rank - 2;
     match op {
@@ -1286,14 +1286,13 @@ fn plan_with(
     // Tensors are pruned in parallel (and each one's scoring, selection and masking is itself
     // parallel); results come back in model order.
     let mut bias_edits = Vec::new();
-    let calibrated_results: HashMap<usize, (Option<(usize, Edit)>, LayerResult)> = calibrated
+    let mut calibrated_results: HashMap<usize, (Option<(usize, Edit)>, LayerResult)> = calibrated
         .drain()
         .map(|(i, mut p)| {
             bias_edits.extend(p.bias.take());
             (i, calibrated_result(&jobs[i], p))
         })
         .collect();
-    let mut calibrated_results = calibrated_results;
     let results: Vec<(Option<(usize, Edit)>, LayerResult)> = jobs
         .par_iter()
         .enumerate()

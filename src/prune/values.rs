@@ -114,7 +114,8 @@ impl Codec {
         })
     }
 
-    fn channel(&self, e: usize) -> usize {
+    /// Channel of element `e` along the quantization axis (0 when per tensor).
+    pub(crate) fn channel(&self, e: usize) -> usize {
         if self.channels <= 1 {
             0
         } else {
@@ -295,11 +296,6 @@ impl Codec {
         let (s, z) = self.params(self.channel(e));
         let q = if s > 0.0 { (v / s as f64).round() } else { 0.0 };
         (q.clamp(-(1i64 << 40) as f64, (1i64 << 40) as f64) as i64 + z).clamp(lo, hi)
-    }
-
-    /// Channel of element `e` along the quantization axis (0 when per tensor).
-    pub fn channel_of(&self, e: usize) -> usize {
-        self.channel(e)
     }
 
     /// Whether the stored type is an integer (quantized) one.

@@ -61,7 +61,7 @@ impl fmt::Display for Importance {
 
 /// Real values of a constant tensor and its shape, or `None` when its type cannot be read or
 /// its payload does not match its shape.
-pub(super) fn real_values(g: &Graph, t: usize) -> Option<(Vec<f32>, Vec<u64>)> {
+pub(crate) fn real_values(g: &Graph, t: usize) -> Option<(Vec<f32>, Vec<u64>)> {
     let t = &g.tensors[t];
     let shape = t.fixed_shape()?;
     let codec = Codec::new(t.dtype, &shape, t.quant.as_ref()).ok()?;
