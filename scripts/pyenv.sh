@@ -12,7 +12,7 @@ flock 9
 if [ ! -f "$stamp" ]; then
   rm -rf "$venv"
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/py/requirements.txt >&2
+  "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check -r tests/py/requirements.txt >&2
   touch "$stamp"
 fi
 echo "$venv/bin/python"

@@ -21,7 +21,7 @@ if [ ! -f "$stamp" ]; then
   if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import tensorflow" 2>/dev/null; then
     rm -rf "$venv"
     python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r fixtures/requirements.txt >&2
+    "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check -r fixtures/requirements.txt >&2
   fi
   rm -rf "$out"
   # shellcheck disable=SC2086 # one argument per family

@@ -2,9 +2,7 @@
 //! full disk would) or is killed at any moment leaves the previous output exactly as it was,
 //! or the complete new one, never a half-written model.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! least-squares refit after channel pruning, on every fixture, with held-out accuracy measured
 //! in onnxruntime and LiteRT (not in pare); the int8 scheme kept; properties; bad data.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pare::prune::{plan, PruneOptions, Scope};
 use pare::Document;
 use serde_json::{json, Value};

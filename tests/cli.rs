@@ -1,8 +1,6 @@
 //! The CLI as users and pipelines call it: a spawned `pare`, its exit codes, stdout and stderr.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pare::onnx_pb as pb;
 use prost::Message;
 use std::fs;

@@ -2,9 +2,7 @@
 //! agrees with what the exporter-side script saw, and `convert` output runs identically in
 //! onnxruntime and LiteRT.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pare::tflite_gen::tflite as fb;
 use std::fs;
 

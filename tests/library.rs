@@ -1,8 +1,6 @@
 //! The library as Rust users call it, on models built here to reach the corners of both formats.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pare::convert::{convert, VerifyPolicy, WriteOptions};
 use pare::onnx::ExternalDataMode;
 use pare::onnx_pb as pb;

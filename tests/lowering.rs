@@ -1,10 +1,8 @@
 //! The validation copy pare gives tract (see `verify::lower`) must mean what the file means:
 //! LiteRT computes the same on both, and tract on the copy agrees with LiteRT on the original.
 
-mod common;
-
-use common::litert::agree_with_litert;
-use common::*;
+use crate::common::litert::agree_with_litert;
+use crate::common::*;
 use pare::verify::{lower_tflite, Runner, DEFAULT_SEED};
 use pare::Document;
 use std::fs;

@@ -7,11 +7,9 @@
 //! panic (101) or a signal, within 10 seconds and 2 GiB of address space; a written model
 //! must read back.
 
-mod common;
-#[path = "common/mutate.rs"]
-mod mutate;
+use crate::common::mutate;
 
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

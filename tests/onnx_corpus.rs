@@ -1,9 +1,7 @@
 //! Round-trip of the whole ONNX backend test corpus shipped in the `onnx` wheel (149 models,
 //! single operators to full CNNs), checked in onnxruntime and with `onnx.checker`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Converts every corpus model with `extra` flags and checks each pair in Python. Returns how

@@ -2,9 +2,7 @@
 //! tract (by pare itself), onnxruntime and LiteRT, with held-out accuracy; exactness,
 //! determinism, idempotence and bad input.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 

@@ -3,9 +3,7 @@
 //! the TensorFlow converter's own sparse models read, round-tripped, pruned further and
 //! densified; block layouts; damaged sparse metadata refused.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pare::tflite_gen::tflite as fb;
 use pare::Document;
 use serde_json::{json, Value};

@@ -2,10 +2,8 @@
 //! checked in tract (by pare), onnxruntime and LiteRT, with held-out accuracy and the sizes the
 //! README table shows; exact removal of dead channels; properties; bad input.
 
-mod common;
-
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use pare::model::{Graph, Model};
 use pare::prune::structural::{prune_channels, Amount, ChannelOptions, ChannelScope, Importance};
 use pare::Document;

@@ -3,10 +3,8 @@
 //! scripts/tflite-corpus.sh (the corpus is generated, not committed). Every file must load in
 //! tract through pare's validation copy and agree with LiteRT on the same inputs.
 
-mod common;
-
-use common::litert::agree_with_litert;
-use common::*;
+use crate::common::litert::agree_with_litert;
+use crate::common::*;
 use pare::verify::{Runner, DEFAULT_SEED};
 use pare::Document;
 use tract_onnx::prelude::*;

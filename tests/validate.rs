@@ -2,9 +2,7 @@
 //! accuracies agree with onnxruntime / LiteRT, gates and exit codes, the search, the
 //! sensitivity profile and chart, determinism, and bad data.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod litert;
+pub mod mutate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
