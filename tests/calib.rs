@@ -473,7 +473,8 @@ fn too_few_samples_warn_and_still_prune() {
     assert_eq!(r["write"]["verification"]["verified"], true);
 }
 
-/// `--one-pass` and `--no-correct` are other computations (different weights, each verified);
+/// `--one-pass` and `--no-correct` are other computations (different weights, each verified,
+/// with the passes over the data the report counts);
 /// `--no-refit` writes exactly what channel pruning alone writes.
 #[test]
 fn calibration_modes_change_what_they_say() {
@@ -490,21 +491,20 @@ fn calibration_modes_change_what_they_say() {
         c,
     ];
     let mut outs = Vec::new();
-    for (name, extra) in [
-        ("default", vec![]),
-        ("one-pass", vec!["--one-pass"]),
-        ("no-correct", vec!["--no-correct"]),
+    // (name, flags, passes over the data): one per depth of the CNN's six layers, or one.
+    for (name, extra, passes) in [
+        ("default", vec![], 5),
+        ("one-pass", vec!["--one-pass"], 1),
+        ("no-correct", vec!["--no-correct"], 5),
     ] {
         let out = dir.path().join(format!("{name}.onnx"));
         let mut args = base.to_vec();
         args.extend(extra);
         let r = prune_json(&model, &out, &args);
         assert_eq!(r["write"]["verification"]["verified"], true, "{name}");
-        assert_eq!(
-            r["calibration"][0]["layers"].as_array().unwrap().len(),
-            6,
-            "{name}"
-        );
+        let c = &r["calibration"][0];
+        assert_eq!(c["layers"].as_array().unwrap().len(), 6, "{name}");
+        assert_eq!(c["capture"]["passes"], passes, "{name}");
         outs.push((name, std::fs::read(&out).unwrap()));
     }
     for (name, bytes) in &outs[1..] {

@@ -47,6 +47,8 @@ pub struct CalibSummary {
     pub max_rows: u64,
     /// Bytes of statistics held at once (the Gram and cross matrices of one pass).
     pub stats_bytes: u64,
+    /// Passes over the calibration data.
+    pub passes: usize,
 }
 
 impl CalibSummary {
@@ -56,6 +58,7 @@ impl CalibSummary {
         self.layers += other.layers;
         self.max_rows = self.max_rows.max(other.max_rows);
         self.stats_bytes = self.stats_bytes.max(other.stats_bytes);
+        self.passes += other.passes;
         self
     }
 }
@@ -487,6 +490,7 @@ pub fn collect(
     let summary = CalibSummary {
         data: dataset.summary.clone(),
         layers: layers.len(),
+        passes: 1,
         max_rows: stats.iter().map(|s| s.rows).max().unwrap_or(0),
         stats_bytes: stats
             .iter()
