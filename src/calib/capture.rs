@@ -324,7 +324,11 @@ impl<'a> Tapped<'a> {
         taps.sort_unstable();
         taps.dedup();
         let copy = tapped(doc, g, &taps);
-        let runner = crate::validate::load(&copy, shapes, "calibration")?;
+        let runner = crate::validate::load(
+            &copy,
+            shapes,
+            "the calibration copy (the model with its layers' inputs as outputs)",
+        )?;
         Ok(Tapped {
             g,
             layers,

@@ -260,13 +260,11 @@ pub struct Reference {
     correct: Option<usize>,
 }
 
-pub(crate) fn load(doc: &Document, shapes: &[Vec<usize>], which: &str) -> Result<Runner> {
-    let runner = Runner::load_shaped(doc, Some(shapes)).map_err(|e| {
-        Error::unsupported(
-            doc.path(),
-            format!("cannot validate the {which} model: {e}"),
-        )
-    })?;
+/// Loads `doc` in tract at the data's `shapes`; `what` names the model in errors ("the
+/// original model").
+pub(crate) fn load(doc: &Document, shapes: &[Vec<usize>], what: &str) -> Result<Runner> {
+    let runner = Runner::load_shaped(doc, Some(shapes))
+        .map_err(|e| Error::unsupported(doc.path(), format!("cannot run {what} in tract: {e}")))?;
     for (i, (spec, want)) in runner.inputs.iter().zip(shapes).enumerate() {
         if &spec.shape != want {
             return Err(Error::Usage(format!(
@@ -285,7 +283,7 @@ impl Reference {
     pub fn new(original: &Document, data: &DataOptions) -> Result<Reference> {
         let (decls, output_names) = input_decls(original)?;
         let mut dataset = Dataset::open(data, &decls, original.format() == Format::Onnx)?;
-        let runner = load(original, &dataset.shapes, "original")?;
+        let runner = load(original, &dataset.shapes, "the original model")?;
         let input_dts = runner.input_datum_types().to_vec();
         for (i, dt) in input_dts.iter().enumerate() {
             if dt.is_quantized() && dataset.input_is_float(i) {
@@ -341,7 +339,7 @@ impl Reference {
                 )));
             }
         }
-        let runner = load(candidate, &self.dataset.shapes, "candidate")?;
+        let runner = load(candidate, &self.dataset.shapes, "the candidate model")?;
         if runner.inputs != self.runner.inputs {
             return Err(differs(format!(
                 "tract sees inputs {:?} vs {:?}",
