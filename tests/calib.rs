@@ -525,3 +525,59 @@ fn calibration_modes_change_what_they_say() {
         std::fs::read(&no_refit).unwrap()
     );
 }
+
+/// A model tract cannot run (an op it does not know after the first layer): the error names
+/// what tract could not run, in calibration and in validation, and nothing is written.
+#[test]
+fn a_model_tract_cannot_run_is_named_and_nothing_is_written() {
+    use pare::onnx_pb as pb;
+    use prost::Message;
+    let dir = tmpdir();
+    let mut m =
+        pb::ModelProto::decode(&std::fs::read(fixtures().join("mlp.onnx")).unwrap()[..]).unwrap();
+    let relu = m
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type.as_deref() == Some("Relu"))
+        .expect("the mlp has a Relu");
+    relu.op_type = Some("NoSuchOp".into());
+    relu.domain = Some("com.example".into());
+    m.opset_import.push(pb::OperatorSetIdProto {
+        domain: Some("com.example".into()),
+        version: Some(1),
+    });
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, m.encode_to_vec()).unwrap();
+    let b = bad.to_str().unwrap();
+    let calib = fixtures().join("data/calib_x_flat.npy");
+    let c = calib.to_str().unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = run(&[
+        "prune",
+        b,
+        "-o",
+        out.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--criterion",
+        "sparsegpt",
+        "--calib",
+        c,
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert_ne!(o.status.code(), Some(101), "{err}");
+    assert!(err.contains("bad.onnx"), "{err}");
+    assert!(err.contains("cannot run the calibration copy"), "{err}");
+    assert!(!out.exists());
+    let o = run(&["validate", b, b, "--data", c]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("cannot run the original model in tract"),
+        "{err}"
+    );
+}
