@@ -62,16 +62,17 @@ fn main() {
     );
     println!("| case | time | peak RSS | peak RSS / model | layers calibrated |");
     println!("| --- | --- | --- | --- | --- |");
+    // `pare prune` of the model to the output, with these flags.
+    let prune = |flags: Vec<_>| {
+        let mut a = vec!["prune", m, "-o", o, "--force"];
+        a.extend(flags);
+        a
+    };
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("convert", vec!["convert", m, "-o", o, "--force"]),
         (
             "sparsegpt 50%, one pass, 128 samples",
-            vec![
-                "prune",
-                m,
-                "-o",
-                o,
-                "--force",
+            prune(vec![
                 "--sparsity",
                 "0.5",
                 "--criterion",
@@ -79,16 +80,11 @@ fn main() {
                 "--calib",
                 c,
                 "--one-pass",
-            ],
+            ]),
         ),
         (
             "wanda 50%, one pass, 128 samples",
-            vec![
-                "prune",
-                m,
-                "-o",
-                o,
-                "--force",
+            prune(vec![
                 "--sparsity",
                 "0.5",
                 "--criterion",
@@ -96,31 +92,15 @@ fn main() {
                 "--calib",
                 c,
                 "--one-pass",
-            ],
+            ]),
         ),
         (
             "channels to 50% MACs + refit, one pass, 128 samples",
-            vec![
-                "prune",
-                m,
-                "-o",
-                o,
-                "--force",
-                "--target-macs",
-                "0.5",
-                "--calib",
-                c,
-                "--one-pass",
-            ],
+            prune(vec!["--target-macs", "0.5", "--calib", c, "--one-pass"]),
         ),
         (
             "sparsegpt 50%, sequential, 16 samples",
-            vec![
-                "prune",
-                m,
-                "-o",
-                o,
-                "--force",
+            prune(vec![
                 "--sparsity",
                 "0.5",
                 "--criterion",
@@ -129,7 +109,7 @@ fn main() {
                 c,
                 "--calib-samples",
                 "16",
-            ],
+            ]),
         ),
     ];
     for (name, args) in cases {

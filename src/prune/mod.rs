@@ -867,13 +867,11 @@ fn max_selected(scores: &[f32], mask: &[bool]) -> Option<f64> {
 }
 
 /// Prunes one tensor: its new payload (when anything changed) and its report line. `pooled`
+/// A pruned tensor: its new payload (storage handle, edit), if any, and its report line.
+type Outcome = (Option<(usize, Edit)>, LayerResult);
+
 /// is the count a global / LAMP threshold assigned to it.
-fn prune_one(
-    job: &Job,
-    pooled: Option<usize>,
-    lamp: Option<&[f32]>,
-    defer: bool,
-) -> (Option<(usize, Edit)>, LayerResult) {
+fn prune_one(job: &Job, pooled: Option<usize>, lamp: Option<&[f32]>, defer: bool) -> Outcome {
     let c = &job.cand;
     let mags = job.codec.magnitudes(&c.data);
     let n = mags.len();
@@ -1012,7 +1010,7 @@ fn prune_calibrated(
 }
 
 /// The edit and report line of a tensor pruned with calibration data.
-fn calibrated_result(job: &Job, p: crate::calib::Pruned) -> (Option<(usize, Edit)>, LayerResult) {
+fn calibrated_result(job: &Job, p: crate::calib::Pruned) -> Outcome {
     let layer = layer_result(job, p.zeros_before, p.zeros_after, None);
     (Some((job.cand.handle, Edit::Data(p.data))), layer)
 }
@@ -1267,7 +1265,7 @@ fn plan_with(
 
     // With calibration data: the criterion prunes (and reconstructs) what the calibration
     // covers, at the count the scope gave each tensor; the rest falls back to magnitude.
-    let (mut calibrated, calibration) = if opts.criterion != crate::calib::Criterion::Magnitude {
+    let (calibrated, calibration) = if opts.criterion != crate::calib::Criterion::Magnitude {
         let (c, mut r) = prune_calibrated(doc, &model, &jobs, &pooled_counts, opts, progress)?;
         if !r.fallbacks.is_empty() {
             warnings.push(format!(
@@ -1285,32 +1283,28 @@ fn plan_with(
 
     // Tensors are pruned in parallel (and each one's scoring, selection and masking is itself
     // parallel); results come back in model order.
+    // Calibrated tensors come with their results (and corrected biases); the others are
+    // pruned here.
     let mut bias_edits = Vec::new();
-    let mut calibrated_results: HashMap<usize, (Option<(usize, Edit)>, LayerResult)> = calibrated
-        .drain()
-        .map(|(i, mut p)| {
-            bias_edits.extend(p.bias.take());
-            (i, calibrated_result(&jobs[i], p))
-        })
-        .collect();
-    let results: Vec<(Option<(usize, Edit)>, LayerResult)> = jobs
+    let mut done: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
+    for (i, mut p) in calibrated {
+        bias_edits.extend(p.bias.take());
+        done[i] = Some(calibrated_result(&jobs[i], p));
+    }
+    let results: Vec<Outcome> = jobs
         .par_iter()
+        .zip(done)
         .enumerate()
-        .map(|(i, job)| {
-            if calibrated_results.contains_key(&i) {
-                return None;
-            }
-            Some(prune_one(
-                job,
-                pooled_counts.get(&i).copied(),
-                lamp_scores.get(&i).map(Vec::as_slice),
-                defer,
-            ))
+        .map(|(i, (job, done))| {
+            done.unwrap_or_else(|| {
+                prune_one(
+                    job,
+                    pooled_counts.get(&i).copied(),
+                    lamp_scores.get(&i).map(Vec::as_slice),
+                    defer,
+                )
+            })
         })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| r.unwrap_or_else(|| calibrated_results.remove(&i).expect("calibrated")))
         .collect();
     let mut edits: HashMap<usize, Bytes> = bias_edits.into_iter().collect();
     let mut deferred = Vec::new();

@@ -83,7 +83,7 @@ fn position_scores(values: &[f32], shape: &[u64], axis: usize, how: Importance) 
         f
     };
     match how {
-        Importance::L1 | Importance::Bn | Importance::Activation => (0..c)
+        Importance::L1 | Importance::Bn => (0..c)
             .into_par_iter()
             .map(|p| filter(p).iter().map(|v| v.abs() as f64).sum())
             .collect(),
@@ -115,6 +115,9 @@ fn position_scores(values: &[f32], shape: &[u64], axis: usize, how: Importance) 
                         .sum()
                 })
                 .collect()
+        }
+        Importance::Activation => {
+            unreachable!("activation scores come from calibration data, not weights (scores)")
         }
     }
 }
