@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Behaviour matrix: every fixture × {magnitude, LAMP, 2:4, channels, calibrated, sparse storage}
-# plus ONNX external data and a sensitivity profile, written by one pare binary; prints one
+# plus ONNX external data, a sensitivity profile and every command's --help, written by one pare binary; prints one
 # "sha256  case" line per written file (sorted), so two binaries can be compared byte for byte:
 #
 #   scripts/behaviour-matrix.sh OLD_PARE > before.txt
@@ -52,6 +52,9 @@ for f in mlp.onnx cnn.onnx mobilenet.onnx mlp.tflite cnn.tflite mobilenet.tflite
     run "$base.dense.$ext" convert "$out/$base.sparse.$ext" -o "$out/$base.dense.$ext" --storage dense
     run "$base.sens" sensitivity "$m" --ratios 0.5,0.9 --report "$out/$base.sens.json"
     run "$base.inspect" inspect "$m"
+done
+for cmd in "" inspect convert prune validate sensitivity; do
+    "$pare" $cmd --help >"$out/help.${cmd:-pare}.txt"
 done
 for base in mlp cnn mobilenet; do
     run "$base.external.onnx" convert "$fx/$base.onnx" -o "$out/$base.external.onnx" \
