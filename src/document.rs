@@ -1,16 +1,11 @@
 //! A model file as read: the decoded document of either format, detected from its content.
 
 use crate::error::{Error, Result};
+use crate::model::payload::{payload_key, Deferred};
 use crate::model::{Format, Model};
 use crate::onnx::OnnxDocument;
 use crate::tflite::TfliteDocument;
 use std::path::Path;
-
-/// A stored payload's identity: its address and length. Edits made later (deferred pruning,
-/// payloads that replaced external data) find the bytes they stand for by it.
-pub(crate) fn payload_key(b: &[u8]) -> (usize, usize) {
-    (b.as_ptr() as usize, b.len())
-}
 
 // The variants are both large; one Document exists per open file, so boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -86,7 +81,7 @@ impl Document {
 
     /// A copy whose writers apply `recipes` (pruned float32 payloads produced while they are
     /// written). Such a document is for writing only: [`Document::to_model`] refuses it.
-    pub fn with_deferred(&self, recipes: crate::prune::deferred::Deferred) -> Self {
+    pub fn with_deferred(&self, recipes: Deferred) -> Self {
         let mut d = self.clone();
         let (slot, edited) = match &mut d {
             Document::Onnx(d) => (&mut d.deferred, &mut d.edited),
@@ -108,7 +103,7 @@ impl Document {
     }
 
     /// The recipes its writers apply (empty for documents read from files).
-    pub fn deferred(&self) -> &crate::prune::deferred::Deferred {
+    pub fn deferred(&self) -> &Deferred {
         match self {
             Document::Onnx(d) => &d.deferred,
             Document::Tflite(d) => &d.deferred,

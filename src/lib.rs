@@ -26,6 +26,7 @@
 // The flatc-generated TFLite code names `alloc::` paths.
 extern crate alloc;
 
+pub mod allocate;
 pub mod calib;
 pub mod cli;
 pub mod convert;
@@ -33,12 +34,14 @@ pub mod document;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod magnitude;
 pub mod model;
 pub mod onnx;
 pub mod output;
 pub mod prune;
 pub mod sensitivity;
 pub mod sparse;
+pub mod structural;
 pub mod tflite;
 pub mod validate;
 pub mod verify;

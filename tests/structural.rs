@@ -5,7 +5,7 @@
 use crate::common::*;
 use bytes::Bytes;
 use pare::model::{Graph, Model};
-use pare::prune::structural::{prune_channels, Amount, ChannelOptions, ChannelScope, Importance};
+use pare::structural::{prune_channels, Amount, ChannelOptions, ChannelScope, Importance};
 use pare::Document;
 use proptest::prelude::*;
 use serde_json::{json, Value};

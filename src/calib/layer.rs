@@ -144,7 +144,7 @@ pub fn linear(
                 readers.entry(t).or_default().push(i);
             }
         }
-        crate::prune::structural::fold::bias_of(g, ni, &readers)
+        crate::structural::fold::bias_of(g, ni, &readers)
     }
     .filter(|&b| g.tensor(b).data.is_some());
     let mut lin = Linear {

@@ -18,8 +18,8 @@ pub mod solve;
 use crate::convert::Progress;
 use crate::document::Document;
 use crate::error::{Error, Result};
+use crate::magnitude::values::Codec;
 use crate::model::{Graph, StructureEdits, TensorId};
-use crate::prune::values::Codec;
 use crate::validate::data::DataOptions;
 use bytes::Bytes;
 use faer::Mat;
@@ -479,7 +479,7 @@ fn bias_payload(
         return Err("the bias has no storage".into());
     };
     let scale = t.quant.as_ref().map(|q| q.scale.clone());
-    let new = crate::prune::structural::fold::apply_delta(t.dtype, data, delta, scale.as_deref())
+    let new = crate::structural::fold::apply_delta(t.dtype, data, delta, scale.as_deref())
         .ok_or_else(|| format!("cannot write a {} bias", t.dtype))?;
     Ok((handle, Bytes::from(new)))
 }
@@ -653,7 +653,7 @@ pub(crate) fn channel_energy(
     doc: &Document,
     opts: &CalibOptions,
     progress: &dyn Progress,
-) -> Result<crate::prune::structural::importance::Energy> {
+) -> Result<crate::structural::importance::Energy> {
     let model = doc.to_model()?;
     let g = model.main();
     let (covered, _) = views(g, layer_weights(g));
@@ -699,7 +699,7 @@ pub(crate) fn channel_energy(
 fn constant_values(g: &Graph, t: TensorId) -> Option<Vec<f32>> {
     let tensor = g.tensor(t);
     if tensor.dtype != crate::model::DType::I32 {
-        return crate::prune::structural::importance::real_values(g, t).map(|(v, _)| v);
+        return crate::structural::importance::real_values(g, t).map(|(v, _)| v);
     }
     let scale = &tensor.quant.as_ref()?.scale;
     Some(
@@ -749,7 +749,7 @@ pub(crate) fn refit_structure(
         let node = &g0.nodes[lin.node];
         let rank = g0.tensor(lin.weight).shape.as_ref().map_or(2, |s| s.len());
         let (out_axis, in_axis) =
-            crate::prune::layout(&node.op, WEIGHT_SLOT, node.attrs.trans_b, rank);
+            crate::magnitude::layout(&node.op, WEIGHT_SLOT, node.attrs.trans_b, rank);
         let Some(in_axis) = in_axis.filter(|_| lin.mixes_channels()) else {
             continue; // depthwise / grouped: no channel mixing to refit
         };

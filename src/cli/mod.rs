@@ -364,11 +364,11 @@ struct ChannelFlags {
     /// batch-norm), fpgm (distance to the geometric median of the layer's filters), activation
     /// (what the channel contributes to the next layers' outputs on --calib data) [default: l1].
     #[arg(long, value_name = "l1|l2|bn|fpgm|activation")]
-    importance: Option<crate::prune::structural::Importance>,
+    importance: Option<crate::structural::Importance>,
     /// layer: every group of coupled layers loses the ratio; global: one ranking of
     /// normalized scores over all groups [default: --scope if layer or global, else layer].
     #[arg(long, value_name = "layer|global")]
-    channel_scope: Option<crate::prune::structural::ChannelScope>,
+    channel_scope: Option<crate::structural::ChannelScope>,
     /// Keep channel counts multiples of K (e.g. 8 for SIMD-friendly kernels).
     #[arg(long, value_name = "K")]
     round_to: Option<usize>,
@@ -385,9 +385,9 @@ impl ChannelFlags {
         &self,
         scope: Option<crate::prune::Scope>,
         exclude: &[regex::Regex],
-        config: Option<crate::prune::structural::ChannelOptions>,
-    ) -> Result<Option<crate::prune::structural::ChannelOptions>, Error> {
-        use crate::prune::structural::{Amount, ChannelOptions, ChannelScope};
+        config: Option<crate::structural::ChannelOptions>,
+    ) -> Result<Option<crate::structural::ChannelOptions>, Error> {
+        use crate::structural::{Amount, ChannelOptions, ChannelScope};
         let amount = match (self.channels, self.target_macs, self.target_params) {
             (Some(r), _, _) => Amount::Ratio(r),
             (_, Some(f), _) => Amount::TargetMacs(f),
@@ -742,7 +742,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
                     let _ = render_search(s, &mut err);
                 }
                 if let Some(c) = &result.channels {
-                    let _ = crate::prune::structural::render(c, &mut err);
+                    let _ = crate::structural::render(c, &mut err);
                 }
                 if s_layers_nonempty(&result) && !result.layers.is_empty() {
                     let _ = crate::prune::render(&result, &mut err);

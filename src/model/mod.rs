@@ -6,6 +6,7 @@
 //! survives untouched.
 
 mod dtype;
+pub mod payload;
 pub mod stats;
 
 pub use dtype::DType;

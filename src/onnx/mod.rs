@@ -14,8 +14,8 @@ pub use external::resolve_location;
 pub use tensor::{dtype_from_onnx, TensorPayload};
 pub use write::{ExternalDataMode, WriteSummary};
 
-use crate::document::payload_key;
 use crate::error::{Error, Result};
+use crate::model::payload::payload_key;
 use crate::onnx_pb as pb;
 use bytes::Bytes;
 use external::ExternalFiles;
@@ -41,8 +41,8 @@ pub struct OnnxDocument {
     /// Dense payloads of the sparse tensors, by the handle of their values, decoded and checked
     /// when the file is read.
     pub(crate) dense: std::collections::HashMap<usize, Bytes>,
-    /// Pruned payloads the writer produces from stored bytes (see [`crate::prune::deferred`]).
-    pub(crate) deferred: crate::prune::deferred::Deferred,
+    /// Pruned payloads the writer produces from stored bytes (see [`crate::model::payload`]).
+    pub(crate) deferred: crate::model::payload::Deferred,
     /// Made by the write path's storage pass: its sparse tensors have no dense payloads, so
     /// it can be written but not read as a model.
     pub(crate) write_only: bool,

@@ -32,7 +32,7 @@ impl OnnxDocument {
             if let Some(c) = edits.constants.get(&ordinal) {
                 t.dims = c.dims.iter().map(|&d| d as i64).collect();
                 if super::tensor::is_external(t) {
-                    moved.push(crate::document::payload_key(&c.data));
+                    moved.push(crate::model::payload::payload_key(&c.data));
                 }
                 set_raw(t, c.data.clone());
                 renamed.insert(t.name().to_string(), c.dims.clone());

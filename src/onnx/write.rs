@@ -3,9 +3,9 @@
 use super::tensor::{self, TensorPayload};
 use super::{OnnxDocument, PROTOBUF_LIMIT};
 use crate::error::{Error, Result};
+use crate::model::payload::Deferred;
 use crate::onnx_pb as pb;
 use crate::output::Staging;
-use crate::prune::deferred::Deferred;
 use bytes::Bytes;
 use pb::tensor_proto::DataLocation;
 use prost::Message;

@@ -122,7 +122,7 @@ pub fn load(path: &Path, opts: &mut PruneOptions) -> Result<()> {
             // Channel rules alone mean structural pruning (ratio 0 elsewhere, unless a flag
             // sets one).
             let channels = opts.channels.get_or_insert_with(Default::default);
-            channels.rules.push(super::structural::ChannelRule {
+            channels.rules.push(crate::structural::ChannelRule {
                 source: what.clone(),
                 regex: regex(&what, &l.pattern)?,
                 ratio: c,

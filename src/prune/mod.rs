@@ -8,29 +8,29 @@
 //! in the file changes.
 
 pub mod config;
-pub mod deferred;
-mod select;
-pub mod structural;
 pub mod validated;
-pub(crate) mod values;
 
 pub use validated::{prune_validated, Search, SearchReport, Validation};
 
 use crate::convert::{Progress, Silent, WriteOptions, WriteReport};
 use crate::document::Document;
 use crate::error::{Error, Result};
+use crate::magnitude::layout;
+use crate::magnitude::recipe::ZeroedF32;
+use crate::magnitude::select::{self, Scores as _};
+use crate::magnitude::values::Codec;
+use crate::model::payload::Recipe as _;
 use crate::model::stats::{self, WeightKind};
 use crate::model::{DType, Graph, Model, Quant, TensorId};
+use crate::structural;
 use bytes::Bytes;
 use rayon::prelude::*;
 use regex::Regex;
-use select::Scores as _;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use values::Codec;
 
 /// Version of the JSON report (`pare prune --json`, `--report`).
 pub const REPORT_SCHEMA: &str = "pare.prune/1";
@@ -51,7 +51,7 @@ pub enum Scope {
     /// One threshold over layer-adaptive magnitude scores (Lee et al., ICLR 2021).
     Lamp,
     /// Per-tensor sparsities from a `pare sensitivity` profile: insensitive layers get more
-    /// (see [`crate::sensitivity::allocate`]).
+    /// (see [`crate::allocate::allocate`]).
     Sensitivity,
 }
 
@@ -172,7 +172,7 @@ pub struct PruneOptions {
     pub exclude: Vec<Regex>,
     pub rules: Vec<LayerRule>,
     /// The profile `--scope sensitivity` allocates from.
-    pub sensitivity: Option<std::sync::Arc<crate::sensitivity::Profile>>,
+    pub sensitivity: Option<std::sync::Arc<crate::allocate::Profile>>,
     /// Structural pruning, applied before magnitude pruning.
     pub channels: Option<structural::ChannelOptions>,
     /// How unstructured pruning chooses weights (Wanda and SparseGPT need `calib`).
@@ -487,39 +487,15 @@ impl PruneReport {
 pub struct Plan {
     pub edits: HashMap<usize, Bytes>,
     /// Pruned float32 payloads left to the writer (only when planned with `defer`; see
-    /// [`deferred`]).
-    pub deferred: Vec<deferred::ZeroedF32>,
+    /// [`crate::model::payload`]).
+    pub deferred: Vec<ZeroedF32>,
     pub report: PruneReport,
 }
 
 /// A tensor's new payload: computed, or left to the writer.
 enum Edit {
     Data(Bytes),
-    Deferred(deferred::ZeroedF32),
-}
-
-/// Axes of a weight for its consumer: (output-channel axis, input-channel axis).
-pub(crate) fn layout(op: &str, input: usize, trans_b: bool, rank: usize) -> (usize, Option<usize>) {
-    let last = rank - 1;
-    let before = rank - 2;
-    match op {
-        "Conv" | "ConvInteger" | "QLinearConv" => (0, Some(1)),
-        "ConvTranspose" => (1, Some(0)),
-        "CONV_2D" | "TRANSPOSE_CONV" => (0, Some(last)),
-        "CONV_3D" => (last, Some(before)),
-        // Depthwise kernels have no input-channel reduction.
-        "DEPTHWISE_CONV_2D" => (last, None),
-        "FULLY_CONNECTED" => (0, Some(1)),
-        "LSTM" | "GRU" | "RNN" => (before, Some(last)),
-        "UNIDIRECTIONAL_SEQUENCE_LSTM" | "BIDIRECTIONAL_SEQUENCE_LSTM" => (0, Some(last)),
-        "Gemm" if input == 1 && trans_b => (0, Some(1)),
-        "Gemm" if input == 1 => (1, Some(0)),
-        "BATCH_MATMUL" if input == 1 && trans_b => (before, Some(last)),
-        "MatMul" | "MatMulInteger" | "BATCH_MATMUL" if input == 1 => (last, Some(before)),
-        "QLinearMatMul" if input == 3 => (last, Some(before)),
-        // A constant first operand [.., M, K].
-        _ => (before, Some(last)),
-    }
+    Deferred(ZeroedF32),
 }
 
 /// Finds every weight of every weight-bearing node in every graph, deduplicated by storage.
@@ -898,7 +874,7 @@ fn prune_one(job: &Job, pooled: Option<usize>, lamp: Option<&[f32]>, defer: bool
                 // are written; every weight selected is written as +0.0, so n - k non-zeros
                 // remain (k >= zeros before here).
                 if defer && lamp.is_none() && c.dtype == DType::F32 && c.quant.is_none() {
-                    Edit::Deferred(deferred::ZeroedF32::new(
+                    Edit::Deferred(ZeroedF32::new(
                         c.name.clone(),
                         c.handle,
                         c.data.clone(),
@@ -1174,7 +1150,7 @@ fn plan_with(
             .collect();
         let target = opts.sparsity.expect("validated");
         let (alloc, t) =
-            crate::sensitivity::allocate(profile, &layers, target, opts.max_layer_sparsity)
+            crate::allocate::allocate(profile, &layers, target, opts.max_layer_sparsity)
                 .map_err(|e| Error::Usage(format!("--scope sensitivity: {e}")))?;
         let total: u64 = layers.iter().map(|l| l.1).sum();
         let reached: f64 = alloc
@@ -1365,7 +1341,7 @@ pub fn prune_document(doc: &Document, opts: &PruneOptions) -> Result<(Document, 
 }
 
 /// [`prune_document`]; with `defer`, the returned document carries float32 pruning recipes
-/// ([`deferred`]) that only its writers apply: it is for writing, not for reading.
+/// ([`crate::model::payload`]) that only its writers apply: it is for writing, not for reading.
 pub(crate) fn prune_document_with(
     doc: &Document,
     opts: &PruneOptions,
@@ -1424,7 +1400,7 @@ pub(crate) fn prune_document_with(
         };
         let (recipes, computed): (Vec<_>, Vec<_>) = std::mem::take(&mut p.deferred)
             .into_iter()
-            .partition(|r| stored.contains(&crate::document::payload_key(r.source())));
+            .partition(|r| stored.contains(&crate::model::payload::payload_key(r.source())));
         for r in computed {
             p.edits.insert(r.handle, r.materialize(false));
         }
@@ -1432,7 +1408,7 @@ pub(crate) fn prune_document_with(
         let edited = if recipes.is_empty() {
             edited
         } else {
-            edited.with_deferred(deferred::Deferred::new(recipes))
+            edited.with_deferred(crate::model::payload::Deferred::new(recipes))
         };
         (edited, p.report)
     } else {

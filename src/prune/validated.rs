@@ -10,11 +10,11 @@
 //! passing sparsity with a failing one a step above, not necessarily the largest passing one;
 //! the report lists every step so this is visible.
 
-use super::structural::Amount;
 use super::{prune_document, PruneOptions, PruneReport};
 use crate::convert::{Progress, WriteOptions};
 use crate::document::Document;
 use crate::error::{Error, Result};
+use crate::structural::Amount;
 use crate::validate::{self, Comparison, Reference, ValidateOptions};
 use serde::Serialize;
 use std::path::Path;

@@ -38,8 +38,8 @@ pub struct TfliteDocument {
     /// Dense payloads of the buffers that sparse tensors store (by buffer index), decoded and
     /// checked when the file is read.
     pub(crate) dense: std::collections::HashMap<usize, Bytes>,
-    /// Pruned payloads the writer produces from stored bytes (see [`crate::prune::deferred`]).
-    pub(crate) deferred: crate::prune::deferred::Deferred,
+    /// Pruned payloads the writer produces from stored bytes (see [`crate::model::payload`]).
+    pub(crate) deferred: crate::model::payload::Deferred,
     /// Made by the write path's storage pass: its sparse tensors have no dense payloads, so
     /// it can be written but not read as a model.
     pub(crate) write_only: bool,
@@ -181,7 +181,7 @@ impl TfliteDocument {
         if t.buffer == 0 || data.is_empty() || t.sparsity.is_some() {
             return Ok(());
         }
-        let dtype = view::dtype_from_tflite(t.type_);
+        let dtype = dtype_from_tflite(t.type_);
         let (Some(size), Some(dims)) = (dtype.size(), &t.shape) else {
             return Ok(()); // strings and sub-byte types: not interpreted
         };
@@ -334,4 +334,29 @@ fn unpack(
             .map(|x| x.iter().map(|t| t.unpack()).collect()),
     };
     Ok((model, payloads, offset_form))
+}
+
+/// The pare dtype of a TFLite tensor type (`Other` for types pare does not name).
+pub(crate) fn dtype_from_tflite(t: fb::TensorType) -> crate::model::DType {
+    use crate::model::DType;
+    match t {
+        fb::TensorType::FLOAT32 => DType::F32,
+        fb::TensorType::FLOAT16 => DType::F16,
+        fb::TensorType::BFLOAT16 => DType::BF16,
+        fb::TensorType::FLOAT64 => DType::F64,
+        fb::TensorType::INT8 => DType::I8,
+        fb::TensorType::UINT8 => DType::U8,
+        fb::TensorType::INT16 => DType::I16,
+        fb::TensorType::UINT16 => DType::U16,
+        fb::TensorType::INT32 => DType::I32,
+        fb::TensorType::UINT32 => DType::U32,
+        fb::TensorType::INT64 => DType::I64,
+        fb::TensorType::UINT64 => DType::U64,
+        fb::TensorType::BOOL => DType::Bool,
+        fb::TensorType::STRING => DType::String,
+        fb::TensorType::COMPLEX64 => DType::Complex64,
+        fb::TensorType::COMPLEX128 => DType::Complex128,
+        fb::TensorType::INT4 => DType::I4,
+        _ => DType::Other,
+    }
 }

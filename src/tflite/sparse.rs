@@ -2,7 +2,7 @@
 //! the model view, and the storage pass that writes weights sparse feeding `DENSIFY` ops, as
 //! TensorFlow's converter does (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`), or all dense.
 
-use super::{builtin_of, view::dtype_from_tflite, TfliteDocument};
+use super::{builtin_of, dtype_from_tflite, TfliteDocument};
 use crate::error::{Error, Result};
 use crate::sparse::{
     self, Layout, Level, Plan, SparseTensor, Storage, StoragePolicy, StorageReport,

@@ -1,32 +1,9 @@
 //! Builds the format-neutral [`Model`] view of a TFLite document.
 
-use super::{op_name, TfliteDocument};
+use super::{dtype_from_tflite, op_name, TfliteDocument};
 use crate::error::Result;
-use crate::model::{Attrs, DType, Dim, FormatInfo, Graph, Model, Node, Quant, Tensor};
+use crate::model::{Attrs, Dim, FormatInfo, Graph, Model, Node, Quant, Tensor};
 use crate::tflite_gen::tflite as fb;
-
-pub fn dtype_from_tflite(t: fb::TensorType) -> DType {
-    match t {
-        fb::TensorType::FLOAT32 => DType::F32,
-        fb::TensorType::FLOAT16 => DType::F16,
-        fb::TensorType::BFLOAT16 => DType::BF16,
-        fb::TensorType::FLOAT64 => DType::F64,
-        fb::TensorType::INT8 => DType::I8,
-        fb::TensorType::UINT8 => DType::U8,
-        fb::TensorType::INT16 => DType::I16,
-        fb::TensorType::UINT16 => DType::U16,
-        fb::TensorType::INT32 => DType::I32,
-        fb::TensorType::UINT32 => DType::U32,
-        fb::TensorType::INT64 => DType::I64,
-        fb::TensorType::UINT64 => DType::U64,
-        fb::TensorType::BOOL => DType::Bool,
-        fb::TensorType::STRING => DType::String,
-        fb::TensorType::COMPLEX64 => DType::Complex64,
-        fb::TensorType::COMPLEX128 => DType::Complex128,
-        fb::TensorType::INT4 => DType::I4,
-        _ => DType::Other,
-    }
-}
 
 pub fn build(doc: &TfliteDocument) -> Result<Model> {
     let m = &doc.model;

@@ -6,7 +6,7 @@
 
 use super::{TfliteDocument, FILE_IDENTIFIER};
 use crate::error::{Error, Result};
-use crate::prune::deferred::Deferred;
+use crate::model::payload::Deferred;
 use crate::tflite_gen::tflite as fb;
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, Push, PushAlignment, WIPOffset};

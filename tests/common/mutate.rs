@@ -280,11 +280,11 @@ pub fn exercise(target: &str, path: &std::path::Path, bytes: Vec<u8>) -> &'stati
     };
     let _ = pare::model::stats::collect(&model.graphs, &Default::default());
     if target == "channels" {
-        let opts = pare::prune::structural::ChannelOptions {
-            amount: pare::prune::structural::Amount::Ratio(0.5),
+        let opts = pare::structural::ChannelOptions {
+            amount: pare::structural::Amount::Ratio(0.5),
             ..Default::default()
         };
-        return match pare::prune::structural::prune_channels(&doc, &opts) {
+        return match pare::structural::prune_channels(&doc, &opts) {
             Err(_) => "rejected at channels",
             Ok((Document::Tflite(d), _)) => match d.encode() {
                 Ok(_) => "channels removed and encoded",

@@ -6,8 +6,8 @@
 //! normalized scores, and a global ranking compares layers of different widths and scales.
 
 use super::graph::{ChannelId, DepGraph, Role};
+use crate::magnitude::values::Codec;
 use crate::model::Graph;
-use crate::prune::values::Codec;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;

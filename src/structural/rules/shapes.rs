@@ -3,7 +3,7 @@
 
 use super::{const_ints, normalize, Builder, ShapePiece};
 use crate::model::{DType, Format, TensorId};
-use crate::prune::structural::graph::{ChannelId, ShapeConst, Track, MAX_CHANNELS};
+use crate::structural::graph::{ChannelId, ShapeConst, Track, MAX_CHANNELS};
 
 impl Builder<'_> {
     pub(super) fn concat(&mut self, ni: usize) {

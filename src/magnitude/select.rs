@@ -5,7 +5,7 @@
 //! position: among equal scores, the lower index is pruned first. The same scores and counts
 //! therefore always give the same mask, whatever the number of threads.
 
-use super::values::CHUNK;
+use super::CHUNK;
 use rayon::prelude::*;
 
 #[inline]

@@ -10,13 +10,12 @@
 //! unused fails instead of silently writing the unpruned weight.
 
 use super::select::Cut;
-use super::values::{f32_magnitude as magnitude, CHUNK};
-use crate::document::payload_key;
+use super::values::f32_magnitude as magnitude;
+use super::CHUNK;
+use crate::model::payload::Recipe;
 use bytes::Bytes;
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// A float32 tensor with the elements selected by a cut over its magnitudes set to +0.0.
 #[derive(Debug)]
@@ -50,22 +49,28 @@ impl ZeroedF32 {
     pub fn source(&self) -> &Bytes {
         &self.source
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.source.len()
+impl Recipe for ZeroedF32 {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.source.is_empty()
+    fn source(&self) -> &Bytes {
+        &self.source
     }
 
-    pub fn nonzero(&self) -> usize {
+    fn nonzero(&self) -> usize {
         self.nonzero
+    }
+
+    fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
     }
 
     /// Hands the pruned bytes to `sink` in order, a few chunks at a time, and marks the recipe
     /// used.
-    pub fn write_to(&self, sink: &mut dyn FnMut(&[u8])) {
+    fn write_to(&self, sink: &mut dyn FnMut(&[u8])) {
         const GROUP: usize = 4; // chunks per piece: 4 x 64 Ki elements = 1 MiB
         let mut out = vec![0u8; CHUNK * 4 * GROUP];
         let mut mags = vec![0f32; CHUNK];
@@ -86,13 +91,13 @@ impl ZeroedF32 {
 
     /// Marks the recipe used by a writer that stored its [`ZeroedF32::materialize`]d bytes
     /// in another form (sparse).
-    pub fn mark_used(&self) {
+    fn mark_used(&self) {
         self.used.store(true, Ordering::Relaxed);
     }
 
     /// The pruned bytes as one buffer (computed on all cores); marks the recipe used when
     /// `use_it` (the caller writes them in the recipe's place).
-    pub fn materialize(&self, use_it: bool) -> Bytes {
+    fn materialize(&self, use_it: bool) -> Bytes {
         let mut out = vec![0u8; self.source.len()];
         out.par_chunks_mut(CHUNK * 4)
             .zip(self.source.par_chunks(CHUNK * 4))
@@ -108,62 +113,10 @@ impl ZeroedF32 {
     }
 }
 
-/// The recipes of a document, by the address and length of the source bytes they replace.
-#[derive(Debug, Default, Clone)]
-pub struct Deferred {
-    by_source: Arc<HashMap<(usize, usize), Arc<ZeroedF32>>>,
-}
-
-impl Deferred {
-    pub fn new(recipes: Vec<ZeroedF32>) -> Self {
-        Deferred {
-            by_source: Arc::new(
-                recipes
-                    .into_iter()
-                    .filter(|r| !r.is_empty())
-                    .map(|r| (payload_key(&r.source), Arc::new(r)))
-                    .collect(),
-            ),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_source.is_empty()
-    }
-
-    /// The recipe that replaces exactly these stored bytes, if any.
-    pub fn get(&self, stored: &[u8]) -> Option<&ZeroedF32> {
-        if self.by_source.is_empty() || stored.is_empty() {
-            return None;
-        }
-        self.by_source.get(&payload_key(stored)).map(Arc::as_ref)
-    }
-
-    /// `stored` as it is to be written: the pruned bytes when a recipe replaces them
-    /// (materialized, not marked used), else `stored` itself.
-    pub fn resolve(&self, stored: &Bytes) -> Bytes {
-        match self.get(stored) {
-            Some(r) => r.materialize(false),
-            None => stored.clone(),
-        }
-    }
-
-    /// Names of the recipes no writer used (must be none after a write).
-    pub fn unused(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .by_source
-            .values()
-            .filter(|r| !r.used.load(Ordering::Relaxed))
-            .map(|r| r.name.clone())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::payload::Deferred;
 
     #[test]
     fn streamed_and_materialized_recipes_equal_the_pruned_copy() {

@@ -4,7 +4,7 @@
 //! Every channel a weight-bearing op produces gets an id. One forward pass over the nodes (in
 //! execution order) gives each activation a *track*: the axis that carries channels and, for
 //! every position along it, the id of the channel there. Ops move tracks along by one rule
-//! each ([`super::rules`]): pass-through ops copy the track, Concat concatenates tracks,
+//! each (the `rules` module): pass-through ops copy the track, Concat concatenates tracks,
 //! Flatten repeats each id over the spatial block it owns, Transpose moves the axis, and ops
 //! that combine activations elementwise (residual Add, squeeze-and-excitation Mul) *couple*
 //! ids: a union-find merges them, so that coupled channels are scored and removed together.

@@ -5,11 +5,9 @@
 //! A pruned element becomes +0.0, or its channel's zero point, so that it dequantizes to
 //! exactly 0.
 
+use super::CHUNK;
 use crate::model::{DType, Quant};
 use rayon::prelude::*;
-
-/// Elements handled per parallel task.
-pub const CHUNK: usize = 1 << 16;
 
 /// Magnitude of one little-endian float32 (4 bytes); NaN counts as +∞ (never pruned first).
 #[inline]

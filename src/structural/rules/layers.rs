@@ -4,7 +4,7 @@
 use super::{normalize, Builder};
 use crate::model::stats::is_widening;
 use crate::model::TensorId;
-use crate::prune::structural::graph::{ChannelId, Role};
+use crate::structural::graph::{ChannelId, Role};
 
 impl Builder<'_> {
     pub(super) fn conv(&mut self, ni: usize) {
