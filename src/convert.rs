@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::inspect::SizeComparison;
 use crate::onnx::ExternalDataMode;
 use crate::output::{check_destination, Staging};
+use crate::progress::{Progress, Silent};
 use crate::sparse::{Storage, StoragePolicy, StorageReport};
 use crate::verify::{self, Verification};
 use serde::Serialize;
@@ -20,23 +21,6 @@ pub enum VerifyPolicy {
     Check,
     /// Check; refuse to write a model tract could not verify.
     Require,
-}
-
-/// Receives the stages of long work (a CLI shows them as a spinner; libraries may ignore them).
-pub trait Progress {
-    fn stage(&self, what: &str);
-    /// Starts counted work (`total` units, e.g. samples) shown as a bar.
-    fn begin(&self, _what: &str, _total: u64) {}
-    fn advance(&self, _n: u64) {}
-    /// Ends counted work started by [`Progress::begin`].
-    fn finish_bar(&self) {}
-}
-
-/// Progress that goes nowhere.
-pub struct Silent;
-
-impl Progress for Silent {
-    fn stage(&self, _: &str) {}
 }
 
 #[derive(Debug, Clone)]

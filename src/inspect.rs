@@ -4,6 +4,7 @@ use crate::document::Document;
 use crate::error::Result;
 use crate::model::stats::{self, LayerStats, Totals};
 use crate::model::{shape_to_string, Dim, FormatInfo, Graph, Quant};
+use crate::text::ellipsize;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -244,26 +245,6 @@ fn human_count(n: u64) -> String {
         10_000_000..=9_999_999_999 => format!("{:.1}M", n as f64 / 1e6),
         _ => format!("{:.2}G", n as f64 / 1e9),
     }
-}
-
-/// Width of a table's name column: the longest name, between 5 and `max` characters (longer
-/// names are shown with [`ellipsize`]).
-pub fn name_width<'a>(names: impl Iterator<Item = &'a str>, max: usize) -> usize {
-    names
-        .map(|n| n.chars().count())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, max)
-}
-
-/// Keeps the end of a long name (the distinctive part of exporter-generated names).
-pub fn ellipsize(name: &str, width: usize) -> String {
-    let n = name.chars().count();
-    if n <= width {
-        return name.to_string();
-    }
-    let tail: String = name.chars().skip(n - (width - 1)).collect();
-    format!("…{tail}")
 }
 
 fn io_line(io: &IoInfo) -> String {

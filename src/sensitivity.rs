@@ -5,11 +5,12 @@
 //! ([`crate::allocate::allocate`]).
 
 pub use crate::allocate::{LayerSensitivity, Metric, Point, Profile, SCHEMA};
-use crate::convert::{Progress, Silent};
+use crate::data::{DataOptions, DataSummary};
 use crate::document::Document;
 use crate::error::{Error, Result};
+use crate::progress::{Progress, Silent};
 use crate::prune::{plan, Pattern, PruneOptions, Scope};
-use crate::validate::{Comparison, DataOptions, DataSummary, Gates, Reference};
+use crate::validate::{Comparison, Gates, Reference};
 use serde::Serialize;
 use std::path::Path;
 
@@ -146,7 +147,7 @@ pub fn sensitivity(
             done += 1;
             progress.stage(&format!(
                 "[{done}/{total}] {} at {:.0}%",
-                crate::inspect::ellipsize(&l.name, 40),
+                crate::text::ellipsize(&l.name, 40),
                 100.0 * r
             ));
             let o = PruneOptions {
@@ -191,7 +192,7 @@ pub fn sensitivity(
 
 /// The table: one row per layer, one column per ratio (drop in points).
 pub fn render(r: &SensitivityReport, w: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let name_w = crate::inspect::name_width(r.layers.iter().map(|l| l.name.as_str()), 40);
+    let name_w = crate::text::name_width(r.layers.iter().map(|l| l.name.as_str()), 40);
     writeln!(
         w,
         "metric: {} drop in points ({}baseline {:.2}); {} samples",
@@ -213,7 +214,7 @@ pub fn render(r: &SensitivityReport, w: &mut dyn std::io::Write) -> std::io::Res
         write!(
             w,
             "{:<name_w$} {:>9}",
-            crate::inspect::ellipsize(&l.name, name_w),
+            crate::text::ellipsize(&l.name, name_w),
             l.params
         )?;
         for p in &l.points {
@@ -274,7 +275,7 @@ pub fn plot(r: &SensitivityReport, path: &Path) -> Result<()> {
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(|e| err(e.to_string()))?
-                .label(crate::inspect::ellipsize(&l.name, 36))
+                .label(crate::text::ellipsize(&l.name, 36))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
         chart

@@ -304,15 +304,11 @@ fn calibrated_pruning_at_sparsity_zero_changes_nothing() {
             sparsity: Some(0.0),
             scope: Scope::Layer,
             criterion: crit,
-            calib: Some(pare::calib::CalibOptions::new(
-                pare::validate::DataOptions {
-                    source: pare::validate::DataSource::Path(
-                        fixtures().join("data/calib_x_nchw.npy"),
-                    ),
-                    samples: Some(16),
-                    ..Default::default()
-                },
-            )),
+            calib: Some(pare::calib::CalibOptions::new(pare::data::DataOptions {
+                source: pare::data::DataSource::Path(fixtures().join("data/calib_x_nchw.npy")),
+                samples: Some(16),
+                ..Default::default()
+            })),
             ..Default::default()
         };
         let p = plan(&doc, &opts).unwrap();

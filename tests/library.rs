@@ -769,8 +769,9 @@ mod prune_properties {
 /// memory compared without writing anything, and the same numbers for the written file.
 #[test]
 fn validation_api_compares_in_memory_and_written_candidates_alike() {
+    use pare::data::{DataOptions, DataSource};
     use pare::prune::{plan, PruneOptions, Scope};
-    use pare::validate::{DataOptions, DataSource, Gates, Reference, ValidateOptions};
+    use pare::validate::{Gates, Reference, ValidateOptions};
     let dir = tmpdir();
     let original = Document::open(&fixtures().join("cnn.tflite")).unwrap();
     let data = DataOptions {
@@ -783,7 +784,7 @@ fn validation_api_compares_in_memory_and_written_candidates_alike() {
         max_accuracy_drop: Some(1.0),
         ..Default::default()
     };
-    let quiet = pare::convert::Silent;
+    let quiet = pare::progress::Silent;
 
     // The original against itself: no difference, every gate passes.
     let same = reference.load_candidate(&original).unwrap();

@@ -8,11 +8,11 @@
 
 use super::layer::{patches, Kind, Layout, Linear};
 use super::CalibOptions;
-use crate::convert::Progress;
+use crate::data::{DataSummary, Dataset};
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::model::{DType, Graph, Quant};
-use crate::validate::data::{DataSummary, Dataset};
+use crate::progress::Progress;
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular as tri;
 use faer::{Accum, Mat, MatRef, Par};
@@ -324,7 +324,7 @@ impl<'a> Tapped<'a> {
         taps.sort_unstable();
         taps.dedup();
         let copy = tapped(doc, g, &taps);
-        let runner = crate::validate::load(
+        let runner = crate::verify::load_at(
             &copy,
             shapes,
             "the calibration copy (the model with its layers' inputs as outputs)",
@@ -390,7 +390,7 @@ pub fn collect(
     progress: &dyn Progress,
 ) -> Result<(Vec<Stats>, CalibSummary)> {
     let path = doc.path();
-    let (decls, _) = crate::validate::input_decls(doc)?;
+    let (decls, _) = crate::data::input_decls(doc)?;
     let mut dataset = Dataset::open(
         &opts.data,
         &decls,

@@ -15,12 +15,12 @@ pub mod capture;
 pub mod layer;
 pub mod solve;
 
-use crate::convert::Progress;
+use crate::data::DataOptions;
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::magnitude::values::Codec;
 use crate::model::{Graph, StructureEdits, TensorId};
-use crate::validate::data::DataOptions;
+use crate::progress::Progress;
 use bytes::Bytes;
 use faer::Mat;
 use layer::{Kind, Linear};

@@ -126,7 +126,7 @@ enum Command {
         /// a .npz (one array per input name, optional `labels`), an ONNX test_data_set folder,
         /// or `random`. The comparison goes into the report; gates decide whether it is written.
         #[arg(long, value_name = "DATA")]
-        validate: Option<crate::validate::DataSource>,
+        validate: Option<crate::data::DataSource>,
         #[command(flatten)]
         eval: EvalFlags,
         #[command(flatten)]
@@ -168,7 +168,7 @@ enum Command {
         /// Inputs: a .npy, a .npz (one array per input name, optional `labels`), an ONNX
         /// test_data_set folder, or `random` (seeded, of the declared shapes).
         #[arg(long, value_name = "DATA", default_value = "random")]
-        data: crate::validate::DataSource,
+        data: crate::data::DataSource,
         #[command(flatten)]
         eval: EvalFlags,
         #[command(flatten)]
@@ -187,7 +187,7 @@ enum Command {
         model: PathBuf,
         /// Inputs: a .npy, a .npz, an ONNX test_data_set folder, or `random`.
         #[arg(long, value_name = "DATA", default_value = "random")]
-        data: crate::validate::DataSource,
+        data: crate::data::DataSource,
         #[command(flatten)]
         eval: EvalFlags,
         /// Sparsities tried for each layer.
@@ -251,7 +251,7 @@ struct EvalFlags {
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
     /// Samples per run when the batch dimension is dynamic.
-    #[arg(long, value_name = "N", default_value_t = crate::validate::data::DEFAULT_BATCH_SIZE)]
+    #[arg(long, value_name = "N", default_value_t = crate::data::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
     /// Shape of a random input, e.g. input=1,3,224,224 (repeatable; sets dynamic dimensions).
     #[arg(long, value_name = "NAME=DIMS", value_parser = parse_input_shape)]
@@ -262,8 +262,8 @@ struct EvalFlags {
 }
 
 impl EvalFlags {
-    fn options(&self, source: crate::validate::DataSource) -> crate::validate::DataOptions {
-        crate::validate::DataOptions {
+    fn options(&self, source: crate::data::DataSource) -> crate::data::DataOptions {
+        crate::data::DataOptions {
             source,
             labels: self.labels.clone(),
             samples: self.samples,
@@ -331,8 +331,8 @@ struct CalibFlags {
 impl CalibFlags {
     fn options(&self) -> Option<crate::calib::CalibOptions> {
         let path = self.calib.as_ref()?;
-        let mut o = crate::calib::CalibOptions::new(crate::validate::DataOptions {
-            source: crate::validate::DataSource::Path(path.clone()),
+        let mut o = crate::calib::CalibOptions::new(crate::data::DataOptions {
+            source: crate::data::DataSource::Path(path.clone()),
             labels: None,
             samples: self.calib_samples,
             batch_size: self.calib_batch_size,
@@ -794,7 +794,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             opts.gates.check()?;
             let spinner = Spinner::new(cli.quiet);
             let result = (|| {
-                crate::convert::Progress::stage(&spinner, "reading");
+                crate::progress::Progress::stage(&spinner, "reading");
                 let a = crate::Document::open(original)?;
                 let b = crate::Document::open(candidate)?;
                 crate::validate::validate(&a, &b, &opts, &spinner)
@@ -898,7 +898,7 @@ impl Spinner {
     }
 }
 
-impl crate::convert::Progress for Spinner {
+impl crate::progress::Progress for Spinner {
     fn stage(&self, what: &str) {
         self.0.set_message(what.to_string());
     }

@@ -12,7 +12,7 @@ pub mod validated;
 
 pub use validated::{prune_validated, Search, SearchReport, Validation};
 
-use crate::convert::{Progress, Silent, WriteOptions, WriteReport};
+use crate::convert::{WriteOptions, WriteReport};
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::magnitude::layout;
@@ -22,6 +22,7 @@ use crate::magnitude::values::Codec;
 use crate::model::payload::Recipe as _;
 use crate::model::stats::{self, WeightKind};
 use crate::model::{DType, Graph, Model, Quant, TensorId};
+use crate::progress::{Progress, Silent};
 use crate::structural;
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -1467,7 +1468,7 @@ pub fn prune_with_progress(
 /// The human-readable report: a per-layer table, skipped weights and totals.
 pub fn render(r: &PruneReport, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let pct = |f: f64| format!("{:.1}%", 100.0 * f);
-    let name_w = crate::inspect::name_width(r.layers.iter().map(|l| l.name.as_str()), 48);
+    let name_w = crate::text::name_width(r.layers.iter().map(|l| l.name.as_str()), 48);
     writeln!(
         out,
         "{:<name_w$}  {:<18} {:<14} {:<5} {:>9}  {:>16}  {:>10}",
@@ -1482,7 +1483,7 @@ pub fn render(r: &PruneReport, out: &mut dyn std::io::Write) -> std::io::Result<
         writeln!(
             out,
             "{:<name_w$}  {:<18} {:<14} {:<5} {:>9}  {:>16}  {:>10}",
-            crate::inspect::ellipsize(&l.name, name_w),
+            crate::text::ellipsize(&l.name, name_w),
             op,
             shape.join("x"),
             l.dtype.to_string(),

@@ -11,9 +11,10 @@
 //! the report lists every step so this is visible.
 
 use super::{prune_document, PruneOptions, PruneReport};
-use crate::convert::{Progress, WriteOptions};
+use crate::convert::WriteOptions;
 use crate::document::Document;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::structural::Amount;
 use crate::validate::{self, Comparison, Reference, ValidateOptions};
 use serde::Serialize;

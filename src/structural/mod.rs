@@ -331,7 +331,7 @@ pub fn render(r: &ChannelReport, out: &mut dyn std::io::Write) -> std::io::Resul
             100.0 * a as f64 / b as f64
         }
     };
-    let width = crate::inspect::name_width(
+    let width = crate::text::name_width(
         r.groups
             .iter()
             .map(|g| g.layers.first().map_or("", String::as_str)),
@@ -343,8 +343,7 @@ pub fn render(r: &ChannelReport, out: &mut dyn std::io::Write) -> std::io::Resul
         "layer group", "channels", "kept", "removed"
     )?;
     for g in &r.groups {
-        let mut name =
-            crate::inspect::ellipsize(g.layers.first().map_or("", String::as_str), width);
+        let mut name = crate::text::ellipsize(g.layers.first().map_or("", String::as_str), width);
         if g.layers.len() > 1 {
             name = format!("{name} +{}", g.layers.len() - 1);
         }

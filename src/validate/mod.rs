@@ -6,14 +6,13 @@
 //! memory after the first pass (when they are small enough), so that iterative pruning can
 //! compare many candidates at the cost of running each candidate once.
 
-pub mod data;
+use crate::data::{input_decls, DataOptions, DataSummary, Dataset, InputDecl};
+use crate::verify::load_at;
 
-pub use data::{DataOptions, DataSource, DataSummary, Dataset, InputDecl};
-
-use crate::convert::{Progress, Silent};
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::model::Format;
+use crate::progress::{Progress, Silent};
 use crate::verify::Runner;
 use serde::Serialize;
 use std::io::Write;
@@ -221,31 +220,6 @@ pub struct ValidateReport {
     pub passed: bool,
 }
 
-/// The declared inputs of a model, for binding data.
-pub fn input_decls(doc: &Document) -> Result<(Vec<InputDecl>, Vec<String>)> {
-    let model = doc.to_model()?;
-    let g = model.main();
-    let inputs = g
-        .inputs
-        .iter()
-        .map(|&id| {
-            let t = g.tensor(id);
-            InputDecl {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                dims: t.shape.clone(),
-                quantized: t.quant.is_some(),
-            }
-        })
-        .collect();
-    let outputs = g
-        .outputs
-        .iter()
-        .map(|&id| g.tensor(id).name.clone())
-        .collect();
-    Ok((inputs, outputs))
-}
-
 /// The original model, loaded in tract and bound to the validation data.
 pub struct Reference {
     path: std::path::PathBuf,
@@ -260,30 +234,12 @@ pub struct Reference {
     correct: Option<usize>,
 }
 
-/// Loads `doc` in tract at the data's `shapes`; `what` names the model in errors ("the
-/// original model").
-pub(crate) fn load(doc: &Document, shapes: &[Vec<usize>], what: &str) -> Result<Runner> {
-    let runner = Runner::load_shaped(doc, Some(shapes))
-        .map_err(|e| Error::unsupported(doc.path(), format!("cannot run {what} in tract: {e}")))?;
-    for (i, (spec, want)) in runner.inputs.iter().zip(shapes).enumerate() {
-        if &spec.shape != want {
-            return Err(Error::Usage(format!(
-                "{}: input {i} runs in tract at shape {:?}, the data has {:?} per run",
-                doc.path().display(),
-                spec.shape,
-                want
-            )));
-        }
-    }
-    Ok(runner)
-}
-
 impl Reference {
     /// Loads `original` and binds `data` to its inputs.
     pub fn new(original: &Document, data: &DataOptions) -> Result<Reference> {
         let (decls, output_names) = input_decls(original)?;
         let mut dataset = Dataset::open(data, &decls, original.format() == Format::Onnx)?;
-        let runner = load(original, &dataset.shapes, "the original model")?;
+        let runner = load_at(original, &dataset.shapes, "the original model")?;
         let input_dts = runner.input_datum_types().to_vec();
         for (i, dt) in input_dts.iter().enumerate() {
             if dt.is_quantized() && dataset.input_is_float(i) {
@@ -339,7 +295,7 @@ impl Reference {
                 )));
             }
         }
-        let runner = load(candidate, &self.dataset.shapes, "the candidate model")?;
+        let runner = load_at(candidate, &self.dataset.shapes, "the candidate model")?;
         if runner.inputs != self.runner.inputs {
             return Err(differs(format!(
                 "tract sees inputs {:?} vs {:?}",
@@ -823,7 +779,7 @@ pub fn render(r: &ValidateReport, w: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             w,
             "{:<28} {:>11.3e} {:>11.3e} {:>9.6} {:>9.6} {:>7}",
-            crate::inspect::ellipsize(&o.name, 28),
+            crate::text::ellipsize(&o.name, 28),
             o.max_abs_diff,
             o.mean_abs_diff,
             o.cosine_mean,

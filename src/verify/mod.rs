@@ -618,3 +618,22 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
         outputs,
     })
 }
+
+/// Loads `doc` in tract at the data's `shapes`; `what` names the model in errors ("the
+/// original model").
+pub(crate) fn load_at(doc: &Document, shapes: &[Vec<usize>], what: &str) -> Result<Runner> {
+    let runner = Runner::load_shaped(doc, Some(shapes)).map_err(|e| {
+        crate::error::Error::unsupported(doc.path(), format!("cannot run {what} in tract: {e}"))
+    })?;
+    for (i, (spec, want)) in runner.inputs.iter().zip(shapes).enumerate() {
+        if &spec.shape != want {
+            return Err(crate::error::Error::Usage(format!(
+                "{}: input {i} runs in tract at shape {:?}, the data has {:?} per run",
+                doc.path().display(),
+                spec.shape,
+                want
+            )));
+        }
+    }
+    Ok(runner)
+}

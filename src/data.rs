@@ -4,6 +4,7 @@
 //! Arrays are streamed: a pass over the data holds one batch in memory, whatever the size of
 //! the files. Every pass re-opens the files, so passes see the same samples in the same order.
 
+use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::model::{DType, Dim};
 use rand::SeedableRng;
@@ -1187,6 +1188,31 @@ fn to_input(values: Values, elem: Elem, shape: &[usize], dt: DatumType) -> Tract
         unsafe { t.set_datum_type(dt) };
     }
     Ok(t)
+}
+
+/// The declared inputs of a model, for binding data.
+pub fn input_decls(doc: &Document) -> Result<(Vec<InputDecl>, Vec<String>)> {
+    let model = doc.to_model()?;
+    let g = model.main();
+    let inputs = g
+        .inputs
+        .iter()
+        .map(|&id| {
+            let t = g.tensor(id);
+            InputDecl {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                dims: t.shape.clone(),
+                quantized: t.quant.is_some(),
+            }
+        })
+        .collect();
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|&id| g.tensor(id).name.clone())
+        .collect();
+    Ok((inputs, outputs))
 }
 
 #[cfg(test)]
