@@ -7,6 +7,7 @@
 
 mod common;
 
+mod architecture;
 mod atomic;
 mod calib;
 mod cli;

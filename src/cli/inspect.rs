@@ -1,0 +1,28 @@
+//! `pare inspect`: a model's format, inputs and outputs, ops, per-layer weights and sizes,
+//! as a table on stdout or JSON.
+
+use super::{exit, print_json, Cli};
+use crate::error::Error;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub(super) struct InspectArgs {
+    /// The model file (.onnx or .tflite; the format is detected from the content).
+    model: PathBuf,
+}
+
+impl InspectArgs {
+    pub(super) fn run(&self, cli: &Cli) -> Result<i32, Error> {
+        let InspectArgs { model } = self;
+        let doc = crate::Document::open(model)?;
+        let report = crate::inspect::inspect(&doc)?;
+        if cli.json {
+            print_json(&report)?;
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = crate::inspect::render(&report, &mut out);
+        }
+        Ok(exit::OK)
+    }
+}
