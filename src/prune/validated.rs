@@ -10,14 +10,13 @@
 //! passing sparsity with a failing one a step above, not necessarily the largest passing one;
 //! the report lists every step so this is visible.
 
-use super::{prune_document, PruneOptions, PruneReport};
+use super::{prune_document, PruneOptions, PruneReport, SearchReport, SearchStep};
 use crate::convert::WriteOptions;
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::structural::Amount;
 use crate::validate::{self, Comparison, Reference, ValidateOptions};
-use serde::Serialize;
 use std::path::Path;
 
 /// Validation settings of a `pare prune` run.
@@ -59,40 +58,6 @@ fn with_value(opts: &PruneOptions, x: f64) -> PruneOptions {
         o.sparsity = Some(x);
     }
     o
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SearchStep {
-    pub step: usize,
-    /// The value tried: the sparsity, or with `parameter: "channels"` the channel ratio.
-    pub sparsity: f64,
-    /// The sparsity reached over the pruned tensors, or with `parameter: "channels"` the
-    /// fraction of the model's parameters removed.
-    pub eligible_sparsity: f64,
-    pub passed: bool,
-    /// Candidate accuracy (percent) and drop (points), with labels.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accuracy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drop_points: Option<f64>,
-    /// The worst output's mean cosine similarity.
-    pub cosine: f64,
-    /// The worst classifier output's top-1 agreement.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top1_agreement: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SearchReport {
-    /// What is searched: `sparsity` (magnitude), or `channels` (the channel ratio, when
-    /// channels are pruned without a sparsity).
-    pub parameter: &'static str,
-    pub strategy: &'static str,
-    pub step: f64,
-    pub upper_bound: f64,
-    pub steps: Vec<SearchStep>,
-    /// The sparsity written; `None` when no sparsity on the grid met the gates.
-    pub chosen: Option<f64>,
 }
 
 fn record(step: usize, sparsity: f64, report: &PruneReport, c: &Comparison) -> SearchStep {
