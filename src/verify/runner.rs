@@ -1,0 +1,287 @@
+//! A model loaded in tract and run: loading at concrete shapes (through the lowered copy for
+//! TFLite), quantized boundaries, seeded random inputs, and each run isolated from panics.
+
+use super::lower::{lower_tflite, BoundaryQuant, Lowering};
+use super::{
+    concrete_input_shape, describe_tflite_failure, isolated, isolated_with, onnx_inference_model,
+    InputSpec, MAX_INPUT_ELEMENTS,
+};
+use crate::document::Document;
+use rand::{Rng, SeedableRng};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::DimLike;
+
+pub(super) type Plan = Arc<TypedRunnableModel>;
+
+/// A model loaded into tract, ready to run.
+pub struct Runner {
+    pub(super) plan: Plan,
+    pub inputs: Vec<InputSpec>,
+    pub(super) input_dts: Vec<DatumType>,
+    /// Rewrites of the validation copy tract runs (TFLite), see [`lower_tflite`].
+    pub lowered: Lowering,
+}
+
+impl Runner {
+    /// Loads a document into tract. Dynamic input dimensions are fixed to 1.
+    pub fn load(doc: &Document) -> std::result::Result<Runner, String> {
+        Self::load_shaped(doc, None)
+    }
+
+    /// Loads a document into tract with the given input shapes (ONNX; a TFLite model runs at
+    /// its stored shapes, which the caller can compare with [`Runner::inputs`]).
+    pub fn load_shaped(
+        doc: &Document,
+        shapes: Option<&[Vec<usize>]>,
+    ) -> std::result::Result<Runner, String> {
+        match doc {
+            Document::Onnx(d) => {
+                // tract ignores sparse_initializer: give it the dense equivalent.
+                let densified;
+                let (d, sparse) = if d.dense.is_empty() {
+                    (d, 0)
+                } else {
+                    let policy = crate::sparse::StoragePolicy::new(crate::sparse::Storage::Dense);
+                    let (dd, r) = d.with_storage(&policy).map_err(|e| e.to_string())?;
+                    densified = dd;
+                    (&densified, r.densified)
+                };
+                let lowered = crate::onnx::lower::lower_for_tract(d);
+                let mut runner = isolated("tract could not load the ONNX model", || {
+                    let mut model = match &lowered {
+                        Some((m, _)) => {
+                            let mut m = m.clone();
+                            d.inline_external(&mut m)
+                                .map_err(|e| TractError::msg(e.to_string()))?;
+                            let bytes = prost::Message::encode_to_vec(&m);
+                            tract_onnx::onnx().model_for_read(&mut &bytes[..])?
+                        }
+                        None => onnx_inference_model(d)?,
+                    };
+                    for i in 0..model.inputs.len() {
+                        let fact = model.input_fact(i)?.clone();
+                        let dt = fact.datum_type().unwrap_or(f32::datum_type());
+                        let shape = match shapes.and_then(|s| s.get(i)) {
+                            Some(s) => s.iter().copied().collect(),
+                            None => concrete_input_shape(&fact),
+                        };
+                        model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
+                    }
+                    let typed = model.into_optimized()?;
+                    Runner::from_typed(typed)
+                })?;
+                if let Some((_, rewrites)) = lowered {
+                    runner.lowered.rewrites = rewrites;
+                }
+                if sparse > 0 {
+                    runner
+                        .lowered
+                        .rewrites
+                        .insert("sparse initializers densified".into(), sparse);
+                }
+                Ok(runner)
+            }
+            Document::Tflite(d) => {
+                let (lowered_doc, lowered) = lower_tflite(d);
+                let bytes = if lowered.is_empty() && !d.edited {
+                    d.source.clone()
+                } else {
+                    lowered_doc.encode().map_err(|e| e.to_string())?.0
+                };
+                let describe = |msg| describe_tflite_failure(&lowered_doc, msg);
+                let mut runner =
+                    isolated_with("tract could not load the TFLite model", describe, || {
+                        let mut model = tract_tflite::tflite().model_for_read(&mut &bytes[..])?;
+                        for i in 0..model.inputs.len() {
+                            let fact = model.input_fact(i)?.clone();
+                            let shape: TVec<usize> = fact
+                                .shape
+                                .iter()
+                                .map(|d| d.to_usize().unwrap_or(1))
+                                .collect();
+                            model
+                                .set_input_fact(i, TypedFact::dt_shape(fact.datum_type, &*shape))?;
+                        }
+                        Runner::from_typed(model.into_optimized()?)
+                    })?;
+                // An int8 model emulated in float still takes and gives int8 values from the
+                // outside: same random inputs and comparable outputs as the original.
+                if let Some(b) = &lowered.boundary {
+                    for (i, q) in b.inputs.iter().enumerate() {
+                        if let (Some(q), Some(spec)) = (q, runner.inputs.get_mut(i)) {
+                            let dt = quantized_dt(q);
+                            spec.dtype = format!("{dt:?}");
+                            runner.input_dts[i] = dt;
+                        }
+                    }
+                }
+                runner.lowered = lowered;
+                Ok(runner)
+            }
+        }
+    }
+
+    pub(super) fn from_typed(model: TypedModel) -> TractResult<Runner> {
+        let mut inputs = Vec::new();
+        let mut input_dts = Vec::new();
+        for i in 0..model.inputs.len() {
+            let fact = model.input_fact(i)?;
+            let shape = fact
+                .shape
+                .as_concrete()
+                .map(|s| s.to_vec())
+                .ok_or_else(|| {
+                    TractError::msg(format!(
+                        "input {i} has a shape tract cannot make concrete: {:?}",
+                        fact.shape
+                    ))
+                })?;
+            inputs.push(InputSpec {
+                index: i,
+                dtype: format!("{:?}", fact.datum_type),
+                shape,
+            });
+            input_dts.push(fact.datum_type);
+        }
+        let plan = model.into_runnable()?;
+        Ok(Runner {
+            plan,
+            inputs,
+            input_dts,
+            lowered: Lowering::default(),
+        })
+    }
+
+    /// The tract type of each input (quantized types carry their scale and zero point).
+    pub fn input_datum_types(&self) -> &[DatumType] {
+        &self.input_dts
+    }
+
+    /// Seeded random inputs: floats uniform in [-1, 1), 8-bit integers over their full range,
+    /// wider integers in [0, 4) (small enough to be valid indices), booleans at random.
+    pub fn random_inputs(&self, seed: u64) -> TractResult<TVec<Tensor>> {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        self.inputs
+            .iter()
+            .zip(&self.input_dts)
+            .map(|(spec, &dt)| random_tensor(&mut rng, dt, &spec.shape))
+            .collect()
+    }
+
+    pub fn run(&self, inputs: TVec<Tensor>) -> std::result::Result<TVec<Tensor>, String> {
+        let boundary = self.lowered.boundary.as_ref();
+        isolated("tract could not run the model", || {
+            let inputs = inputs
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(i, t)| match boundary.and_then(|b| b.inputs.get(i).copied().flatten()) {
+                        Some(q) => dequantize_tensor(&t, q),
+                        None => Ok(t),
+                    },
+                )
+                .collect::<TractResult<TVec<Tensor>>>()?;
+            let out = self
+                .plan
+                .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
+            out.into_iter()
+                .enumerate()
+                .map(
+                    |(i, v)| match boundary.and_then(|b| b.outputs.get(i).copied().flatten()) {
+                        Some(q) => quantize_tensor(&v.into_tensor(), q),
+                        None => Ok(v.into_tensor()),
+                    },
+                )
+                .collect()
+        })
+    }
+}
+
+pub(super) fn quantized_dt(q: &BoundaryQuant) -> DatumType {
+    let qp = QParams::ZpScale {
+        zero_point: q.zero_point as i32,
+        scale: q.scale,
+    };
+    match (q.min, q.max) {
+        (0, 255) => DatumType::QU8(qp),
+        (-128, 127) => DatumType::QI8(qp),
+        _ => DatumType::I16,
+    }
+}
+
+/// Real values of a quantized tensor, as float32.
+pub(super) fn dequantize_tensor(t: &Tensor, q: BoundaryQuant) -> TractResult<Tensor> {
+    let mut plain = t.clone();
+    if plain.datum_type().is_quantized() {
+        unsafe { plain.set_datum_type(plain.datum_type().unquantized()) };
+    }
+    let ints = plain.cast_to::<i64>()?;
+    let v: Vec<f32> = ints
+        .to_plain_array_view::<i64>()?
+        .iter()
+        .map(|&x| q.scale * (x - q.zero_point) as f32)
+        .collect();
+    Tensor::from_shape(t.shape(), &v)
+}
+
+/// Quantizes float values onto `q` (round half away from zero, saturating), in the original
+/// model's output type.
+pub(super) fn quantize_tensor(t: &Tensor, q: BoundaryQuant) -> TractResult<Tensor> {
+    let f = t.cast_to::<f32>()?;
+    let ints: Vec<i64> = f
+        .to_plain_array_view::<f32>()?
+        .iter()
+        .map(|&x| ((x / q.scale).round() as i64 + q.zero_point).clamp(q.min, q.max))
+        .collect();
+    let dt = quantized_dt(&q);
+    let mut out = Tensor::from_shape(t.shape(), &ints)?
+        .cast_to_dt(dt.unquantized())?
+        .into_owned();
+    if dt.is_quantized() {
+        unsafe { out.set_datum_type(dt) };
+    }
+    Ok(out)
+}
+
+pub(crate) fn random_tensor(
+    rng: &mut impl Rng,
+    dt: DatumType,
+    shape: &[usize],
+) -> TractResult<Tensor> {
+    // A declared input shape is data from the file: bound it before allocating.
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_INPUT_ELEMENTS)
+        .ok_or_else(|| {
+            TractError::msg(format!(
+                "an input of shape {shape:?} is too large to run (more than {MAX_INPUT_ELEMENTS} elements)"
+            ))
+        })?;
+    let unq = dt.unquantized();
+    let mut t = match unq {
+        DatumType::F32 | DatumType::F64 | DatumType::F16 => {
+            let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            Tensor::from_shape(shape, &v)?.cast_to_dt(unq)?.into_owned()
+        }
+        DatumType::I8 => {
+            Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<i8>()).collect::<Vec<_>>())?
+        }
+        DatumType::U8 => {
+            Tensor::from_shape(shape, &(0..n).map(|_| rng.gen::<u8>()).collect::<Vec<_>>())?
+        }
+        DatumType::Bool => Tensor::from_shape(
+            shape,
+            &(0..n).map(|_| rng.gen::<bool>()).collect::<Vec<_>>(),
+        )?,
+        _ => {
+            let v: Vec<i64> = (0..n).map(|_| rng.gen_range(0..4i64)).collect();
+            Tensor::from_shape(shape, &v)?.cast_to_dt(unq)?.into_owned()
+        }
+    };
+    if dt.is_quantized() {
+        // Safety: same storage type; only the quantization parameters are attached.
+        unsafe { t.set_datum_type(dt) };
+    }
+    Ok(t)
+}
