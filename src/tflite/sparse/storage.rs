@@ -1,12 +1,12 @@
-//! TFLite sparse weights: `SparsityParameters` read into the neutral [`Layout`], densified for
-//! the model view, and the storage pass that writes weights sparse feeding `DENSIFY` ops, as
-//! TensorFlow's converter does (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`), or all dense.
+//! The storage pass over a TFLite document: weights written sparse behind `DENSIFY` where that
+//! is smaller (or as asked), sparse tensors densified back, buffers re-encoded after edits.
 
-use super::{builtin_of, dtype_from_tflite, TfliteDocument};
-use crate::error::{Error, Result};
+use super::{describe_layout, elem_size, layout_of, static_shape, stored_bytes, to_fb};
+use crate::error::Result;
 use crate::sparse::{
     self, Layout, Level, Plan, SparseTensor, Storage, StoragePolicy, StorageReport,
 };
+use crate::tflite::{builtin_of, dtype_from_tflite, TfliteDocument};
 use crate::tflite_gen::tflite as fb;
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -15,183 +15,11 @@ use std::collections::{HashMap, HashSet};
 /// Flatbuffer bytes a sparse tensor adds besides its payload (the DENSIFY operator, its output
 /// tensor, the sparsity tables), on top of twice the tensor's name. Measured on converter
 /// output: 150–190 bytes.
-const OVERHEAD: usize = 192;
-
-fn index_vector(v: &[u32]) -> fb::SparseIndexVectorT {
-    match sparse::index_width(v.iter().copied().max().unwrap_or(0)) {
-        1 => fb::SparseIndexVectorT::Uint8Vector(Box::new(fb::Uint8VectorT {
-            values: Some(v.iter().map(|&x| x as u8).collect()),
-        })),
-        2 => fb::SparseIndexVectorT::Uint16Vector(Box::new(fb::Uint16VectorT {
-            values: Some(v.iter().map(|&x| x as u16).collect()),
-        })),
-        _ => fb::SparseIndexVectorT::Int32Vector(Box::new(fb::Int32VectorT {
-            values: Some(v.iter().map(|&x| x as i32).collect()),
-        })),
-    }
-}
-
-fn read_index_vector(
-    v: &fb::SparseIndexVectorT,
-    what: &str,
-) -> std::result::Result<Vec<u32>, String> {
-    match v {
-        fb::SparseIndexVectorT::NONE => Err(format!("{what} is missing")),
-        fb::SparseIndexVectorT::Int32Vector(x) => x
-            .values
-            .iter()
-            .flatten()
-            .map(|&i| u32::try_from(i).map_err(|_| format!("{what} holds a negative value {i}")))
-            .collect(),
-        fb::SparseIndexVectorT::Uint16Vector(x) => {
-            Ok(x.values.iter().flatten().map(|&i| i as u32).collect())
-        }
-        fb::SparseIndexVectorT::Uint8Vector(x) => {
-            Ok(x.values.iter().flatten().map(|&i| i as u32).collect())
-        }
-    }
-}
-
-/// The neutral layout of a tensor's `SparsityParameters`.
-pub(super) fn layout_of(sp: &fb::SparsityParametersT) -> std::result::Result<Layout, String> {
-    let ints = |v: &Option<Vec<i32>>, what: &str| -> std::result::Result<Vec<usize>, String> {
-        v.iter()
-            .flatten()
-            .map(|&i| usize::try_from(i).map_err(|_| format!("{what} holds a negative value {i}")))
-            .collect()
-    };
-    let levels = sp
-        .dim_metadata
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, d)| match d.format {
-            fb::DimensionType::DENSE => usize::try_from(d.dense_size)
-                .map(|size| Level::Dense { size })
-                .map_err(|_| format!("dimension metadata {i}: negative dense size")),
-            fb::DimensionType::SPARSE_CSR => Ok(Level::Csr {
-                segments: read_index_vector(
-                    &d.array_segments,
-                    &format!("dimension metadata {i}: array_segments"),
-                )?,
-                indices: read_index_vector(
-                    &d.array_indices,
-                    &format!("dimension metadata {i}: array_indices"),
-                )?,
-            }),
-            other => Err(format!(
-                "dimension metadata {i}: unknown format {}",
-                other.0
-            )),
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(Layout {
-        traversal_order: ints(&sp.traversal_order, "traversal_order")?,
-        block_map: ints(&sp.block_map, "block_map")?,
-        levels,
-    })
-}
-
-pub(super) fn to_fb(layout: &Layout) -> fb::SparsityParametersT {
-    fb::SparsityParametersT {
-        traversal_order: Some(layout.traversal_order.iter().map(|&d| d as i32).collect()),
-        block_map: Some(layout.block_map.iter().map(|&d| d as i32).collect()),
-        dim_metadata: Some(
-            layout
-                .levels
-                .iter()
-                .map(|l| match l {
-                    Level::Dense { size } => fb::DimensionMetadataT {
-                        format: fb::DimensionType::DENSE,
-                        dense_size: *size as i32,
-                        ..Default::default()
-                    },
-                    Level::Csr { segments, indices } => fb::DimensionMetadataT {
-                        format: fb::DimensionType::SPARSE_CSR,
-                        dense_size: 0,
-                        array_segments: index_vector(segments),
-                        array_indices: index_vector(indices),
-                    },
-                })
-                .collect(),
-        ),
-    }
-}
-
-fn static_shape(t: &fb::TensorT) -> Option<Vec<usize>> {
-    t.shape
-        .as_ref()?
-        .iter()
-        .map(|&d| usize::try_from(d).ok())
-        .collect()
-}
-
-fn elem_size(t: &fb::TensorT) -> Option<usize> {
-    dtype_from_tflite(t.type_).size()
-}
-
-/// Densifies every sparse constant of the document, checking its metadata: the dense
-/// payloads by buffer index.
-pub(super) fn decode_all(doc: &TfliteDocument) -> Result<HashMap<usize, Bytes>> {
-    let mut dense: HashMap<usize, Bytes> = HashMap::new();
-    for (si, sg) in doc.model.subgraphs.iter().flatten().enumerate() {
-        for (ti, t) in sg.tensors.iter().flatten().enumerate() {
-            let Some(sp) = &t.sparsity else { continue };
-            let Some(Some(values)) = doc.buffers.get(t.buffer as usize) else {
-                continue;
-            };
-            if t.buffer == 0 || values.is_empty() {
-                continue;
-            }
-            let bad = |msg: String| {
-                Error::malformed(
-                    &doc.path,
-                    format!(
-                        "sparse tensor {:?} (subgraph {si}, tensor {ti}): {msg}",
-                        t.name.as_deref().unwrap_or("")
-                    ),
-                )
-            };
-            let shape =
-                static_shape(t).ok_or_else(|| bad("its shape is missing or not static".into()))?;
-            let elem = elem_size(t)
-                .ok_or_else(|| bad(format!("type {:?} cannot be stored sparse", t.type_)))?;
-            let layout = layout_of(sp).map_err(bad)?;
-            let data = sparse::densify(&shape, elem, values, &layout).map_err(bad)?;
-            let data = Bytes::from(data);
-            if let Some(prev) = dense.get(&(t.buffer as usize)) {
-                if *prev != data {
-                    return Err(bad(format!(
-                        "buffer {} is shared with a tensor that reads it differently",
-                        t.buffer
-                    )));
-                }
-            }
-            dense.insert(t.buffer as usize, data);
-        }
-    }
-    Ok(dense)
-}
-
-/// Stored bytes of a sparse tensor: values plus index arrays.
-pub(super) fn stored_bytes(doc: &TfliteDocument, t: &fb::TensorT) -> u64 {
-    let values = doc
-        .buffers
-        .get(t.buffer as usize)
-        .cloned()
-        .flatten()
-        .map_or(0, |b| b.len());
-    let meta = t
-        .sparsity
-        .as_ref()
-        .and_then(|sp| layout_of(sp).ok())
-        .map_or(0, |l| sparse::stored_bytes(&l, 0));
-    (values + meta) as u64
-}
+pub(super) const OVERHEAD: usize = 192;
 
 /// The plan a sparse layout was made with, when it is one pare makes (one CSR level, the
 /// rest dense): re-encoding edited data with it keeps the file's layout.
-fn plan_of(layout: &Layout, rank: usize) -> Option<Plan> {
+pub(super) fn plan_of(layout: &Layout, rank: usize) -> Option<Plan> {
     let csr: Vec<usize> = (0..layout.levels.len())
         .filter(|&i| matches!(layout.levels[i], Level::Csr { .. }))
         .collect();
@@ -212,7 +40,7 @@ fn plan_of(layout: &Layout, rank: usize) -> Option<Plan> {
 }
 
 /// The smallest candidate plan for dense `data` and its stored bytes.
-fn best_plan(
+pub(super) fn best_plan(
     shape: &[usize],
     elem: usize,
     data: &[u8],
@@ -228,7 +56,7 @@ fn best_plan(
 }
 
 /// Ops whose input slot may be fed by a DENSIFY output (weights, as the converter does).
-fn weight_slot(op: fb::BuiltinOperator, slot: usize) -> bool {
+pub(super) fn weight_slot(op: fb::BuiltinOperator, slot: usize) -> bool {
     use fb::BuiltinOperator as B;
     match op {
         B::CONV_2D | B::DEPTHWISE_CONV_2D | B::FULLY_CONNECTED | B::CONV_3D | B::BATCH_MATMUL => {
@@ -241,11 +69,11 @@ fn weight_slot(op: fb::BuiltinOperator, slot: usize) -> bool {
 }
 
 /// A tensor's sparse layout, its stored values, and (when kept) its dense payload.
-type Encoded = (Layout, Vec<u8>, Option<Bytes>);
+pub(super) type Encoded = (Layout, Vec<u8>, Option<Bytes>);
 
 impl TfliteDocument {
     /// Re-encodes the sparse tensors stored in buffer `i` after its dense data changed.
-    pub(super) fn reencode_sparse(&mut self, i: usize, dense: Bytes) {
+    pub(in crate::tflite) fn reencode_sparse(&mut self, i: usize, dense: Bytes) {
         let mut values = None;
         for sg in self.model.subgraphs.iter_mut().flatten() {
             for t in sg.tensors.iter_mut().flatten() {
@@ -303,7 +131,7 @@ impl TfliteDocument {
     }
 
     /// Lists the sparse tensors of the document in the report.
-    fn describe_sparse(&self, report: &mut StorageReport) {
+    pub(super) fn describe_sparse(&self, report: &mut StorageReport) {
         report.sparse_tensors.clear();
         for sg in self.model.subgraphs.iter().flatten() {
             for t in sg.tensors.iter().flatten() {
@@ -391,7 +219,12 @@ impl TfliteDocument {
 
     /// Stores eligible dense constants sparse (all of them, or where smaller), each feeding a
     /// new DENSIFY op placed before its first reader.
-    fn sparsify(&mut self, policy: &StoragePolicy, report: &mut StorageReport, keep_dense: bool) {
+    pub(super) fn sparsify(
+        &mut self,
+        policy: &StoragePolicy,
+        report: &mut StorageReport,
+        keep_dense: bool,
+    ) {
         let codes: Vec<fb::BuiltinOperator> = self
             .model
             .operator_codes
@@ -429,7 +262,8 @@ impl TfliteDocument {
                 let Some((layout, values, dense)) = d else {
                     continue;
                 };
-                let densify = super::opcode_index(&mut self.model, fb::BuiltinOperator::DENSIFY);
+                let densify =
+                    crate::tflite::opcode_index(&mut self.model, fb::BuiltinOperator::DENSIFY);
                 let sg = &mut self.model.subgraphs.as_mut().unwrap()[si];
                 let tensors = sg.tensors.as_mut().unwrap();
                 let t = &mut tensors[ti];
@@ -483,7 +317,7 @@ impl TfliteDocument {
     }
 
     /// Whether tensor `ti` of subgraph `si` should become sparse, and with which plan.
-    fn sparse_candidate(
+    pub(super) fn sparse_candidate(
         &self,
         si: usize,
         ti: usize,
@@ -548,7 +382,7 @@ impl TfliteDocument {
 
 /// For each tensor of `sg`: how many operators read it, or `None` when one of them (or the
 /// subgraph's interface) may not be fed by a DENSIFY output.
-fn weight_readers(
+pub(super) fn weight_readers(
     sg: &fb::SubGraphT,
     codes: &[fb::BuiltinOperator],
 ) -> HashMap<i32, Option<usize>> {
@@ -584,7 +418,7 @@ fn weight_readers(
 }
 
 /// Readers of a renamed tensor read its replacement (operator inputs, subgraph outputs).
-fn rewire(sg: &mut fb::SubGraphT, rename: &HashMap<i32, i32>) {
+pub(super) fn rewire(sg: &mut fb::SubGraphT, rename: &HashMap<i32, i32>) {
     for op in sg.operators.iter_mut().flatten() {
         for i in op.inputs.iter_mut().flatten() {
             if let Some(&r) = rename.get(i) {
@@ -602,7 +436,7 @@ fn rewire(sg: &mut fb::SubGraphT, rename: &HashMap<i32, i32>) {
 /// Deletes tensors from subgraph `si`, renumbering every reference to the ones after them
 /// (operators, subgraph inputs/outputs, signatures). References to a removed tensor follow
 /// `rename` first.
-fn remove_tensors(
+pub(super) fn remove_tensors(
     model: &mut fb::ModelT,
     si: usize,
     removed: &HashSet<i32>,
@@ -660,37 +494,4 @@ fn remove_tensors(
             m.tensor_index = remap(m.tensor_index as i32).max(0) as u32;
         }
     }
-}
-
-/// "CSR on dim 3 of [0,1,2,3], blocks 4x1 on dims (0,3)"-style summary.
-pub fn describe_layout(l: &Layout) -> String {
-    let n = l.traversal_order.len() - l.block_map.len();
-    let levels: Vec<String> = l
-        .levels
-        .iter()
-        .zip(&l.traversal_order)
-        .map(|(lv, &d)| {
-            let name = if d < n {
-                format!("d{d}")
-            } else {
-                format!("b{}", l.block_map.get(d - n).copied().unwrap_or(0))
-            };
-            match lv {
-                Level::Dense { .. } => name,
-                Level::Csr { .. } => format!("{name}:csr"),
-            }
-        })
-        .collect();
-    let mut s = levels.join(",");
-    if !l.block_map.is_empty() {
-        let sizes: Vec<String> = l.levels[n..]
-            .iter()
-            .map(|lv| match lv {
-                Level::Dense { size } => size.to_string(),
-                Level::Csr { .. } => "?".into(),
-            })
-            .collect();
-        s += &format!(" blocks {} on dims {:?}", sizes.join("x"), l.block_map);
-    }
-    s
 }
