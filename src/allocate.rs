@@ -1,5 +1,7 @@
 //! Per-layer sparsities from a sensitivity profile: the profile's schema and types, and the
 //! tolerance bisection that turns measured drops into an allocation. Imports only `error`.
+//!
+//! Layer: methods (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,7 @@
 //! Writing documents: stage beside the destination, read back, verify with tract, commit.
 //! `pare convert` is this pipeline with no edits; pruning commands reuse it.
+//!
+//! Layer: pipeline (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 use crate::document::Document;
 use crate::error::{Error, Result};

@@ -1,4 +1,6 @@
 //! A model file as read: the decoded document of either format, detected from its content.
+//!
+//! Layer: document (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 use crate::error::{Error, Result};
 use crate::model::payload::{payload_key, Deferred};

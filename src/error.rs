@@ -1,5 +1,7 @@
 //! One error type for the library. Every variant names the file (and where it makes sense the
 //! tensor or node) so that a pipeline log tells the user what to fix.
+//!
+//! Layer: core (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 use std::path::PathBuf;
 

@@ -1,4 +1,6 @@
 //! `pare inspect`: what a model file contains.
+//!
+//! Layer: checks (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 use crate::document::Document;
 use crate::error::Result;

@@ -1,4 +1,6 @@
 //! Reading model files: memory-mapped, so weights are never copied just to be looked at.
+//!
+//! Layer: core (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 use crate::error::{Error, Result};
 use bytes::Bytes;

@@ -1,3 +1,5 @@
+//! The `pare` command: everything is in the library (`pare::cli::main`).
+
 fn main() {
     std::process::exit(pare::cli::main());
 }

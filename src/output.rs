@@ -1,6 +1,8 @@
 //! Atomic output: every file pare writes goes to a temporary file in the destination directory
 //! and is renamed into place only once it is complete, so a crash, a full disk or a failed check
 //! never leaves a half-written model where a later pipeline step would pick it up.
+//!
+//! Layer: core (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 use crate::error::{Error, Result};
 use std::fs;

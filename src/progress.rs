@@ -1,5 +1,7 @@
 //! How long work reports what it is doing: the [`Progress`] receiver every phase calls, and
 //! [`Silent`] for callers that want nothing. Imports nothing from the crate.
+//!
+//! Layer: core (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 /// Receives the stages of long work (a CLI shows them as a spinner; libraries may ignore them).
 pub trait Progress {

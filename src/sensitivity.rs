@@ -3,6 +3,8 @@
 //! `pare.sensitivity/1`) and an SVG chart; `pare prune --scope sensitivity --sensitivity FILE`
 //! turns the profile into per-layer sparsities for a global target
 //! ([`crate::allocate::allocate`]).
+//!
+//! Layer: pipeline (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 pub use crate::allocate::{LayerSensitivity, Metric, Point, Profile, SCHEMA};
 use crate::data::{DataOptions, DataSummary};

@@ -1,5 +1,7 @@
 //! Plain-text layout shared by the reports: name columns and the ellipsis that keeps the
 //! distinctive end of a long name. Imports nothing from the crate.
+//!
+//! Layer: core (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 /// Width of a table's name column: the longest name, between 5 and `max` characters (longer
 /// names are shown with [`ellipsize`]).

@@ -11,8 +11,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `module → layer number` from the ```layers block of ARCHITECTURE.md.
-fn layer_map(text: &str) -> BTreeMap<String, u32> {
+/// `module → (layer number, layer name)` from the ```layers block of ARCHITECTURE.md.
+fn layers(text: &str) -> BTreeMap<String, (u32, String)> {
     let block = text
         .split("```layers\n")
         .nth(1)
@@ -22,15 +22,21 @@ fn layer_map(text: &str) -> BTreeMap<String, u32> {
     for line in block.lines().filter(|l| !l.trim().is_empty()) {
         let mut words = line.split_whitespace();
         let level: u32 = words.next().unwrap().parse().expect("a layer number");
-        let _name = words.next().expect("a layer name");
+        let name = words.next().expect("a layer name");
         for m in words {
             assert!(
-                map.insert(m.to_string(), level).is_none(),
+                map.insert(m.to_string(), (level, name.to_string()))
+                    .is_none(),
                 "{m} is listed twice"
             );
         }
     }
     map
+}
+
+/// `module → layer number`.
+fn layer_map(text: &str) -> BTreeMap<String, u32> {
+    layers(text).into_iter().map(|(m, (l, _))| (m, l)).collect()
 }
 
 /// Every `.rs` file under `src/` as (module path like `prune/config`, file), skipping
@@ -333,4 +339,31 @@ fn the_checker_sees_an_upward_import_and_a_cycle() {
     edges.insert("b".to_string(), BTreeSet::from(["c".to_string()]));
     edges.insert("c".to_string(), BTreeSet::from(["a".to_string()]));
     assert_eq!(cycles(&edges), vec![vec!["a", "b", "c"]]);
+}
+
+#[test]
+fn every_module_names_its_layer_in_its_opening_comment() {
+    let map = layers(&std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap());
+    let mut missing = Vec::new();
+    for (m, (_, layer)) in &map {
+        let file = [format!("src/{m}.rs"), format!("src/{m}/mod.rs")]
+            .into_iter()
+            .map(|p| root().join(p))
+            .find(|p| p.exists());
+        // Inline generated modules (onnx_pb, tflite_gen) are described in lib.rs.
+        let Some(file) = file else { continue };
+        let text = std::fs::read_to_string(&file).unwrap();
+        let doc: String = text
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if !doc.contains(&format!("Layer: {layer} ")) {
+            missing.push(format!(
+                "{}: no \"//! Layer: {layer} ...\" line",
+                file.display()
+            ));
+        }
+    }
+    assert!(missing.is_empty(), "\n{}", missing.join("\n"));
 }

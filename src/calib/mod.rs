@@ -12,6 +12,8 @@
 //! Everything is computed in real (dequantized) values and written back in the tensor's own
 //! type: an int8 weight keeps its scales and zero points, and SparseGPT compensates the
 //! rounding onto that grid like any other error.
+//!
+//! Layer: methods (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 pub mod capture;
 pub mod layer;

@@ -1,5 +1,7 @@
 //! The command line: parse flags, call the library, render results, map errors to exit codes.
 //! One file per command over shared flag groups (`flags`) and the progress display (`spinner`).
+//!
+//! Layer: command (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod convert;
 mod flags;

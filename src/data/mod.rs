@@ -6,6 +6,8 @@
 //! `npy` reads the NumPy formats, `feeds` binds each kind of data to a model's inputs,
 //! `batches` delivers one pass; this file holds the options, the bound [`Dataset`] and its
 //! summary.
+//!
+//! Layer: runtime (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod batches;
 mod feeds;

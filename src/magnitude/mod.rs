@@ -1,6 +1,8 @@
 //! Magnitude pruning, the method: weight magnitudes in every stored type ([`values`]), exact
 //! deterministic selection (per tensor, pooled, LAMP, N:M; [`select`]) and the float32 recipes
 //! the writers apply ([`recipe`]). Imports only the model core; the pipeline decides amounts.
+//!
+//! Layer: methods (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 pub mod recipe;
 pub mod select;

@@ -4,6 +4,8 @@
 //! `ModelT`), weight data stays in the document's buffers (`Bytes` slices, no copy), and writers
 //! apply edits back to the document. Everything pare does not model stays in the document and
 //! survives untouched.
+//!
+//! Layer: core (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod dtype;
 pub mod payload;

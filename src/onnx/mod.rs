@@ -1,6 +1,8 @@
 //! ONNX: the decoded `ModelProto` is the document; pare edits it in place and re-encodes it.
 //!
 //! This module and its children are the only code that touches the protobuf types.
+//!
+//! Layer: formats (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod external;
 pub mod lower;

@@ -6,6 +6,8 @@
 //! the parallel pass over tensors), `tensor` (one tensor's masks and cut), `report`; this file
 //! chains structural and magnitude pruning on a document, and `validated` adds gates and the
 //! search. The document applies the new payloads; nothing else in the file changes.
+//!
+//! Layer: pipeline (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod candidate;
 pub mod config;

@@ -8,6 +8,8 @@
 //! Decoders check everything a damaged file can get wrong (index ranges, ordering, segment
 //! arrays, value counts, sizes) before writing a byte, and never allocate more than
 //! [`max_dense_bytes`] allows.
+//!
+//! Layer: core (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod coo;
 mod levels;

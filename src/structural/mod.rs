@@ -12,6 +12,8 @@
 //!    the document applies.
 //!
 //! This module holds the options, the report and the entry point, [`prune_channels`].
+//!
+//! Layer: methods (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 pub(crate) mod fold;
 mod graph;

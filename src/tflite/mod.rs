@@ -2,6 +2,8 @@
 //! kept apart as zero-copy slices of the input file and written back 16-byte aligned.
 //!
 //! This module is the only code that touches the generated flatbuffer types.
+//!
+//! Layer: formats (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 pub mod sparse;
 mod structure;

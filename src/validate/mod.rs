@@ -6,6 +6,8 @@
 //! memory after the first pass (when they are small enough), so that iterative pruning can
 //! compare many candidates at the cost of running each candidate once. `table` renders the
 //! report for people.
+//!
+//! Layer: checks (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod reference;
 mod table;

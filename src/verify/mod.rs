@@ -2,6 +2,8 @@
 //!
 //! tract is a dependency we do not control and it panics on some valid files, so every call
 //! into it goes through [`isolated`]: a panic becomes an ordinary "could not verify" result.
+//!
+//! Layer: runtime (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod lower;
 mod runner;
