@@ -54,9 +54,7 @@ pub use error::{Error, Result};
 
 /// Types generated from `proto/onnx.proto` by prost (see `build.rs`).
 #[allow(clippy::all, missing_docs)]
-pub mod onnx_pb {
-    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
-}
+pub mod onnx_pb;
 
 /// Types generated from `schemas/schema.fbs` by flatc 25.12.19 (see `scripts/gen-tflite.sh`).
 #[allow(

@@ -15,7 +15,7 @@ pub(super) struct InspectArgs {
 impl InspectArgs {
     pub(super) fn run(&self, cli: &Cli) -> Result<i32, Error> {
         let InspectArgs { model } = self;
-        let doc = crate::Document::open(model)?;
+        let doc = crate::document::Document::open(model)?;
         let report = crate::inspect::inspect(&doc)?;
         if cli.json {
             print_json(&report)?;

@@ -49,8 +49,8 @@ impl ValidateArgs {
         let spinner = Spinner::new(cli.quiet);
         let result = (|| {
             crate::progress::Progress::stage(&spinner, "reading");
-            let a = crate::Document::open(original)?;
-            let b = crate::Document::open(candidate)?;
+            let a = crate::document::Document::open(original)?;
+            let b = crate::document::Document::open(candidate)?;
             crate::validate::validate(&a, &b, &opts, &spinner)
         })();
         spinner.finish();
