@@ -5,6 +5,7 @@
 //!
 //! Layer: formats (imports its own layer and the ones below; see ARCHITECTURE.md).
 
+mod check;
 pub mod sparse;
 mod structure;
 mod view;
@@ -106,103 +107,10 @@ impl TfliteDocument {
             edited: false,
         };
         doc.check_references()?;
+        doc.check_layer_shapes()?;
         let mut doc = doc;
         doc.dense = sparse::decode_all(&doc)?;
         Ok(doc)
-    }
-
-    /// Index checks the flatbuffer verifier cannot do: every tensor, buffer and opcode index
-    /// must point at something that exists.
-    fn check_references(&self) -> Result<()> {
-        let nbuf = self.buffers.len();
-        let nops = self.model.operator_codes.as_ref().map_or(0, |v| v.len());
-        let nsub = self.model.subgraphs.as_ref().map_or(0, |v| v.len());
-        let bad = |msg: String| Err(Error::malformed(&self.path, msg));
-        for (si, sg) in self.model.subgraphs.iter().flatten().enumerate() {
-            let ntensors = sg.tensors.as_ref().map_or(0, |v| v.len());
-            for (ti, t) in sg.tensors.iter().flatten().enumerate() {
-                if t.buffer as usize >= nbuf {
-                    return bad(format!(
-                        "subgraph {si} tensor {ti} ({:?}) refers to buffer {} but the model has {nbuf}",
-                        t.name.as_deref().unwrap_or(""),
-                        t.buffer
-                    ));
-                }
-                self.check_constant_bytes(t)?;
-            }
-            let tensor_ok = |i: &i32| *i == -1 || (*i >= 0 && (*i as usize) < ntensors);
-            for list in [&sg.inputs, &sg.outputs].into_iter().flatten() {
-                if let Some(i) = list.iter().find(|i| !tensor_ok(i)) {
-                    return bad(format!(
-                        "subgraph {si} lists tensor {i} as input/output but has {ntensors} tensors"
-                    ));
-                }
-            }
-            for (oi, op) in sg.operators.iter().flatten().enumerate() {
-                if op.opcode_index as usize >= nops {
-                    return bad(format!(
-                        "subgraph {si} operator {oi} uses opcode {} but the model has {nops}",
-                        op.opcode_index
-                    ));
-                }
-                for list in [&op.inputs, &op.outputs, &op.intermediates]
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(i) = list.iter().find(|i| !tensor_ok(i)) {
-                        return bad(format!("subgraph {si} operator {oi} refers to tensor {i} but the subgraph has {ntensors}"));
-                    }
-                }
-            }
-        }
-        for sig in self.model.signature_defs.iter().flatten() {
-            if sig.subgraph_index as usize >= nsub {
-                return bad(format!(
-                    "signature {:?} refers to subgraph {} of {nsub}",
-                    sig.signature_key, sig.subgraph_index
-                ));
-            }
-        }
-        for m in self.model.metadata.iter().flatten() {
-            if m.buffer as usize >= nbuf {
-                return bad(format!(
-                    "metadata {:?} refers to buffer {} of {nbuf}",
-                    m.name, m.buffer
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A dense constant's buffer must hold exactly its shape's bytes (LiteRT allocates from
-    /// the shape): otherwise every count, edit and validation of it would be wrong.
-    fn check_constant_bytes(&self, t: &fb::TensorT) -> Result<()> {
-        let Some(Some(data)) = self.buffers.get(t.buffer as usize) else {
-            return Ok(());
-        };
-        if t.buffer == 0 || data.is_empty() || t.sparsity.is_some() {
-            return Ok(());
-        }
-        let dtype = dtype_from_tflite(t.type_);
-        let (Some(size), Some(dims)) = (dtype.size(), &t.shape) else {
-            return Ok(()); // strings and sub-byte types: not interpreted
-        };
-        let need = dims.iter().try_fold(size as u64, |acc, &d| {
-            u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
-        });
-        if need == Some(data.len() as u64) {
-            return Ok(());
-        }
-        Err(Error::malformed(
-            &self.path,
-            format!(
-                "tensor {:?}: buffer {} holds {} bytes, but its shape {dims:?} of {dtype} needs {}",
-                t.name.as_deref().unwrap_or_default(),
-                t.buffer,
-                data.len(),
-                need.map_or("an impossible size".to_string(), |n| n.to_string())
-            ),
-        ))
     }
 
     /// The builtin operator of an opcode, resolving the two fields the schema keeps for it
