@@ -189,6 +189,9 @@ fn kth_smallest(scores: &[f32], k: usize) -> u32 {
 /// tensor's scores at once.
 pub trait Scores: Sync {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn visit(&self, f: &mut dyn FnMut(&[f32]));
 }
 

@@ -15,6 +15,7 @@
 //!
 //! Layer: methods (imports its own layer and the ones below; see ARCHITECTURE.md).
 
+mod edits;
 pub(crate) mod fold;
 mod graph;
 pub mod importance;

@@ -221,7 +221,10 @@ mod tests {
         assert!(problem(B::FULLY_CONNECTED, &[1, 64], &[10, 0]).is_some());
         assert_eq!(problem(B::CONV_2D, &[1, 8, 8, 6], &[4, 3, 3, 3]), None); // 2 groups
         assert!(problem(B::CONV_2D, &[1, 8, 8, 5], &[4, 3, 3, 3]).is_some());
-        assert_eq!(problem(B::DEPTHWISE_CONV_2D, &[1, 8, 8, 4], &[1, 3, 3, 8]), None);
+        assert_eq!(
+            problem(B::DEPTHWISE_CONV_2D, &[1, 8, 8, 4], &[1, 3, 3, 8]),
+            None
+        );
         assert!(problem(B::DEPTHWISE_CONV_2D, &[1, 8, 8, 3], &[1, 3, 3, 8]).is_some());
         assert_eq!(problem(B::CONV_2D, &[], &[4, 3, 3, 3]), None); // unranked input
         assert_eq!(problem(B::ADD, &[1, 3], &[9]), None);
