@@ -10,7 +10,7 @@ use crate::onnx::ExternalDataMode;
 use crate::output::{check_destination, Staging};
 use crate::progress::{Progress, Silent};
 use crate::sparse::{Storage, StoragePolicy, StorageReport};
-use crate::verify::{self, Verification};
+use crate::verify::{self, Verdict, Verification};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 pub enum VerifyPolicy {
     /// Do not load the written model in tract.
     Skip,
-    /// Check; when tract cannot run a model, report `verified: false` and still write.
+    /// Check; when tract cannot run a model, or the outputs diverge, say so and still write.
     Check,
-    /// Check; refuse to write a model tract could not verify.
+    /// Check; refuse to write a model tract could not verify (exit 3) or whose outputs diverge
+    /// from the original's (exit 5).
     Require,
 }
 
@@ -33,6 +34,9 @@ pub struct WriteOptions {
     /// Measure gzip -9 / zstd -9 sizes of the input and output (true by default).
     pub compressed_sizes: bool,
     pub verify: VerifyPolicy,
+    /// Verify on the first samples of this data (the user's `--validate` or `--calib` data)
+    /// instead of seeded random inputs.
+    pub verify_data: Option<crate::data::DataOptions>,
     pub force: bool,
     pub seed: u64,
 }
@@ -44,6 +48,7 @@ impl Default for WriteOptions {
             storage: StoragePolicy::new(Storage::Keep),
             compressed_sizes: true,
             verify: VerifyPolicy::Check,
+            verify_data: None,
             force: false,
             seed: verify::DEFAULT_SEED,
         }
@@ -195,9 +200,10 @@ pub fn stage_checked(
     let (verification, sizes) = rayon::join(
         || match opts.verify {
             VerifyPolicy::Skip => Ok(None),
-            VerifyPolicy::Check | VerifyPolicy::Require => {
-                verify::compare(original, &staged, opts.seed).map(Some)
-            }
+            VerifyPolicy::Check | VerifyPolicy::Require => match &opts.verify_data {
+                Some(data) => crate::validate::verify_on_data(original, &staged, data).map(Some),
+                None => verify::compare(original, &staged, opts.seed).map(Some),
+            },
         },
         || -> Result<SizeComparison> {
             let (a, b) = rayon::join(
@@ -217,18 +223,26 @@ pub fn stage_checked(
                 v.reason.as_deref().unwrap_or("unknown reason")
             )));
         }
-        if !v.verified && opts.verify == VerifyPolicy::Require {
+        if v.verdict == Verdict::NotVerified && opts.verify == VerifyPolicy::Require {
             return Err(Error::Verification(format!(
                 "{}: not written: tract could not verify it ({}) and --require-verified is set",
                 output.display(),
                 v.reason.as_deref().unwrap_or("unknown reason")
             )));
         }
-        if v.verified && expect_identical && !v.identical() {
+        if v.checked && expect_identical && !v.identical() {
             let worst = v.outputs.iter().map(|o| o.max_abs_diff).fold(0.0, f64::max);
             return Err(Error::Verification(format!(
                 "{}: not written: its outputs differ from the original's (max abs diff {worst:e}); this is a bug in pare, please report it",
                 output.display()
+            )));
+        }
+        if v.verdict == Verdict::Diverges && opts.verify == VerifyPolicy::Require {
+            return Err(Error::Diverged(format!(
+                "{}: not written: {} and --require-verified is set; a lower --sparsity, \
+                 --calib DATA or --scope lamp keeps more of the model",
+                output.display(),
+                v.reason.as_deref().unwrap_or("the outputs diverge")
             )));
         }
     }

@@ -25,6 +25,10 @@ pub enum Error {
     /// A written model did not pass verification and the user required it to.
     #[error("{0}")]
     Verification(String),
+    /// The written model's outputs diverge from the original's and the user required them to
+    /// agree.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 impl Error {

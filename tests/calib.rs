@@ -141,7 +141,7 @@ fn calibration_beats_magnitude_and_runs_in_onnxruntime_and_litert() {
         let r = r.into_inner().unwrap().expect("run");
         let (file, case) = (&sp.file, sp.case);
         assert_eq!(
-            r["write"]["verification"]["verified"], true,
+            r["write"]["verification"]["checked"], true,
             "{file} {case}: tract could not run it"
         );
         if sp.calibrated {
@@ -466,7 +466,7 @@ fn too_few_samples_warn_and_still_prune() {
         warnings.contains("8 calibration rows for 64 input features"),
         "{warnings}"
     );
-    assert_eq!(r["write"]["verification"]["verified"], true);
+    assert_eq!(r["write"]["verification"]["checked"], true);
 }
 
 /// `--one-pass` and `--no-correct` are other computations (different weights, each verified,
@@ -497,7 +497,7 @@ fn calibration_modes_change_what_they_say() {
         let mut args = base.to_vec();
         args.extend(extra);
         let r = prune_json(&model, &out, &args);
-        assert_eq!(r["write"]["verification"]["verified"], true, "{name}");
+        assert_eq!(r["write"]["verification"]["checked"], true, "{name}");
         let c = &r["calibration"][0];
         assert_eq!(c["layers"].as_array().unwrap().len(), 6, "{name}");
         assert_eq!(c["capture"]["passes"], passes, "{name}");

@@ -89,8 +89,9 @@ fn convert_without_options_is_byte_identical_and_verified() {
     assert_eq!(fs::read(&out).unwrap(), fs::read(conv_model()).unwrap());
     let r = json(&o);
     assert_eq!(r["verification"]["verified"], true);
+    assert_eq!(r["verification"]["verdict"], "agrees");
     assert_eq!(r["verification"]["outputs"][0]["identical"], true);
-    assert!(stderr(&o).contains("verified: true"));
+    assert!(stderr(&o).contains("verified: the outputs agree"));
 }
 
 #[test]
@@ -165,7 +166,7 @@ fn external_data_out_and_back_in() {
         "--json",
     ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
-    assert_eq!(json(&o)["verification"]["verified"], true);
+    assert_eq!(json(&o)["verification"]["checked"], true);
     let data = dir.path().join("ext.onnx.data");
     assert!(data.exists());
 
@@ -447,13 +448,15 @@ fn a_model_tract_cannot_run_is_reported_unverified_and_can_be_required() {
     ]);
     assert_eq!(code(&o), OK, "{}", stderr(&o));
     let r = json(&o);
+    assert_eq!(r["verification"]["checked"], false);
     assert_eq!(r["verification"]["verified"], false);
+    assert_eq!(r["verification"]["verdict"], "not_verified");
     let reason = r["verification"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("SequenceConstruct"),
         "names the op: {reason}"
     );
-    assert!(stderr(&o).contains("verified: false"));
+    assert!(stderr(&o).contains("not verified: "));
     assert!(out.exists());
 
     let strict = dir.path().join("strict.onnx");

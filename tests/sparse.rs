@@ -88,7 +88,7 @@ fn pruned_fixtures_are_stored_sparse_and_run_like_their_dense_twins() {
                 &["--sparsity", "0.875", "--storage", storage],
             );
             let w = &r["write"];
-            assert_eq!(w["verification"]["verified"], true, "{file} {storage}: {w}");
+            assert_eq!(w["verification"]["checked"], true, "{file} {storage}: {w}");
             let st = &w["storage"];
             assert_eq!(st["storage"], storage);
             let n = st["sparse_tensors"].as_array().unwrap().len();

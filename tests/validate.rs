@@ -40,7 +40,7 @@ fn accuracy_matches_onnxruntime_and_litert_within_a_tenth_of_a_point() {
             &pruned,
             &["--sparsity", "0.5", "--scope", "lamp"],
         );
-        assert_eq!(r["write"]["verification"]["verified"], true);
+        assert_eq!(r["write"]["verification"]["checked"], true);
         let pruned = pruned.display().to_string();
 
         let (code, a, err) = validate(&model, &pruned, &["--data", &x, "--labels", &y]);
@@ -212,7 +212,7 @@ fn prune_with_a_failing_gate_writes_nothing_unless_kept() {
     assert_eq!(code, GATE, "{err}");
     assert!(out.exists());
     assert_eq!(r["validation"]["passed"], false);
-    assert_eq!(r["write"]["verification"]["verified"], true);
+    assert_eq!(r["write"]["verification"]["checked"], true);
 
     // Passing gate: written, exit 0, validation in the report with the output's path.
     let (code, r, err) = call(&["--max-accuracy-drop", "50", "--force"]);

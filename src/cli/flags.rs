@@ -255,7 +255,8 @@ pub(super) struct WriteFlags {
     /// Do not check the written model with tract.
     #[arg(long, conflicts_with = "require_verified")]
     pub(super) no_verify: bool,
-    /// Fail (exit 3, nothing written) when tract cannot verify the written model.
+    /// Fail unless the written model's outputs agree with the original's: exit 3 when tract
+    /// cannot run it, exit 5 when the outputs diverge; nothing is written.
     #[arg(long)]
     pub(super) require_verified: bool,
     /// Report raw file sizes only: skip the gzip -9 / zstd -9 measurement of the input and

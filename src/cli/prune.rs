@@ -159,6 +159,11 @@ impl PruneArgs {
             },
             compressed_sizes: !write.no_compressed_sizes,
             verify: write.policy(),
+            // The user's data says more than random noise about an image or audio model.
+            verify_data: match validate {
+                Some(source) => Some(eval.options(source.clone())),
+                None => opts.calib.as_ref().map(|c| c.data.clone()),
+            },
             force: write.force,
             ..WriteOptions::default()
         };

@@ -149,6 +149,23 @@ pub struct OutputMetrics {
     pub candidate_nonfinite: u64,
 }
 
+impl OutputMetrics {
+    pub(crate) fn new(name: String, s: crate::verify::agreement::Stats) -> Self {
+        OutputMetrics {
+            index: s.index,
+            name,
+            shape: s.shape,
+            classifier: s.classifier,
+            max_abs_diff: s.max_abs_diff,
+            mean_abs_diff: s.mean_abs_diff,
+            cosine_mean: s.cosine_mean,
+            cosine_min: s.cosine_min,
+            top1_agreement: s.top1_agreement,
+            candidate_nonfinite: s.candidate_nonfinite,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AccuracyReport {
     /// The classifier-like output labels are compared with (the first one).
@@ -273,4 +290,67 @@ pub fn validate_quiet(
     opts: &ValidateOptions,
 ) -> Result<ValidateReport> {
     validate(original, candidate, opts, &Silent)
+}
+
+/// Samples of the user's data a written model is verified on (the first ones).
+pub const VERIFY_SAMPLES: usize = 32;
+
+/// Verifies `candidate` against `original` on the first [`VERIFY_SAMPLES`] samples of `data`
+/// (the user's `--validate` or `--calib` data) instead of seeded random inputs: the verdict of
+/// [`crate::verify::compare`], with the same thresholds, on inputs that look like the real ones.
+pub fn verify_on_data(
+    original: &Document,
+    candidate: &Document,
+    data: &DataOptions,
+) -> Result<crate::verify::Verification> {
+    use crate::verify::{agreement::Stats, Verification};
+    let mut data = data.clone();
+    data.samples = Some(
+        data.samples
+            .map_or(VERIFY_SAMPLES, |n| n.min(VERIFY_SAMPLES)),
+    );
+    data.labels = None;
+    let mut reference = match Reference::new(original, &data) {
+        Ok(r) => r,
+        Err(e) => return Ok(Verification::unverified(format!("original model: {e}"))),
+    };
+    let outcome = reference.load_candidate(candidate).and_then(|runner| {
+        let c = reference.compare(&runner, &Gates::default(), &crate::progress::Silent)?;
+        Ok((runner, c))
+    });
+    let (runner, comparison) = match outcome {
+        Ok(r) => r,
+        Err(e) => return Ok(Verification::regressed(format!("written model: {e}"))),
+    };
+    let outputs = comparison
+        .outputs
+        .into_iter()
+        .map(|o| {
+            let identical = o.max_abs_diff == 0.0 && o.candidate_nonfinite == 0;
+            let stats = Stats {
+                index: o.index,
+                shape: o.shape,
+                classifier: o.classifier,
+                max_abs_diff: o.max_abs_diff,
+                mean_abs_diff: o.mean_abs_diff,
+                cosine_mean: o.cosine_mean,
+                cosine_min: o.cosine_min,
+                top1_agreement: o.top1_agreement,
+                candidate_nonfinite: o.candidate_nonfinite,
+            };
+            (stats, identical)
+        })
+        .collect();
+    let on = match &data.source {
+        crate::data::DataSource::Random => "random".to_string(),
+        crate::data::DataSource::Path(p) => p.display().to_string(),
+    };
+    let samples = reference.dataset.samples as u64;
+    let mut v = Verification::judge(outputs, on, samples, reference.runner.inputs.clone());
+    v.lowered = reference.runner.lowered.clone();
+    for (what, &n) in &runner.lowered.rewrites {
+        let e = v.lowered.rewrites.entry(what.clone()).or_insert(0);
+        *e = (*e).max(n);
+    }
+    Ok(v)
 }

@@ -5,6 +5,7 @@
 //!
 //! Layer: runtime (imports its own layer and the ones below; see ARCHITECTURE.md).
 
+pub(crate) mod agreement;
 mod lower;
 mod runner;
 mod shapes;
@@ -48,12 +49,39 @@ pub const MAX_INPUT_ELEMENTS: usize = 1 << 28;
 /// Seed of the random inputs used to compare a written model with its original.
 pub const DEFAULT_SEED: u64 = 0x7061_7265; // "pare"
 
+/// Random samples a verification runs (seeds `seed`, `seed + 1`, …).
+pub const SAMPLES: u64 = 16;
+
+/// An output agrees when its cosine similarity with the original's, per sample and averaged
+/// over the samples (dequantized values), is at least this.
+pub const MIN_COSINE: f64 = 0.95;
+
+/// A classifier-like output (one score per class per sample) agrees when, besides the
+/// cosine, at least this fraction of the samples keep their arg-max.
+pub const MIN_TOP1_AGREEMENT: f64 = 0.9;
+
+/// What a verification found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// tract ran both models and every output agrees ([`MIN_COSINE`], [`MIN_TOP1_AGREEMENT`]).
+    Agrees,
+    /// tract ran both models and some output does not agree: the model changed in meaning.
+    Diverges,
+    /// tract could not run one of the models: nothing was compared.
+    NotVerified,
+}
+
 /// The outcome of checking a written model against its original.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {
-    /// True when tract ran both models on the same inputs and compared their outputs.
+    pub verdict: Verdict,
+    /// True when the verdict is [`Verdict::Agrees`]: tract ran both models on the same inputs
+    /// and their outputs agree.
     pub verified: bool,
-    /// Why verification could not run (tract could not load or run one of the models).
+    /// True when tract ran both models and compared their outputs (whatever it found).
+    pub checked: bool,
+    /// Why the outputs diverge, or why verification could not run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// tract loads and runs the original but not the written model: pare broke something, and
@@ -61,6 +89,12 @@ pub struct Verification {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub regressed: bool,
     pub seed: u64,
+    /// What both models ran on: `"random"` (seeded random inputs) or the data's path.
+    pub on: String,
+    /// Samples both models ran on.
+    pub samples: u64,
+    pub min_cosine: f64,
+    pub min_top1_agreement: f64,
     /// Rewrites applied to a validation copy so that tract can run the model (the written
     /// file is never lowered); empty when tract ran the file as it is.
     #[serde(skip_serializing_if = "Lowering::is_empty")]
@@ -72,22 +106,28 @@ pub struct Verification {
 impl Verification {
     /// True when verification ran and every output is bit-identical.
     pub fn identical(&self) -> bool {
-        self.verified && self.outputs.iter().all(|o| o.identical)
+        self.checked && self.outputs.iter().all(|o| o.identical)
     }
 
-    fn regressed(reason: String) -> Self {
+    pub(crate) fn regressed(reason: String) -> Self {
         Verification {
             regressed: true,
             ..Self::unverified(reason)
         }
     }
 
-    fn unverified(reason: String) -> Self {
+    pub(crate) fn unverified(reason: String) -> Self {
         Verification {
+            verdict: Verdict::NotVerified,
             verified: false,
+            checked: false,
             regressed: false,
             reason: Some(reason),
             seed: DEFAULT_SEED,
+            on: String::new(),
+            samples: 0,
+            min_cosine: MIN_COSINE,
+            min_top1_agreement: MIN_TOP1_AGREEMENT,
             lowered: Lowering::default(),
             inputs: vec![],
             outputs: vec![],
@@ -106,10 +146,67 @@ pub struct InputSpec {
 pub struct OutputAgreement {
     pub index: usize,
     pub shape: Vec<usize>,
+    /// Bit-identical on every sample.
     pub identical: bool,
     pub max_abs_diff: f64,
     pub mean_abs_diff: f64,
+    /// Cosine similarity per sample (dequantized values), averaged over the samples.
     pub cosine: f64,
+    pub cosine_min: f64,
+    /// One score per class per sample: top-1 agreement applies.
+    pub classifier: bool,
+    /// Fraction of the samples whose arg-max is unchanged (classifier-like outputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
+    /// NaN or infinite values in the written model's output.
+    pub candidate_nonfinite: u64,
+    /// Identical, or within [`MIN_COSINE`] and [`MIN_TOP1_AGREEMENT`] with no new non-finite value.
+    pub agrees: bool,
+}
+
+impl OutputAgreement {
+    fn new(s: agreement::Stats, identical: bool) -> Self {
+        let agrees = identical
+            || (s.cosine_mean >= MIN_COSINE
+                && s.top1_agreement.is_none_or(|t| t >= MIN_TOP1_AGREEMENT)
+                && s.candidate_nonfinite == 0);
+        OutputAgreement {
+            index: s.index,
+            shape: s.shape,
+            identical,
+            max_abs_diff: if identical { 0.0 } else { s.max_abs_diff },
+            mean_abs_diff: if identical { 0.0 } else { s.mean_abs_diff },
+            cosine: if identical { 1.0 } else { s.cosine_mean },
+            cosine_min: if identical { 1.0 } else { s.cosine_min },
+            classifier: s.classifier,
+            top1_agreement: if identical {
+                s.top1_agreement.map(|_| 1.0)
+            } else {
+                s.top1_agreement
+            },
+            candidate_nonfinite: s.candidate_nonfinite,
+            agrees,
+        }
+    }
+
+    /// What falls short, in words ("output 0: cosine 0.18 < 0.95, top-1 agreement 12% < 90%").
+    fn shortfall(&self) -> String {
+        let mut parts = Vec::new();
+        if self.cosine < MIN_COSINE {
+            parts.push(format!("cosine {:.3} < {MIN_COSINE}", self.cosine));
+        }
+        if let Some(t) = self.top1_agreement.filter(|&t| t < MIN_TOP1_AGREEMENT) {
+            parts.push(format!(
+                "top-1 agreement {:.0}% < {:.0}%",
+                100.0 * t,
+                100.0 * MIN_TOP1_AGREEMENT
+            ));
+        }
+        if self.candidate_nonfinite > 0 {
+            parts.push(format!("{} NaN/infinite values", self.candidate_nonfinite));
+        }
+        format!("output {}: {}", self.index, parts.join(", "))
+    }
 }
 
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
@@ -232,65 +329,8 @@ pub(crate) fn onnx_inference_model(d: &crate::onnx::OnnxDocument) -> TractResult
     }
 }
 
-/// Compares two output tensors element-wise in f64.
-pub fn agreement(index: usize, a: &Tensor, b: &Tensor) -> OutputAgreement {
-    let identical = a == b;
-    let to_f64 = |t: &Tensor| -> Option<Vec<f64>> {
-        let plain = if t.datum_type().is_quantized() {
-            let mut c = t.clone();
-            unsafe { c.set_datum_type(t.datum_type().unquantized()) };
-            c
-        } else {
-            t.clone()
-        };
-        let c = plain.cast_to::<f64>().ok()?;
-        Some(
-            c.to_plain_array_view::<f64>()
-                .ok()?
-                .iter()
-                .copied()
-                .collect(),
-        )
-    };
-    let (mut max, mut sum, mut dot, mut na, mut nb) = (0f64, 0f64, 0f64, 0f64, 0f64);
-    let mut n = 0usize;
-    if let (Some(x), Some(y)) = (to_f64(a), to_f64(b)) {
-        if x.len() == y.len() {
-            for (p, q) in x.iter().zip(&y) {
-                let d = (p - q).abs();
-                max = max.max(d);
-                sum += d;
-                dot += p * q;
-                na += p * p;
-                nb += q * q;
-            }
-            n = x.len();
-        } else {
-            max = f64::INFINITY;
-        }
-    }
-    let cosine = if na == 0.0 && nb == 0.0 {
-        1.0
-    } else if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na.sqrt() * nb.sqrt())
-    };
-    OutputAgreement {
-        index,
-        shape: a.shape().to_vec(),
-        identical,
-        max_abs_diff: if identical { 0.0 } else { max },
-        mean_abs_diff: if identical || n == 0 {
-            0.0
-        } else {
-            sum / n as f64
-        },
-        cosine: if identical { 1.0 } else { cosine },
-    }
-}
-
-/// Runs `original` and `candidate` in tract on the same seeded inputs and compares outputs.
+/// Runs `original` and `candidate` in tract on the same [`SAMPLES`] seeded random inputs and
+/// compares their outputs ([`Verdict`]).
 pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<Verification> {
     let a = match Runner::load(original) {
         Ok(r) => r,
@@ -306,46 +346,121 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
             b.inputs, a.inputs
         )));
     }
-    let inputs = match isolated("generating inputs", || a.random_inputs(seed)) {
-        Ok(i) => i,
-        Err(e) => return Ok(Verification::unverified(e)),
-    };
-    let out_a = match a.run(inputs.clone()) {
-        Ok(o) => o,
-        Err(e) => return Ok(Verification::unverified(format!("original model: {e}"))),
-    };
-    let out_b = match b.run(inputs) {
-        Ok(o) => o,
-        Err(e) => return Ok(Verification::regressed(format!("written model: {e}"))),
-    };
-    if out_a.len() != out_b.len() {
-        return Ok(Verification::regressed(format!(
-            "output count differs: {} vs {}",
-            out_a.len(),
-            out_b.len()
-        )));
+    let mut accs: Vec<agreement::Accumulator> = Vec::new();
+    let mut identical: Vec<bool> = Vec::new();
+    for k in 0..SAMPLES {
+        let inputs = match isolated("generating inputs", || {
+            a.random_inputs(seed.wrapping_add(k))
+        }) {
+            Ok(i) => i,
+            Err(e) => return Ok(Verification::unverified(e)),
+        };
+        let out_a = match a.run(inputs.clone()) {
+            Ok(o) => o,
+            Err(e) => return Ok(Verification::unverified(format!("original model: {e}"))),
+        };
+        let out_b = match b.run(inputs) {
+            Ok(o) => o,
+            Err(e) => return Ok(Verification::regressed(format!("written model: {e}"))),
+        };
+        if out_a.len() != out_b.len() {
+            return Ok(Verification::regressed(format!(
+                "output count differs: {} vs {}",
+                out_a.len(),
+                out_b.len()
+            )));
+        }
+        if accs.is_empty() {
+            // One sample per run: an output with a leading 1 has one row, others are one row.
+            accs = (out_a.iter().enumerate())
+                .map(|(i, t)| agreement::Accumulator::new(i, t.shape(), 1))
+                .collect();
+            identical = vec![true; out_a.len()];
+        }
+        for (i, (x, y)) in out_a.iter().zip(&out_b).enumerate() {
+            let values =
+                agreement::real_values(x).and_then(|vx| Ok((vx, agreement::real_values(y)?)));
+            let (vx, vy) = match values {
+                Ok(v) => v,
+                Err(e) => return Ok(Verification::unverified(e.to_string())),
+            };
+            if vx.len() != vy.len() || x.shape() != accs[i].shape.as_slice() {
+                return Ok(Verification::regressed(format!(
+                    "output {i}: the written model's shape {:?} differs from the original's {:?}",
+                    y.shape(),
+                    x.shape()
+                )));
+            }
+            identical[i] &= x == y;
+            accs[i].add(&vx, &vy, 1);
+        }
     }
-    let outputs = out_a
-        .iter()
-        .zip(&out_b)
-        .enumerate()
-        .map(|(i, (x, y))| agreement(i, x, y))
-        .collect();
     // Rewrites of either model (the written one may be sparse where the original is not).
     let mut lowered = a.lowered.clone();
     for (what, &n) in &b.lowered.rewrites {
         let e = lowered.rewrites.entry(what.clone()).or_insert(0);
         *e = (*e).max(n);
     }
-    Ok(Verification {
-        verified: true,
-        regressed: false,
-        reason: None,
-        seed,
-        lowered,
-        inputs: a.inputs.clone(),
-        outputs,
-    })
+    let outputs = accs
+        .into_iter()
+        .zip(identical)
+        .map(|(acc, same)| (acc.finish(), same))
+        .collect();
+    let mut v = Verification::judge(outputs, "random".into(), SAMPLES, a.inputs.clone());
+    v.seed = seed;
+    v.lowered = lowered;
+    Ok(v)
+}
+
+impl Verification {
+    /// The verdict on outputs both models computed from the same `samples` inputs (`on`: what
+    /// they were), each output's statistics with whether it was bit-identical.
+    pub(crate) fn judge(
+        outputs: Vec<(agreement::Stats, bool)>,
+        on: String,
+        samples: u64,
+        inputs: Vec<InputSpec>,
+    ) -> Verification {
+        let outputs: Vec<OutputAgreement> = outputs
+            .into_iter()
+            .map(|(s, same)| OutputAgreement::new(s, same))
+            .collect();
+        let diverging: Vec<String> = outputs
+            .iter()
+            .filter(|o| !o.agrees)
+            .map(OutputAgreement::shortfall)
+            .collect();
+        let verdict = if diverging.is_empty() {
+            Verdict::Agrees
+        } else {
+            Verdict::Diverges
+        };
+        let inputs_were = if on == "random" {
+            format!("{samples} seeded random inputs")
+        } else {
+            format!("{samples} samples of {on}")
+        };
+        Verification {
+            verdict,
+            verified: verdict == Verdict::Agrees,
+            checked: true,
+            regressed: false,
+            reason: (!diverging.is_empty()).then(|| {
+                format!(
+                    "the outputs diverge from the original's on {inputs_were} ({})",
+                    diverging.join("; ")
+                )
+            }),
+            seed: DEFAULT_SEED,
+            on,
+            samples,
+            min_cosine: MIN_COSINE,
+            min_top1_agreement: MIN_TOP1_AGREEMENT,
+            lowered: Lowering::default(),
+            inputs,
+            outputs,
+        }
+    }
 }
 
 /// Loads `doc` in tract at the data's `shapes`; `what` names the model in errors ("the
