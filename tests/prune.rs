@@ -693,3 +693,72 @@ fn verified_means_the_outputs_agree_and_a_destroyed_model_is_reported_as_divergi
         "{v}"
     );
 }
+
+/// A verdict of "agrees" is what the deployment runtimes see too: for every fixture pruned
+/// mildly (30% and 50%, LAMP) and verified on its test data, onnxruntime / LiteRT on the same
+/// samples give the same per-sample cosine within 0.01 and the same top-1 agreement within one
+/// sample.
+#[test]
+fn outputs_verified_as_agreeing_agree_in_onnxruntime_and_litert() {
+    let dir = tmpdir();
+    let mut cases = Vec::new();
+    let mut tract = Vec::new();
+    for m in fixture_models() {
+        let file = m["file"].as_str().unwrap();
+        let input = fixtures().join(file);
+        let x = fixtures().join(m["test_data"].as_str().unwrap());
+        for s in ["0.3", "0.5"] {
+            let out = dir.path().join(format!("{s}-{file}"));
+            let r = prune_json(
+                &input,
+                &out,
+                &[
+                    "--sparsity",
+                    s,
+                    "--scope",
+                    "lamp",
+                    "--validate",
+                    x.to_str().unwrap(),
+                ],
+            );
+            let v = r["write"]["verification"].clone();
+            if v["verdict"] != "agrees" {
+                continue;
+            }
+            cases.push(json!({
+                "orig": input, "out": out, "x": x, "samples": v["samples"],
+            }));
+            tract.push((format!("{file} at {s}"), v));
+        }
+    }
+    assert!(
+        tract.len() >= 6,
+        "only {} fixtures agree: {tract:?}",
+        tract.len()
+    );
+    let runtime = interop(&["agreement"], Some(&Value::Array(cases).to_string()));
+    for ((what, v), rt) in tract.iter().zip(runtime.as_array().unwrap()) {
+        let o = &v["outputs"][0];
+        let (c_tract, c_rt) = (
+            o["cosine"].as_f64().unwrap(),
+            rt["cosine"].as_f64().unwrap(),
+        );
+        eprintln!(
+            "{what}: cosine tract {c_tract:.4} runtime {c_rt:.4}, top-1 tract {} runtime {}",
+            o["top1_agreement"], rt["top1_agreement"]
+        );
+        assert!(
+            (c_tract - c_rt).abs() <= 0.01,
+            "{what}: tract {o}, runtime {rt}"
+        );
+        let samples = v["samples"].as_f64().unwrap();
+        let (t_tract, t_rt) = (
+            o["top1_agreement"].as_f64().unwrap(),
+            rt["top1_agreement"].as_f64().unwrap(),
+        );
+        assert!(
+            (t_tract - t_rt).abs() <= 1.0 / samples + 1e-9,
+            "{what}: tract {o}, runtime {rt}"
+        );
+    }
+}

@@ -251,6 +251,35 @@ def accuracy(model, x_path, y_path):
     return res
 
 
+def _runtime_outputs(model, x):
+    """Output 0 of a single-input model on samples `x`, one row per sample, dequantized."""
+    if model.endswith(".onnx"):
+        sess = _ort_session(model)
+        name = sess.get_inputs()[0].name
+        return sess.run(None, {name: x.astype(np.float32)})[0].astype(np.float64)
+    it = _litert(model)
+    raw = _litert_logits(it, x).astype(np.float64)
+    scale, zp = it.get_output_details()[0]["quantization"]
+    return (raw - zp) * scale if scale else raw
+
+
+def agreement(orig, out, x_path, samples):
+    """How `out` agrees with `orig` in onnxruntime / LiteRT on the first `samples` rows of
+    `x_path`: per-sample cosine averaged, and the fraction of unchanged arg-maxes (output 0)."""
+    x = np.load(x_path)[:samples]
+    a = _runtime_outputs(orig, x).reshape(len(x), -1)
+    b = _runtime_outputs(out, x).reshape(len(x), -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, 1e-300))
+    return {
+        "orig": orig,
+        "out": out,
+        "samples": int(len(x)),
+        "cosine": float(cos.mean()),
+        "top1_agreement": float((a.argmax(axis=1) == b.argmax(axis=1)).mean()),
+    }
+
+
 # ---------------------------------------------------------------- corpus
 def onnx_corpus_list():
     """Every model of the ONNX backend test corpus shipped in the onnx wheel, with its data dir."""
@@ -277,6 +306,7 @@ def main():
     c.add_argument("out")
     sub.add_parser("onnx-corpus-list")
     sub.add_parser("accuracy", help="JSON list of {model, x, y} on stdin")
+    sub.add_parser("agreement", help="JSON list of {orig, out, x, samples} on stdin")
     d = sub.add_parser("tflite-run")
     d.add_argument("model")
     d.add_argument("raw")
@@ -291,6 +321,8 @@ def main():
         r = tflite_pair(args.orig, args.out)
     elif args.cmd == "accuracy":
         r = [accuracy(x["model"], x["x"], x["y"]) for x in json.load(sys.stdin)]
+    elif args.cmd == "agreement":
+        r = [agreement(x["orig"], x["out"], x["x"], x["samples"]) for x in json.load(sys.stdin)]
     elif args.cmd == "tflite-run":
         r = tflite_run(args.model, args.raw, args.dtype, args.shape)
     else:
