@@ -20,6 +20,7 @@
 //!   removed: tract reads the sparse buffer as if it were dense.
 
 mod int8;
+mod layout;
 mod ops;
 
 pub use int8::{BoundaryQuant, Int8Boundary};
@@ -93,6 +94,8 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
     report.boundary = int8::emulate(&mut d, &mut report);
     mean_to_average_pool(&mut d, &mut report);
     ops::prelu(&mut d, &mut report);
+    layout::mirror_pad(&mut d, &mut report);
+    layout::depth_to_space(&mut d, &mut report);
     ops::strided_slice_masks(&mut d, &mut report);
     ops::explicit_zero_bias(&mut d, &mut report);
     (d, report)

@@ -42,7 +42,7 @@ pub(super) fn rewrite_ops(
     }
 }
 
-fn push_tensor(d: &mut TfliteDocument, t: fb::TensorT) -> usize {
+pub(super) fn push_tensor(d: &mut TfliteDocument, t: fb::TensorT) -> usize {
     let ts = d.model.subgraphs.as_mut().unwrap()[0]
         .tensors
         .as_mut()
@@ -51,7 +51,7 @@ fn push_tensor(d: &mut TfliteDocument, t: fb::TensorT) -> usize {
     ts.len() - 1
 }
 
-fn int32_const(d: &mut TfliteDocument, name: String, values: &[i32]) -> usize {
+pub(super) fn int32_const(d: &mut TfliteDocument, name: String, values: &[i32]) -> usize {
     let i = push_tensor(
         d,
         fb::TensorT {
@@ -74,7 +74,7 @@ fn int32_const(d: &mut TfliteDocument, name: String, values: &[i32]) -> usize {
     i
 }
 
-fn float_activation_like(
+pub(super) fn float_activation_like(
     d: &TfliteDocument,
     like: usize,
     tag: &str,
@@ -93,7 +93,12 @@ fn float_activation_like(
     }
 }
 
-fn op(code: u32, inputs: Vec<usize>, output: usize, options: fb::BuiltinOptionsT) -> fb::OperatorT {
+pub(super) fn op(
+    code: u32,
+    inputs: Vec<usize>,
+    output: usize,
+    options: fb::BuiltinOptionsT,
+) -> fb::OperatorT {
     fb::OperatorT {
         opcode_index: code,
         inputs: Some(inputs.into_iter().map(|i| i as i32).collect()),
