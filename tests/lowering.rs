@@ -141,6 +141,7 @@ fn tract_on_the_lowered_copy_agrees_with_litert_on_the_original() {
         "ops_int8.tflite",
         "pads.tflite",
         "pads_int8.tflite",
+        "hybrid.tflite",
     ] {
         assert!(
             compared.iter().any(|c| c == must),

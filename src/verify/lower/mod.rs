@@ -92,6 +92,7 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
         }
     }
     report.boundary = int8::emulate(&mut d, &mut report);
+    ops::hybrid_weights(&mut d, &mut report);
     mean_to_average_pool(&mut d, &mut report);
     ops::prelu(&mut d, &mut report);
     layout::mirror_pad(&mut d, &mut report);

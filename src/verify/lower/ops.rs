@@ -1,6 +1,8 @@
 //! Rewrites of single ops tract-tflite refuses into equivalent ops it runs.
 
-use super::{ints, make_constant, opcode_for, static_shape, tensor_const, Const, Lowering};
+use super::{
+    dequantize, ints, make_constant, opcode_for, static_shape, tensor_const, Const, Lowering,
+};
 use crate::tflite::{builtin_of, TfliteDocument};
 use crate::tflite_gen::tflite as fb;
 
@@ -383,5 +385,42 @@ pub(super) fn explicit_zero_bias(d: &mut TfliteDocument, report: &mut Lowering) 
         ins.resize(slot + 1, -1);
         ins[slot] = bias as i32;
         report.count("explicit zero bias for an omitted one");
+    }
+}
+
+/// Dynamic-range ("hybrid") layers, as `Optimize.DEFAULT` without a representative dataset
+/// writes them: float activations, int8 weights with their scales. tract refuses the mix of
+/// types; the copy gets the weights dequantized, which is what LiteRT's hybrid kernels compute
+/// with up to the rounding of the activations they quantize on the fly.
+pub(super) fn hybrid_weights(d: &mut TfliteDocument, report: &mut Lowering) {
+    use fb::BuiltinOperator as B;
+    for i in 0..ops_len(d) {
+        if ![B::CONV_2D, B::DEPTHWISE_CONV_2D, B::FULLY_CONNECTED].contains(&builtin_at(d, i)) {
+            continue;
+        }
+        let sg = &d.model.subgraphs.as_ref().unwrap()[0];
+        let ins = sg.operators.as_ref().unwrap()[i]
+            .inputs
+            .clone()
+            .unwrap_or_default();
+        let tensors = sg.tensors.as_deref().unwrap_or_default();
+        let (Some(x), Some(w)) = (
+            ins.first()
+                .and_then(|&x| tensors.get(usize::try_from(x).ok()?)),
+            ins.get(1).and_then(|&w| usize::try_from(w).ok()),
+        ) else {
+            continue;
+        };
+        let Some(wt) = tensors.get(w) else { continue };
+        if x.type_ != fb::TensorType::FLOAT32
+            || !matches!(wt.type_, fb::TensorType::INT8 | fb::TensorType::UINT8)
+        {
+            continue;
+        }
+        let real = tensor_const(d, wt).and_then(|c| dequantize(&c, wt.quantization.as_deref(), x));
+        if let Some(real) = real {
+            make_constant(d, w, real);
+            report.count("hybrid layer's int8 weights dequantized");
+        }
     }
 }
