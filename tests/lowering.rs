@@ -223,3 +223,43 @@ fn qdq_onnx_runs_in_tract_like_onnxruntime() {
         );
     }
 }
+
+/// ONNX dynamic quantization as onnxruntime's `quantize_dynamic` writes it
+/// (DynamicQuantizeLinear + MatMulInteger / ConvInteger): tract runs it as it is, verifies a
+/// conversion under --require-verified, and classifies the held-out digits with the accuracy
+/// onnxruntime measures on the same file.
+#[test]
+fn dynamic_quantized_onnx_verifies_and_runs_in_tract_like_onnxruntime() {
+    let dir = tmpdir();
+    for (name, x) in [("mlp", "test_x_flat.npy"), ("cnn", "test_x_nchw.npy")] {
+        let model = fixtures().join(format!("ops/{name}_dynq.onnx"));
+        let out = dir.path().join(format!("{name}.onnx"));
+        let r = convert_json(&model, &out, &["--require-verified"]);
+        assert_eq!(r["verification"]["verdict"], "agrees", "{name}: {r}");
+        let (x, y) = (
+            fixtures().join("data").join(x),
+            fixtures().join("data/test_y.npy"),
+        );
+        let (code, v, err) = run_json(&[
+            "validate",
+            model.to_str().unwrap(),
+            model.to_str().unwrap(),
+            "--data",
+            x.to_str().unwrap(),
+            "--labels",
+            y.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let tract = v["accuracy"]["original"].as_f64().unwrap() / 100.0;
+        let ort = interop(
+            &["accuracy"],
+            Some(&serde_json::json!([{"model": model, "x": x, "y": y}]).to_string()),
+        );
+        let ort = ort[0]["accuracy"].as_f64().expect("onnxruntime ran it");
+        eprintln!("{name}_dynq: tract {tract:.4}, onnxruntime {ort:.4}");
+        assert!(
+            (tract - ort).abs() <= 0.005,
+            "{name}: tract {tract} vs onnxruntime {ort}"
+        );
+    }
+}
