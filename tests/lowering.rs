@@ -142,6 +142,7 @@ fn tract_on_the_lowered_copy_agrees_with_litert_on_the_original() {
         "pads.tflite",
         "pads_int8.tflite",
         "hybrid.tflite",
+        "tconv.tflite",
     ] {
         assert!(
             compared.iter().any(|c| c == must),

@@ -22,6 +22,7 @@
 mod int8;
 mod layout;
 mod ops;
+mod tconv;
 
 pub use int8::{BoundaryQuant, Int8Boundary};
 
@@ -98,6 +99,7 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
     layout::mirror_pad(&mut d, &mut report);
     layout::depth_to_space(&mut d, &mut report);
     ops::strided_slice_masks(&mut d, &mut report);
+    tconv::transpose_conv(&mut d, &mut report);
     ops::explicit_zero_bias(&mut d, &mut report);
     (d, report)
 }
