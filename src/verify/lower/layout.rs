@@ -1,27 +1,13 @@
 //! Data-movement ops tract-tflite does not translate, rewritten into ones it runs: MIRROR_PAD
 //! as SLICE + CONCATENATION, DEPTH_TO_SPACE as RESHAPE + TRANSPOSE + RESHAPE.
 
-use super::ops::{float_activation_like, int32_const, op, push_tensor, rewrite_ops};
+use super::ops::{
+    float_activation_like, int32_const, op, push_tensor, rewrite_ops, splice_op,
+    tensor_at as tensor,
+};
 use super::{ints, opcode_for, static_shape, tensor_const, Lowering};
 use crate::tflite::TfliteDocument;
 use crate::tflite_gen::tflite as fb;
-
-fn tensor(d: &TfliteDocument, i: usize) -> &fb::TensorT {
-    &d.model.subgraphs.as_ref().unwrap()[0]
-        .tensors
-        .as_ref()
-        .unwrap()[i]
-}
-
-fn splice(d: &mut TfliteDocument, i: usize, new: Vec<fb::OperatorT>) -> usize {
-    let n = new.len();
-    d.model.subgraphs.as_mut().unwrap()[0]
-        .operators
-        .as_mut()
-        .unwrap()
-        .splice(i..i + 1, new);
-    n
-}
 
 /// The positions along one axis of length `n` that a mirror pad of `before`/`after` reads, in
 /// output order: REFLECT leaves the edge out (`[2,1 | 0,1,2,3 | 2]`), SYMMETRIC repeats it
@@ -140,7 +126,7 @@ pub(super) fn mirror_pad(d: &mut TfliteDocument, report: &mut Lowering) {
         } else {
             "MIRROR_PAD (REFLECT) as SLICE/CONCATENATION"
         });
-        Some(splice(d, i, new))
+        Some(splice_op(d, i, new))
     });
 }
 
@@ -195,7 +181,7 @@ pub(super) fn depth_to_space(d: &mut TfliteDocument, report: &mut Lowering) {
             op(reshape, vec![t, out_shape], y, reshape_to(&out)),
         ];
         report.count("DEPTH_TO_SPACE as RESHAPE/TRANSPOSE/RESHAPE");
-        Some(splice(d, i, new))
+        Some(splice_op(d, i, new))
     });
 }
 

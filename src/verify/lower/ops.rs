@@ -54,6 +54,16 @@ pub(super) fn push_tensor(d: &mut TfliteDocument, t: fb::TensorT) -> usize {
 }
 
 pub(super) fn int32_const(d: &mut TfliteDocument, name: String, values: &[i32]) -> usize {
+    int32_shaped(d, name, vec![values.len() as i32], values)
+}
+
+/// A new INT32 constant tensor of `shape` holding `values`.
+pub(super) fn int32_shaped(
+    d: &mut TfliteDocument,
+    name: String,
+    shape: Vec<i32>,
+    values: &[i32],
+) -> usize {
     let i = push_tensor(
         d,
         fb::TensorT {
@@ -69,11 +79,30 @@ pub(super) fn int32_const(d: &mut TfliteDocument, name: String, values: &[i32]) 
         i,
         Const {
             dtype: fb::TensorType::INT32,
-            shape: vec![values.len() as i32],
+            shape,
             data,
         },
     );
     i
+}
+
+/// Tensor `i` of subgraph 0.
+pub(super) fn tensor_at(d: &TfliteDocument, i: usize) -> &fb::TensorT {
+    &d.model.subgraphs.as_ref().unwrap()[0]
+        .tensors
+        .as_ref()
+        .unwrap()[i]
+}
+
+/// Replaces operator `i` of subgraph 0 by `new`; returns how many there are.
+pub(super) fn splice_op(d: &mut TfliteDocument, i: usize, new: Vec<fb::OperatorT>) -> usize {
+    let n = new.len();
+    d.model.subgraphs.as_mut().unwrap()[0]
+        .operators
+        .as_mut()
+        .unwrap()
+        .splice(i..i + 1, new);
+    n
 }
 
 pub(super) fn float_activation_like(
@@ -174,14 +203,8 @@ pub(super) fn prelu(d: &mut TfliteDocument, report: &mut Lowering) {
                 fb::BuiltinOptionsT::AddOptions(Box::default()),
             ),
         ];
-        let n = new.len();
-        d.model.subgraphs.as_mut().unwrap()[0]
-            .operators
-            .as_mut()
-            .unwrap()
-            .splice(i..i + 1, new);
         report.count("PRELU as MAXIMUM/MINIMUM/MUL/ADD");
-        Some(n)
+        Some(splice_op(d, i, new))
     });
 }
 

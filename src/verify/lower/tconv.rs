@@ -2,40 +2,13 @@
 //! zeros inserted between input pixels (RESHAPE, PAD, RESHAPE), the borders padded, and a
 //! stride-1 VALID CONV_2D with the kernel flipped in both spatial axes.
 
-use super::ops::{float_activation_like, op, push_tensor, rewrite_ops};
+use super::ops::{
+    float_activation_like, int32_shaped as int32_tensor, op, push_tensor, rewrite_ops, splice_op,
+    tensor_at as tensor,
+};
 use super::{make_constant, opcode_for, static_shape, tensor_const, Const, Lowering};
 use crate::tflite::TfliteDocument;
 use crate::tflite_gen::tflite as fb;
-
-fn tensor(d: &TfliteDocument, i: usize) -> &fb::TensorT {
-    &d.model.subgraphs.as_ref().unwrap()[0]
-        .tensors
-        .as_ref()
-        .unwrap()[i]
-}
-
-fn int32_tensor(d: &mut TfliteDocument, name: String, shape: Vec<i32>, values: &[i32]) -> usize {
-    let i = push_tensor(
-        d,
-        fb::TensorT {
-            name: Some(name),
-            type_: fb::TensorType::INT32,
-            has_rank: true,
-            ..Default::default()
-        },
-    );
-    let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    make_constant(
-        d,
-        i,
-        Const {
-            dtype: fb::TensorType::INT32,
-            shape,
-            data,
-        },
-    );
-    i
-}
 
 /// Borders of the zero-inserted input along one axis (input `n`, kernel `k`, stride `s`, output
 /// `out`, TensorFlow's split of the padding): `(before, after)`, `None` when the direct form
@@ -194,13 +167,7 @@ pub(super) fn transpose_conv(d: &mut TfliteDocument, report: &mut Lowering) {
             ..Default::default()
         });
         report.count("TRANSPOSE_CONV as zero-inserting upsample, PAD and CONV_2D");
-        let count = new.len();
-        d.model.subgraphs.as_mut().unwrap()[0]
-            .operators
-            .as_mut()
-            .unwrap()
-            .splice(i..i + 1, new);
-        Some(count)
+        Some(splice_op(d, i, new))
     });
 }
 
