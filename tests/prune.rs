@@ -672,15 +672,26 @@ fn verified_means_the_outputs_agree_and_a_destroyed_model_is_reported_as_divergi
     let mild = dir.path().join("mild.onnx");
     let args = ["--sparsity", "0.3", "--scope", "lamp"];
     let data = fixtures().join("data/test_cnn_onnx.npz");
-    let r = prune_json(
-        &cnn,
-        &mild,
+    let o = run(&[
         &[
-            &args[..],
-            &["--force", "--validate", data.to_str().unwrap()],
-        ]
-        .concat(),
+            "prune",
+            cnn.to_str().unwrap(),
+            "-o",
+            mild.to_str().unwrap(),
+            "--json",
+        ][..],
+        &args[..],
+        &["--validate", data.to_str().unwrap()],
+    ]
+    .concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("verified: the outputs agree with the original's (tract, 32 samples of "),
+        "{}",
+        stderr(&o)
     );
+    let r = json(&o);
     let v = &r["write"]["verification"];
     assert_eq!(v["verdict"], "agrees", "{v}");
     assert_eq!(v["samples"], 32);

@@ -216,9 +216,13 @@ fn print_verification(v: &crate::verify::Verification) {
                     figures += &format!(", top-1 agreement {:.0}%", 100.0 * t);
                 }
             }
+            let inputs = if v.on == "random" {
+                format!("{} seeded random inputs", v.samples)
+            } else {
+                format!("{} samples of {}", v.samples, v.on)
+            };
             eprintln!(
-                "verified: the outputs agree with the original's (tract, {} seeded random inputs; {figures})",
-                v.samples
+                "verified: the outputs agree with the original's (tract, {inputs}; {figures})"
             );
         }
         Verdict::Diverges => {
