@@ -196,10 +196,7 @@ fn render_write(r: &WriteReport) {
 fn print_verification(v: &crate::verify::Verification) {
     use crate::verify::Verdict;
     let worst = |f: fn(&crate::verify::OutputAgreement) -> Option<f64>| {
-        v.outputs
-            .iter()
-            .filter_map(f)
-            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.min(x))))
+        v.outputs.iter().filter_map(f).reduce(f64::min)
     };
     match v.verdict {
         Verdict::NotVerified => {

@@ -164,6 +164,21 @@ impl OutputMetrics {
             candidate_nonfinite: s.candidate_nonfinite,
         }
     }
+
+    /// Back to the statistics, for a verdict ([`verify_on_data`]).
+    fn into_stats(self) -> crate::verify::agreement::Stats {
+        crate::verify::agreement::Stats {
+            index: self.index,
+            shape: self.shape,
+            classifier: self.classifier,
+            max_abs_diff: self.max_abs_diff,
+            mean_abs_diff: self.mean_abs_diff,
+            cosine_mean: self.cosine_mean,
+            cosine_min: self.cosine_min,
+            top1_agreement: self.top1_agreement,
+            candidate_nonfinite: self.candidate_nonfinite,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -303,7 +318,7 @@ pub fn verify_on_data(
     candidate: &Document,
     data: &DataOptions,
 ) -> Result<crate::verify::Verification> {
-    use crate::verify::{agreement::Stats, Verification};
+    use crate::verify::Verification;
     let mut data = data.clone();
     data.samples = Some(
         data.samples
@@ -327,18 +342,7 @@ pub fn verify_on_data(
         .into_iter()
         .map(|o| {
             let identical = o.max_abs_diff == 0.0 && o.candidate_nonfinite == 0;
-            let stats = Stats {
-                index: o.index,
-                shape: o.shape,
-                classifier: o.classifier,
-                max_abs_diff: o.max_abs_diff,
-                mean_abs_diff: o.mean_abs_diff,
-                cosine_mean: o.cosine_mean,
-                cosine_min: o.cosine_min,
-                top1_agreement: o.top1_agreement,
-                candidate_nonfinite: o.candidate_nonfinite,
-            };
-            (stats, identical)
+            (o.into_stats(), identical)
         })
         .collect();
     let on = match &data.source {
@@ -347,10 +351,6 @@ pub fn verify_on_data(
     };
     let samples = reference.dataset.samples as u64;
     let mut v = Verification::judge(outputs, on, samples, reference.runner.inputs.clone());
-    v.lowered = reference.runner.lowered.clone();
-    for (what, &n) in &runner.lowered.rewrites {
-        let e = v.lowered.rewrites.entry(what.clone()).or_insert(0);
-        *e = (*e).max(n);
-    }
+    v.lowered = reference.runner.lowered.with(&runner.lowered);
     Ok(v)
 }

@@ -395,12 +395,7 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
             accs[i].add(&vx, &vy, 1);
         }
     }
-    // Rewrites of either model (the written one may be sparse where the original is not).
-    let mut lowered = a.lowered.clone();
-    for (what, &n) in &b.lowered.rewrites {
-        let e = lowered.rewrites.entry(what.clone()).or_insert(0);
-        *e = (*e).max(n);
-    }
+    let lowered = a.lowered.with(&b.lowered);
     let outputs = accs
         .into_iter()
         .zip(identical)

@@ -52,6 +52,17 @@ impl Lowering {
         self.rewrites.is_empty()
     }
 
+    /// The rewrites of either of two models compared with each other (the written one may be
+    /// sparse where the original is not), each kind counted as in the model that needed more.
+    pub fn with(&self, other: &Lowering) -> Lowering {
+        let mut both = self.clone();
+        for (what, &n) in &other.rewrites {
+            let e = both.rewrites.entry(what.clone()).or_insert(0);
+            *e = (*e).max(n);
+        }
+        both
+    }
+
     /// One line per kind of rewrite: `"DEQUANTIZE folded (×12)"`-style, sorted.
     pub fn describe(&self) -> Vec<String> {
         self.rewrites
