@@ -42,8 +42,8 @@ pub mod exit {
     version,
     about = "Make trained ONNX and TFLite models smaller after export",
     long_about = "pare reads ONNX (.onnx, with external data) and TFLite (.tflite, float and int8) model files, \
-and writes them back losslessly. Every model it writes is loaded and run in tract on 8 seeded random inputs \
-and compared with the original: it is verified when its outputs agree (cosine per sample ≥ 0.95 on average, \
+and writes them back losslessly. Every model it writes is loaded and run in tract on 16 seeded random inputs \
+(on the first 32 samples of the data, with prune --validate or --calib) and compared with the original: it is verified when its outputs agree (cosine per sample ≥ 0.95 on average, \
 and top-1 agreement ≥ 90% for classifier-like outputs; quantized outputs dequantized); otherwise the report says \
 the outputs diverge, or that tract could not run it. TFLite models run in tract \
 through a validation copy that rewrites what tract cannot run as it is (constant DEQUANTIZE, int8 \
@@ -236,5 +236,32 @@ fn print_verification(v: &crate::verify::Verification) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The help states the verification's sample counts and thresholds as the code has them.
+    #[test]
+    fn help_states_the_verification_as_it_runs() {
+        let help = super::Cli::command().get_long_about().unwrap().to_string();
+        let v = crate::verify::SAMPLES;
+        let d = crate::validate::VERIFY_SAMPLES;
+        assert!(
+            help.contains(&format!("{v} seeded random inputs")),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("first {d} samples of the data")),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("≥ {}", crate::verify::MIN_COSINE)),
+            "{help}"
+        );
+        let top1 = format!("≥ {:.0}%", 100.0 * crate::verify::MIN_TOP1_AGREEMENT);
+        assert!(help.contains(&top1), "{help}");
     }
 }
