@@ -59,6 +59,22 @@ pub(crate) struct Accumulator {
     pub(crate) rows: u64,
     pub(crate) agree: u64,
     pub(crate) nonfinite: u64,
+    /// One value per sample: the cosine is taken over the samples' values together (a single
+    /// value's cosine is only its sign), from these sums.
+    pub(crate) pooled: bool,
+    pooled_sums: [f64; 3],
+}
+
+/// Cosine similarity from a dot product and the two squared norms: 1 for two zero vectors, 0
+/// when one is zero or not finite.
+fn cosine(dot: f64, na: f64, nb: f64) -> f64 {
+    if na == 0.0 && nb == 0.0 {
+        1.0
+    } else if na == 0.0 || nb == 0.0 || !(dot.is_finite() && nb.is_finite()) {
+        0.0
+    } else {
+        (dot / (na.sqrt() * nb.sqrt())).clamp(-1.0, 1.0)
+    }
 }
 
 /// Index of the largest value; the first on ties (as numpy's argmax), NaN never wins.
@@ -93,6 +109,8 @@ impl Accumulator {
             rows: 0,
             agree: 0,
             nonfinite: 0,
+            pooled: row_len == 1,
+            pooled_sums: [0.0; 3],
         }
     }
 
@@ -121,16 +139,16 @@ impl Accumulator {
                 nb += q * q;
             }
             self.n += x.len() as u64;
-            let cos = if na == 0.0 && nb == 0.0 {
-                1.0
-            } else if na == 0.0 || nb == 0.0 || !(dot.is_finite() && nb.is_finite()) {
-                0.0
-            } else {
-                (dot / (na.sqrt() * nb.sqrt())).clamp(-1.0, 1.0)
-            };
-            self.cos_sum += cos;
-            self.cos_min = self.cos_min.min(cos);
             self.rows += 1;
+            if self.pooled {
+                for (s, v) in self.pooled_sums.iter_mut().zip([dot, na, nb]) {
+                    *s += v;
+                }
+            } else {
+                let cos = cosine(dot, na, nb);
+                self.cos_sum += cos;
+                self.cos_min = self.cos_min.min(cos);
+            }
             if self.classifier {
                 let (i, j) = (argmax(x), argmax(y));
                 self.agree += (i == j) as u64;
@@ -143,6 +161,15 @@ impl Accumulator {
 
     pub(crate) fn finish(self) -> Stats {
         let rows = self.rows.max(1) as f64;
+        let (cosine_mean, cosine_min) = if self.pooled {
+            let [dot, na, nb] = self.pooled_sums;
+            let c = cosine(dot, na, nb);
+            (c, c)
+        } else if self.rows == 0 {
+            (1.0, 1.0)
+        } else {
+            (self.cos_sum / rows, self.cos_min)
+        };
         Stats {
             index: self.index,
             shape: self.shape,
@@ -153,10 +180,34 @@ impl Accumulator {
             } else {
                 self.sum / self.n as f64
             },
-            cosine_mean: self.cos_sum / rows,
-            cosine_min: if self.rows == 0 { 1.0 } else { self.cos_min },
+            cosine_mean,
+            cosine_min,
             top1_agreement: self.classifier.then(|| self.agree as f64 / rows),
             candidate_nonfinite: self.nonfinite,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_value_per_sample_is_compared_across_the_samples() {
+        // A VAD-like probability per sample: each value alone has cosine 1 with any positive
+        // value, so the samples' values are compared together.
+        let mut acc = Accumulator::new(0, &[1, 1], 1);
+        for (a, b) in [(0.9, 0.5), (0.1, 0.5), (0.8, 0.5)] {
+            acc.add(&[a], &[b], 1);
+        }
+        let s = acc.finish();
+        assert!((s.cosine_mean - 0.8607).abs() < 1e-3, "{}", s.cosine_mean);
+        assert_eq!(s.cosine_min, s.cosine_mean);
+        assert!(!s.classifier);
+        // Rows of several values keep their per-sample cosine.
+        let mut acc = Accumulator::new(0, &[1, 2], 1);
+        acc.add(&[1.0, 0.0], &[1.0, 0.0], 1);
+        acc.add(&[1.0, 0.0], &[0.0, 1.0], 1);
+        assert_eq!(acc.finish().cosine_mean, 0.5);
     }
 }
