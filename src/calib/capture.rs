@@ -327,6 +327,7 @@ impl<'a> Tapped<'a> {
         let runner = crate::verify::load_at(
             &copy,
             shapes,
+            &[],
             "the calibration copy (the model with its layers' inputs as outputs)",
         )?;
         Ok(Tapped {

@@ -274,6 +274,48 @@ impl Dataset {
     }
 
     /// Starts a pass over the data; tensors are converted to `dts` (the model's input types).
+    /// The value of each scalar integer input in the first sample of the user's data (`None`
+    /// for other inputs, and for random data): such an input is a setting (a sample rate, a
+    /// mode), and the copy tract runs is specialised to it (`If`s on it resolved), so every
+    /// sample must carry the same value ([`crate::verify::Runner::run`] checks).
+    pub fn settings(&self, decls: &[InputDecl]) -> Result<Vec<Option<Tensor>>> {
+        let setting = |d: &InputDecl| {
+            d.dims.as_ref().is_some_and(|d| d.is_empty())
+                && matches!(d.dtype, DType::I64 | DType::I32 | DType::Bool)
+        };
+        if matches!(self.feed, Feed::Random { .. }) || !decls.iter().any(setting) {
+            return Ok(vec![None; decls.len()]);
+        }
+        let dts: Option<Vec<DatumType>> = decls
+            .iter()
+            .map(|d| {
+                Some(match d.dtype {
+                    DType::F32 => f32::datum_type(),
+                    DType::F16 => f16::datum_type(),
+                    DType::F64 => f64::datum_type(),
+                    DType::I8 => i8::datum_type(),
+                    DType::U8 => u8::datum_type(),
+                    DType::I16 => i16::datum_type(),
+                    DType::I32 => i32::datum_type(),
+                    DType::I64 => i64::datum_type(),
+                    DType::Bool => bool::datum_type(),
+                    _ => return None,
+                })
+            })
+            .collect();
+        let Some(dts) = dts else {
+            return Ok(vec![None; decls.len()]);
+        };
+        let Some(first) = self.batches(&dts)?.next_batch()? else {
+            return Ok(vec![None; decls.len()]);
+        };
+        Ok(decls
+            .iter()
+            .zip(first.tensors)
+            .map(|(d, t)| setting(d).then_some(t))
+            .collect())
+    }
+
     pub fn batches(&self, dts: &[DatumType]) -> Result<Batches<'_>> {
         let streams = match &self.feed {
             Feed::Arrays(a) => a.iter().map(|a| a.open()).collect::<Result<Vec<_>>>()?,

@@ -7,6 +7,7 @@
 mod external;
 pub mod lower;
 mod sparse;
+pub mod specialize;
 mod structure;
 mod tensor;
 mod view;

@@ -29,6 +29,8 @@ pub struct Reference {
     pub(super) cache: Option<Vec<TVec<Tensor>>>,
     /// Correct predictions of the original, once computed.
     pub(super) correct: Option<usize>,
+    /// The data's settings both models are specialised to ([`Dataset::settings`]).
+    pub(super) settings: Vec<Option<Tensor>>,
 }
 
 impl Reference {
@@ -36,7 +38,8 @@ impl Reference {
     pub fn new(original: &Document, data: &DataOptions) -> Result<Reference> {
         let (decls, output_names) = input_decls(original)?;
         let mut dataset = Dataset::open(data, &decls, original.format() == Format::Onnx)?;
-        let runner = load_at(original, &dataset.shapes, "the original model")?;
+        let settings = dataset.settings(&decls)?;
+        let runner = load_at(original, &dataset.shapes, &settings, "the original model")?;
         let input_dts = runner.input_datum_types().to_vec();
         for (i, dt) in input_dts.iter().enumerate() {
             if dt.is_quantized() && dataset.input_is_float(i) {
@@ -52,6 +55,7 @@ impl Reference {
             input_dts,
             cache: None,
             correct: None,
+            settings,
         })
     }
 
@@ -92,7 +96,12 @@ impl Reference {
                 )));
             }
         }
-        let runner = load_at(candidate, &self.dataset.shapes, "the candidate model")?;
+        let runner = load_at(
+            candidate,
+            &self.dataset.shapes,
+            &self.settings,
+            "the candidate model",
+        )?;
         if runner.inputs != self.runner.inputs {
             return Err(differs(format!(
                 "tract sees inputs {:?} vs {:?}",

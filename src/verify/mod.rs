@@ -7,6 +7,7 @@
 
 pub(crate) mod agreement;
 mod lower;
+mod onnx_copy;
 mod runner;
 mod shapes;
 
@@ -458,10 +459,15 @@ impl Verification {
     }
 }
 
-/// Loads `doc` in tract at the data's `shapes`; `what` names the model in errors ("the
-/// original model").
-pub(crate) fn load_at(doc: &Document, shapes: &[Vec<usize>], what: &str) -> Result<Runner> {
-    let runner = Runner::load_shaped(doc, Some(shapes)).map_err(|e| {
+/// Loads `doc` in tract at the data's `shapes`, specialised to its `settings` (see
+/// the data's `Dataset::settings`); `what` names the model in errors ("the original model").
+pub(crate) fn load_at(
+    doc: &Document,
+    shapes: &[Vec<usize>],
+    settings: &[Option<Tensor>],
+    what: &str,
+) -> Result<Runner> {
+    let runner = Runner::load_specialised(doc, Some(shapes), settings).map_err(|e| {
         crate::error::Error::unsupported(doc.path(), format!("cannot run {what} in tract: {e}"))
     })?;
     for (i, (spec, want)) in runner.inputs.iter().zip(shapes).enumerate() {

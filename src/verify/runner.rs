@@ -3,8 +3,8 @@
 
 use super::lower::{lower_tflite, BoundaryQuant, Lowering};
 use super::{
-    concrete_input_shape, describe_tflite_failure, isolated, isolated_with, onnx_inference_model,
-    InputSpec, MAX_INPUT_ELEMENTS,
+    concrete_input_shape, describe_tflite_failure, isolated, isolated_with, InputSpec,
+    MAX_INPUT_ELEMENTS,
 };
 use crate::document::Document;
 use rand::{Rng, SeedableRng};
@@ -20,6 +20,9 @@ pub struct Runner {
     pub(super) input_dts: Vec<DatumType>,
     /// Rewrites of the validation copy tract runs (TFLite), see [`lower_tflite`].
     pub lowered: Lowering,
+    /// Input values the copy was specialised to (ONNX scalar settings): every run must feed
+    /// these values.
+    settings: Vec<Option<Tensor>>,
 }
 
 impl Runner {
@@ -34,6 +37,16 @@ impl Runner {
         doc: &Document,
         shapes: Option<&[Vec<usize>]>,
     ) -> std::result::Result<Runner, String> {
+        Self::load_specialised(doc, shapes, &[])
+    }
+
+    /// [`Runner::load_shaped`], with the ONNX copy specialised to the values of `settings`
+    /// (by input index; see the data's `Dataset::settings`).
+    pub fn load_specialised(
+        doc: &Document,
+        shapes: Option<&[Vec<usize>]>,
+        settings: &[Option<Tensor>],
+    ) -> std::result::Result<Runner, String> {
         match doc {
             Document::Onnx(d) => {
                 // tract ignores sparse_initializer: give it the dense equivalent.
@@ -46,18 +59,8 @@ impl Runner {
                     densified = dd;
                     (&densified, r.densified)
                 };
-                let lowered = crate::onnx::lower::lower_for_tract(d);
                 let mut runner = isolated("tract could not load the ONNX model", || {
-                    let mut model = match &lowered {
-                        Some((m, _)) => {
-                            let mut m = m.clone();
-                            d.inline_external(&mut m)
-                                .map_err(|e| TractError::msg(e.to_string()))?;
-                            let bytes = prost::Message::encode_to_vec(&m);
-                            tract_onnx::onnx().model_for_read(&mut &bytes[..])?
-                        }
-                        None => onnx_inference_model(d)?,
-                    };
+                    let (mut model, rewrites) = super::onnx_copy::load(d, shapes, settings)?;
                     for i in 0..model.inputs.len() {
                         let fact = model.input_fact(i)?.clone();
                         let dt = fact.datum_type().unwrap_or(f32::datum_type());
@@ -67,12 +70,13 @@ impl Runner {
                         };
                         model.set_input_fact(i, InferenceFact::dt_shape(dt, shape))?;
                     }
-                    let typed = model.into_optimized()?;
-                    Runner::from_typed(typed)
-                })?;
-                if let Some((_, rewrites)) = lowered {
+                    let mut runner = Runner::from_typed(model.into_optimized()?)?;
                     runner.lowered.rewrites = rewrites;
-                }
+                    if runner.lowered.rewrites.keys().any(|k| k.contains("If")) {
+                        runner.settings = settings.to_vec();
+                    }
+                    Ok(runner)
+                })?;
                 if sparse > 0 {
                     runner
                         .lowered
@@ -149,6 +153,7 @@ impl Runner {
             inputs,
             input_dts,
             lowered: Lowering::default(),
+            settings: vec![],
         })
     }
 
@@ -169,6 +174,15 @@ impl Runner {
     }
 
     pub fn run(&self, inputs: TVec<Tensor>) -> std::result::Result<TVec<Tensor>, String> {
+        for (i, (setting, given)) in self.settings.iter().zip(&inputs).enumerate() {
+            if let Some(v) = setting.as_ref().filter(|v| *v != given) {
+                return Err(format!(
+                    "input {i} is a setting the copy tract runs was specialised to ({v:?}, \
+                     the first sample's value), and a later sample has {given:?}: give data \
+                     with one value of it"
+                ));
+            }
+        }
         let boundary = self.lowered.boundary.as_ref();
         isolated("tract could not run the model", || {
             let inputs = inputs
