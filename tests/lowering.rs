@@ -6,6 +6,7 @@ use crate::common::*;
 use pare::verify::{lower_tflite, Runner, DEFAULT_SEED};
 use pare::Document;
 use std::fs;
+use std::path::PathBuf;
 use tract_onnx::prelude::*;
 
 fn tflite_fixtures() -> Vec<std::path::PathBuf> {
@@ -263,4 +264,116 @@ fn dynamic_quantized_onnx_verifies_and_runs_in_tract_like_onnxruntime() {
             "{name}: tract {tract} vs onnxruntime {ort}"
         );
     }
+}
+
+/// The silero-VAD exports shipped in the `silero-vad` wheel (tests/py/models.txt): symbolic
+/// batch and length with concrete inner value_info, `If` branches chosen by the input's length
+/// and by the sample rate (an input), duplicate node names. Each verifies on audio windows
+/// (ONNX test_data_set folders, sample rate 16000), and tract's verdict figures match
+/// onnxruntime's on the same files and inputs.
+#[test]
+fn silero_vad_exports_verify_in_tract_like_onnxruntime() {
+    let dir = tmpdir();
+    let shipped = interop(&["shipped-models"], None);
+    let models: Vec<PathBuf> = (shipped["silero_vad"].as_array().unwrap().iter())
+        .map(|p| PathBuf::from(p.as_str().unwrap()))
+        .collect();
+    assert!(
+        models.len() >= 6,
+        "silero-vad 6.2.3 ships 6 ONNX files: {shipped}"
+    );
+    let mut cases = Vec::new();
+    for model in &models {
+        let name = model.file_stem().unwrap().to_str().unwrap().to_string();
+        let sets = dir.path().join(&name);
+        let made = interop(
+            &[
+                "vad-sets",
+                model.to_str().unwrap(),
+                sets.to_str().unwrap(),
+                "8",
+            ],
+            None,
+        );
+        let out = dir.path().join(format!("{name}.pruned.onnx"));
+        let (code, r, err) = run_json(&[
+            "prune",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--sparsity",
+            "0.5",
+            "--validate",
+            sets.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let r = r["write"].clone();
+        let v = &r["verification"];
+        assert_eq!(v["checked"], true, "{name}: tract did not run it: {v}");
+        assert_eq!(v["samples"], 8, "{name}: {v}");
+        assert_ne!(v["verdict"], "not_verified", "{name}: {v}");
+        // Where the run needed no sample rate, random inputs of the right length verify it too,
+        // bit-identically after a conversion.
+        if name != "silero_vad" {
+            let len = format!("input=1,{}", made["length"]);
+            let conv = dir.path().join(format!("{name}.converted.onnx"));
+            let c = convert_json(model, &conv, &["--require-verified", "--input-shape", &len]);
+            assert_eq!(c["verification"]["verdict"], "agrees", "{name}: {c}");
+            assert!(c["verification"]["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o["identical"] == true));
+        }
+        cases.push((
+            name,
+            r,
+            serde_json::json!({"orig": model, "out": out, "x": sets, "samples": 8}),
+        ));
+    }
+    let inline = |r: &serde_json::Value| r["verification"]["lowered"]["rewrites"].clone();
+    let with_if = cases.iter().filter(|(_, r, _)| {
+        inline(r)
+            .get("If replaced by the branch it takes")
+            .is_some()
+    });
+    assert!(
+        with_if.count() >= 4,
+        "the If-wrapped exports were simplified"
+    );
+    let runtime = interop(
+        &["agreement"],
+        Some(&serde_json::Value::Array(cases.iter().map(|c| c.2.clone()).collect()).to_string()),
+    );
+    for ((name, r, _), rt) in cases.iter().zip(runtime.as_array().unwrap()) {
+        let (t, o) = (
+            r["verification"]["outputs"][0]["cosine"].as_f64().unwrap(),
+            rt["cosine"].as_f64().unwrap(),
+        );
+        eprintln!(
+            "{name}: {} output cosine tract {t:.5}, onnxruntime {o:.5}",
+            r["verification"]["verdict"]
+        );
+        assert!(
+            (t - o).abs() <= 0.01,
+            "{name}: tract {t} vs onnxruntime {o}"
+        );
+    }
+}
+
+/// Without data, the export whose branch depends on the sample rate (an input) cannot be
+/// verified on random inputs: the verdict says so and names the node.
+#[test]
+fn an_if_on_an_input_value_is_reported_with_its_node_when_no_data_gives_the_value() {
+    let dir = tmpdir();
+    let shipped = interop(&["shipped-models"], None);
+    let model = (shipped["silero_vad"].as_array().unwrap().iter())
+        .map(|p| PathBuf::from(p.as_str().unwrap()))
+        .find(|p| p.file_name().unwrap() == "silero_vad.onnx")
+        .expect("silero_vad.onnx in the wheel");
+    let out = dir.path().join("out.onnx");
+    let c = convert_json(&model, &out, &["--input-shape", "input=1,512"]);
+    let v = &c["verification"];
+    assert_eq!(v["verdict"], "not_verified", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("\"If_0\""), "{v}");
 }

@@ -19,6 +19,10 @@ pub(super) struct ConvertArgs {
     /// sparse (every eligible weight sparse), dense (densify a sparse model back).
     #[arg(long, value_name = "keep|auto|sparse|dense", default_value = "keep")]
     storage: crate::sparse::Storage,
+    /// Shape an input is verified at, e.g. input=1,512 (repeatable; sets dynamic dimensions,
+    /// which are otherwise 1).
+    #[arg(long, value_name = "NAME=DIMS", value_parser = super::flags::parse_input_shape)]
+    input_shape: Vec<(String, Vec<usize>)>,
     #[command(flatten)]
     data: DataFlags,
     #[command(flatten)]
@@ -31,6 +35,7 @@ impl ConvertArgs {
             input,
             output,
             storage,
+            input_shape,
             data,
             write,
         } = self;
@@ -40,6 +45,7 @@ impl ConvertArgs {
             compressed_sizes: !write.no_compressed_sizes,
             verify: write.policy(),
             force: write.force,
+            verify_data: super::flags::random_shaped(input_shape),
             ..WriteOptions::default()
         };
         let spinner = Spinner::new(cli.quiet);

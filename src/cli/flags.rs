@@ -39,7 +39,16 @@ impl EvalFlags {
     }
 }
 
-fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+/// Verification on random inputs of the given shapes, when some are given (else the default
+/// verification: seeded random inputs with dynamic dimensions 1).
+pub(super) fn random_shaped(shapes: &[(String, Vec<usize>)]) -> Option<crate::data::DataOptions> {
+    (!shapes.is_empty()).then(|| crate::data::DataOptions {
+        input_shapes: shapes.to_vec(),
+        ..Default::default()
+    })
+}
+
+pub(super) fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     let (name, dims) = s
         .rsplit_once('=')
         .ok_or_else(|| format!("{s:?}: expected NAME=D1,D2,…"))?;

@@ -162,7 +162,8 @@ impl PruneArgs {
             // The user's data says more than random noise about an image or audio model.
             verify_data: match validate {
                 Some(source) => Some(eval.options(source.clone())),
-                None => opts.calib.as_ref().map(|c| c.data.clone()),
+                None => (opts.calib.as_ref().map(|c| c.data.clone()))
+                    .or_else(|| super::flags::random_shaped(&eval.input_shape)),
             },
             force: write.force,
             ..WriteOptions::default()

@@ -263,21 +263,80 @@ def _runtime_outputs(model, x):
     return (raw - zp) * scale if scale else raw
 
 
+def _test_sets(data_dir):
+    return sorted(glob.glob(os.path.join(data_dir, "test_data_set_*")), key=lambda p: (len(p), p))
+
+
+def _set_outputs(model, sets):
+    """Output 0 of an ONNX model on each ONNX test_data_set folder, one row per set."""
+    sess = _ort_session(model)
+    return np.stack([np.asarray(sess.run(None, _pb_feeds(sess, d))[0], np.float64).ravel() for d in sets])
+
+
 def agreement(orig, out, x_path, samples):
     """How `out` agrees with `orig` in onnxruntime / LiteRT on the first `samples` rows of
-    `x_path`: per-sample cosine averaged, and the fraction of unchanged arg-maxes (output 0)."""
-    x = np.load(x_path)[:samples]
-    a = _runtime_outputs(orig, x).reshape(len(x), -1)
-    b = _runtime_outputs(out, x).reshape(len(x), -1)
+    `x_path` (a .npy, or a folder of ONNX test_data_set_K folders): per-sample cosine averaged
+    (over the samples' values together when there is one value per sample, as pare does), and
+    the fraction of unchanged arg-maxes (output 0)."""
+    if os.path.isdir(x_path):
+        sets = _test_sets(x_path)[:samples]
+        a, b, n = _set_outputs(orig, sets), _set_outputs(out, sets), len(sets)
+    else:
+        x = np.load(x_path)[:samples]
+        n = len(x)
+        a = _runtime_outputs(orig, x).reshape(n, -1)
+        b = _runtime_outputs(out, x).reshape(n, -1)
+    pooled = a.shape[1] == 1
+    if pooled:
+        a, b = a.T, b.T
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     cos = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, 1e-300))
     return {
         "orig": orig,
         "out": out,
-        "samples": int(len(x)),
+        "samples": int(n),
         "cosine": float(cos.mean()),
-        "top1_agreement": float((a.argmax(axis=1) == b.argmax(axis=1)).mean()),
+        "top1_agreement": None if pooled else float((a.argmax(axis=1) == b.argmax(axis=1)).mean()),
     }
+
+
+# ---------------------------------------------------------------- shipped models
+def shipped_models():
+    """The ONNX files the wheels of tests/py/models.txt ship, by package (found, not imported:
+    the packages' own dependencies are not installed)."""
+    import importlib.util
+
+    found = {}
+    for pkg in ["silero_vad"]:
+        spec = importlib.util.find_spec(pkg)
+        root = os.path.dirname(spec.origin) if spec and spec.origin else None
+        found[pkg] = sorted(glob.glob(os.path.join(root, "**", "*.onnx"), recursive=True)) if root else []
+    return found
+
+
+def vad_sets(model, out_dir, samples):
+    """`samples` ONNX test_data_set folders for a silero-VAD-style model (audio window, zero
+    recurrent state, sample rate 16000): tone bursts in noise, and silence, seeded."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(model, load_external_data=False)
+    rng = np.random.default_rng(SEED)
+    inputs = [i for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
+    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs}
+    n = dims.get("input", [1, 0])[-1] or 512
+    t = np.arange(n) / 16000.0
+    for k in range(samples):
+        tone = np.sin(2 * np.pi * rng.uniform(120, 400) * t) * (k % 2) * rng.uniform(0.2, 0.8)
+        audio = (tone + rng.normal(0, 0.02, n)).astype(np.float32)[None, :]
+        zeros = np.zeros((1, 1, 128), np.float32)
+        values = {"input": audio, "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64), "h": zeros, "c": zeros}
+        d = os.path.join(out_dir, f"test_data_set_{k}")
+        os.makedirs(d, exist_ok=True)
+        for j, i in enumerate(inputs):
+            with open(os.path.join(d, f"input_{j}.pb"), "wb") as fh:
+                fh.write(numpy_helper.from_array(values[i.name], i.name).SerializeToString())
+    return {"model": model, "dir": out_dir, "samples": samples, "length": int(n)}
 
 
 # ---------------------------------------------------------------- corpus
@@ -305,6 +364,11 @@ def main():
     c.add_argument("orig")
     c.add_argument("out")
     sub.add_parser("onnx-corpus-list")
+    sub.add_parser("shipped-models")
+    v = sub.add_parser("vad-sets")
+    v.add_argument("model")
+    v.add_argument("out_dir")
+    v.add_argument("samples", type=int)
     sub.add_parser("accuracy", help="JSON list of {model, x, y} on stdin")
     sub.add_parser("agreement", help="JSON list of {orig, out, x, samples} on stdin")
     d = sub.add_parser("tflite-run")
@@ -323,6 +387,10 @@ def main():
         r = [accuracy(x["model"], x["x"], x["y"]) for x in json.load(sys.stdin)]
     elif args.cmd == "agreement":
         r = [agreement(x["orig"], x["out"], x["x"], x["samples"]) for x in json.load(sys.stdin)]
+    elif args.cmd == "shipped-models":
+        r = shipped_models()
+    elif args.cmd == "vad-sets":
+        r = vad_sets(args.model, args.out_dir, args.samples)
     elif args.cmd == "tflite-run":
         r = tflite_run(args.model, args.raw, args.dtype, args.shape)
     else:
