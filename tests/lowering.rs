@@ -324,6 +324,17 @@ fn silero_vad_exports_verify_in_tract_like_onnxruntime() {
                 .unwrap()
                 .iter()
                 .all(|o| o["identical"] == true));
+            // `prune --input-shape` sets the shapes it verifies at (it was ignored without data).
+            let pruned = dir.path().join(format!("{name}.shaped.onnx"));
+            let p = write_json(
+                "prune",
+                model,
+                &pruned,
+                &["--sparsity", "0.3", "--input-shape", &len],
+            );
+            let p = &p["write"];
+            assert_eq!(p["verification"]["checked"], true, "{name}: {p}");
+            assert_eq!(p["verification"]["samples"], 32, "{name}: {p}");
         }
         cases.push((
             name,

@@ -273,7 +273,6 @@ impl Dataset {
         }
     }
 
-    /// Starts a pass over the data; tensors are converted to `dts` (the model's input types).
     /// The value of each scalar integer input in the first sample of the user's data (`None`
     /// for other inputs, and for random data): such an input is a setting (a sample rate, a
     /// mode), and the copy tract runs is specialised to it (`If`s on it resolved), so every
@@ -316,6 +315,7 @@ impl Dataset {
             .collect())
     }
 
+    /// Starts a pass over the data; tensors are converted to `dts` (the model's input types).
     pub fn batches(&self, dts: &[DatumType]) -> Result<Batches<'_>> {
         let streams = match &self.feed {
             Feed::Arrays(a) => a.iter().map(|a| a.open()).collect::<Result<Vec<_>>>()?,

@@ -5,6 +5,7 @@
 //! `batch` where the run pins it, two nodes named alike, `If` branches whose shapes differ);
 //! they only ever touch the copy tract runs, never a written file.
 
+use super::tensor::for_each_graph_mut;
 use crate::onnx_pb as pb;
 use pb::tensor_shape_proto::dimension::Value as DimValue;
 use pb::type_proto::Value as TypeValue;
@@ -17,15 +18,45 @@ fn dims_mut(vi: &mut pb::ValueInfoProto) -> Option<&mut Vec<pb::tensor_shape_pro
     }
 }
 
-fn graphs_mut(g: &mut pb::GraphProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
+fn dims(vi: &pb::ValueInfoProto) -> &[pb::tensor_shape_proto::Dimension] {
+    match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(TypeValue::TensorType(tt)) => tt.shape.as_ref().map_or(&[], |s| &s.dim[..]),
+        _ => &[],
+    }
+}
+
+/// Graph `g` and every graph nested in its nodes, parents first (read-only twin of
+/// [`for_each_graph_mut`]).
+fn for_each_graph(g: &pb::GraphProto, f: &mut dyn FnMut(&pb::GraphProto)) {
     f(g);
-    for n in &mut g.node {
-        for a in &mut n.attribute {
-            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                graphs_mut(sub, f);
-            }
+    for a in g.node.iter().flat_map(|n| &n.attribute) {
+        for sub in a.g.iter().chain(&a.graphs) {
+            for_each_graph(sub, f);
         }
     }
+}
+
+/// Whether tract needs a specialised copy: a symbol declared beyond the inputs, a node name
+/// used twice, or an `If` in the main graph.
+pub fn needs_specialising(model: &pb::ModelProto) -> bool {
+    let Some(main) = model.graph.as_ref() else {
+        return false;
+    };
+    let symbolic = |vi: &pb::ValueInfoProto| {
+        dims(vi)
+            .iter()
+            .any(|d| matches!(d.value, Some(DimValue::DimParam(_))))
+    };
+    let mut found = !if_nodes(main).is_empty();
+    let mut names = HashSet::new();
+    for_each_graph(main, &mut |g| {
+        found = found
+            || g.output.iter().chain(&g.value_info).any(symbolic)
+            || g.node
+                .iter()
+                .any(|n| !n.name().is_empty() && !names.insert(n.name().to_string()));
+    });
+    found
 }
 
 /// Pins the symbolic dimensions of the graph inputs to `shapes` (the shape each input is run
@@ -33,25 +64,23 @@ fn graphs_mut(g: &mut pb::GraphProto, f: &mut dyn FnMut(&mut pb::GraphProto)) {
 /// outputs and `value_info`, in every graph. A symbol no input defines becomes unknown, so
 /// that a declaration cannot contradict what tract infers. Returns the dimensions changed.
 pub fn pin_symbols(model: &mut pb::ModelProto, shapes: &[Vec<usize>]) -> usize {
-    let Some(g) = model.graph.as_mut() else {
+    let Some(g) = model.graph.as_ref() else {
         return 0;
     };
-    let inits: HashSet<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
     let mut symbols: HashMap<String, i64> = HashMap::new();
-    let runtime_inputs = g.input.iter_mut().filter(|i| !inits.contains(i.name()));
+    let runtime_inputs = g.input.iter().filter(|i| !inits.contains(i.name()));
     for (vi, shape) in runtime_inputs.zip(shapes) {
-        if let Some(dims) = dims_mut(vi) {
-            for (d, &len) in dims.iter().zip(shape) {
-                if let Some(DimValue::DimParam(p)) = &d.value {
-                    if !p.is_empty() {
-                        symbols.entry(p.clone()).or_insert(len as i64);
-                    }
+        for (d, &len) in dims(vi).iter().zip(shape) {
+            if let Some(DimValue::DimParam(p)) = &d.value {
+                if !p.is_empty() {
+                    symbols.entry(p.clone()).or_insert(len as i64);
                 }
             }
         }
     }
     let mut changed = 0;
-    graphs_mut(g, &mut |g| {
+    for_each_graph_mut(model, &mut |g| {
         let declared = g
             .input
             .iter_mut()
@@ -72,12 +101,9 @@ pub fn pin_symbols(model: &mut pb::ModelProto, shapes: &[Vec<usize>]) -> usize {
 /// Renames nodes whose name repeats an earlier one (tract refuses two nodes named alike).
 /// Returns the nodes renamed.
 pub fn unique_node_names(model: &mut pb::ModelProto) -> usize {
-    let Some(g) = model.graph.as_mut() else {
-        return 0;
-    };
     let mut seen = HashSet::new();
     let mut renamed = 0;
-    graphs_mut(g, &mut |g| {
+    for_each_graph_mut(model, &mut |g| {
         for (i, n) in g.node.iter_mut().enumerate() {
             if n.name().is_empty() {
                 continue;
@@ -207,10 +233,8 @@ mod tests {
         }
     }
 
-    fn dims(vi: &pb::ValueInfoProto) -> Vec<Option<i64>> {
-        let mut vi = vi.clone();
-        dims_mut(&mut vi)
-            .unwrap()
+    fn fixed(vi: &pb::ValueInfoProto) -> Vec<Option<i64>> {
+        dims(vi)
             .iter()
             .map(|d| match d.value {
                 Some(DimValue::DimValue(v)) => Some(v),
@@ -230,11 +254,13 @@ mod tests {
             }),
             ..Default::default()
         };
+        assert!(needs_specialising(&m));
         assert_eq!(pin_symbols(&mut m, &[vec![1, 512]]), 5);
+        assert!(!needs_specialising(&m));
         let g = m.graph.as_ref().unwrap();
-        assert_eq!(dims(&g.input[0]), [Some(1), Some(512)]);
-        assert_eq!(dims(&g.value_info[0]), [Some(1), Some(64), None]);
-        assert_eq!(dims(&g.output[0]), [Some(1), Some(1)]);
+        assert_eq!(fixed(&g.input[0]), [Some(1), Some(512)]);
+        assert_eq!(fixed(&g.value_info[0]), [Some(1), Some(64), None]);
+        assert_eq!(fixed(&g.output[0]), [Some(1), Some(1)]);
     }
 
     #[test]

@@ -16,6 +16,10 @@ use tract_onnx::tract_hir::infer::Factoid;
 /// Rounds of `If` inlining: an inlined branch may hold `If`s of its own.
 const MAX_IF_ROUNDS: usize = 8;
 
+/// The rewrite, in [`super::Lowering`]'s list, of an `If` replaced by its branch: the copy
+/// then depends on the settings it was decided with.
+pub(super) const IF_INLINED: &str = "If replaced by the branch it takes";
+
 /// Condition evaluations (each a parse of the model by tract) a copy may take.
 const MAX_EVALUATIONS: usize = 32;
 
@@ -30,8 +34,22 @@ pub(super) fn load(
         Some((m, r)) => (Some(m), r),
         None => (None, BTreeMap::new()),
     };
-    if needs_specialising(&d.model) {
-        let mut m = copy.take().unwrap_or_else(|| d.model.clone());
+    let inline = |m: &mut pb::ModelProto| {
+        d.inline_external(m)
+            .map_err(|e| TractError::msg(e.to_string()))
+    };
+    if let Some(m) = copy.as_mut() {
+        inline(m)?;
+    }
+    if specialize::needs_specialising(&d.model) {
+        let mut m = match copy.take() {
+            Some(m) => m,
+            None => {
+                let mut m = d.model.clone();
+                inline(&mut m)?;
+                m
+            }
+        };
         let shapes = run_shapes(&m, shapes);
         let mut count = |what: &str, n: usize| {
             if n > 0 {
@@ -46,20 +64,11 @@ pub(super) fn load(
             "duplicate node names made unique",
             specialize::unique_node_names(&mut m),
         );
-        d.inline_external(&mut m)
-            .map_err(|e| TractError::msg(e.to_string()))?;
-        count(
-            "If replaced by the branch it takes",
-            inline_known_ifs(&mut m, &shapes, settings),
-        );
+        count(IF_INLINED, inline_known_ifs(&mut m, &shapes, settings));
         copy = Some(m);
     }
     let model = match copy {
-        Some(mut m) => {
-            d.inline_external(&mut m)
-                .map_err(|e| TractError::msg(e.to_string()))?;
-            read(&m)?
-        }
+        Some(m) => read(&m)?,
         None => onnx_inference_model(d)?,
     };
     Ok((model, rewrites))
@@ -99,22 +108,6 @@ fn run_shapes(m: &pb::ModelProto, given: Option<&[Vec<usize>]>) -> Vec<Vec<usize
 fn read(m: &pb::ModelProto) -> TractResult<InferenceModel> {
     let bytes = prost::Message::encode_to_vec(m);
     tract_onnx::onnx().model_for_read(&mut &bytes[..])
-}
-
-/// Declared symbols beside the inputs, repeated node names, or an `If` at the top level.
-fn needs_specialising(m: &pb::ModelProto) -> bool {
-    let Some(g) = m.graph.as_ref() else {
-        return false;
-    };
-    let symbolic = |vi: &pb::ValueInfoProto| format!("{:?}", vi.r#type).contains("DimParam");
-    let mut names = std::collections::HashSet::new();
-    g.value_info.iter().chain(&g.output).any(symbolic)
-        || g.node
-            .iter()
-            .any(|n| n.op_type() == "If" && n.domain().is_empty())
-        || g.node
-            .iter()
-            .any(|n| !n.name().is_empty() && !names.insert(n.name()))
 }
 
 /// Replaces each `If` whose condition tract computes at `shapes` by its branch, at any depth:

@@ -72,7 +72,11 @@ impl Runner {
                     }
                     let mut runner = Runner::from_typed(model.into_optimized()?)?;
                     runner.lowered.rewrites = rewrites;
-                    if runner.lowered.rewrites.keys().any(|k| k.contains("If")) {
+                    if runner
+                        .lowered
+                        .rewrites
+                        .contains_key(super::onnx_copy::IF_INLINED)
+                    {
                         runner.settings = settings.to_vec();
                     }
                     Ok(runner)
