@@ -127,6 +127,9 @@ impl Reference {
         let fill_cache = cache.is_none();
         let mut new_cache: Vec<TVec<Tensor>> = Vec::new();
         let mut cached_bytes = 0usize;
+        // A streaming model's samples are one stream, from its initial state, for both models.
+        self.runner.reset_state();
+        candidate.reset_state();
         let mut batches = self.dataset.batches(&self.input_dts)?;
         let total = self.dataset.samples as u64;
         progress.begin("validating", total);

@@ -1,13 +1,14 @@
 //! A model loaded in tract and run: loading at concrete shapes (through the lowered copy for
 //! TFLite), quantized boundaries, seeded random inputs, and each run isolated from panics.
 
-use super::lower::{lower_tflite, BoundaryQuant, Lowering};
+use super::lower::{lower_tflite, BoundaryQuant, Lowering, StreamState};
 use super::{
     concrete_input_shape, describe_tflite_failure, isolated, isolated_with, InputSpec,
     MAX_INPUT_ELEMENTS,
 };
 use crate::document::Document;
 use rand::{Rng, SeedableRng};
+use std::sync::Mutex;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::DimLike;
 
@@ -23,6 +24,15 @@ pub struct Runner {
     /// Input values the copy was specialised to (ONNX scalar settings): every run must feed
     /// these values.
     settings: Vec<Option<Tensor>>,
+    /// A streaming model's state (its resource variables), carried from one run to the next.
+    stream: Option<Stream>,
+}
+
+/// The state inputs the plan takes after the model's own, and their values for the next run.
+struct Stream {
+    spec: StreamState,
+    initial: Vec<Tensor>,
+    current: Mutex<Vec<Tensor>>,
 }
 
 impl Runner {
@@ -123,6 +133,9 @@ impl Runner {
                         }
                     }
                 }
+                if let Some(spec) = lowered.state.clone() {
+                    runner.carry(spec)?;
+                }
                 runner.lowered = lowered;
                 Ok(runner)
             }
@@ -158,7 +171,44 @@ impl Runner {
             input_dts,
             lowered: Lowering::default(),
             settings: vec![],
+            stream: None,
         })
+    }
+
+    /// Hides the state inputs `spec` names (the last ones) behind [`Runner::run`], which feeds
+    /// them the initial values, then each run's state outputs.
+    fn carry(&mut self, spec: StreamState) -> std::result::Result<(), String> {
+        let own = self.inputs.len() - spec.inputs.len();
+        if spec.inputs.iter().enumerate().any(|(k, &i)| i != own + k) {
+            return Err("the state inputs are not the last inputs of the copy".into());
+        }
+        let initial = (spec.inputs.iter().zip(&spec.initial))
+            .map(|(&i, bytes)| {
+                let shape = &self.inputs[i].shape;
+                unsafe { Tensor::from_raw_dt(self.input_dts[i], shape, bytes) }
+                    .map_err(|e| format!("state input {i}: {e}"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.inputs.truncate(own);
+        self.input_dts.truncate(own);
+        self.stream = Some(Stream {
+            spec,
+            current: Mutex::new(initial.clone()),
+            initial,
+        });
+        Ok(())
+    }
+
+    /// Whether runs carry a state (a streaming model's resource variables) from one to the next.
+    pub fn is_streaming(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Starts the stream again from the model's initial state (no-op without one).
+    pub fn reset_state(&self) {
+        if let Some(s) = &self.stream {
+            *s.current.lock().unwrap_or_else(|e| e.into_inner()) = s.initial.clone();
+        }
     }
 
     /// The tract type of each input (quantized types carry their scale and zero point).
@@ -188,7 +238,15 @@ impl Runner {
             }
         }
         let boundary = self.lowered.boundary.as_ref();
-        isolated("tract could not run the model", || {
+        let mut state = self
+            .stream
+            .as_ref()
+            .map(|s| s.current.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut inputs = inputs;
+        if let Some(current) = &state {
+            inputs.extend(current.iter().cloned());
+        }
+        let mut outputs = isolated("tract could not run the model", || {
             let inputs = inputs
                 .into_iter()
                 .enumerate()
@@ -210,8 +268,27 @@ impl Runner {
                         None => Ok(v.into_tensor()),
                     },
                 )
-                .collect()
-        })
+                .collect::<TractResult<TVec<Tensor>>>()
+        })?;
+        if let (Some(current), Some(stream)) = (state.as_mut(), &self.stream) {
+            // The next run reads the raw values this one wrote, in the state input's type.
+            for (k, &o) in stream.spec.outputs.iter().enumerate() {
+                let (written, into) = (&outputs[o], &current[k]);
+                if written.as_bytes().len() != into.as_bytes().len() {
+                    return Err(format!(
+                        "state output {o} ({:?}) does not fit its state input ({:?})",
+                        written.shape(),
+                        into.shape()
+                    ));
+                }
+                let next = unsafe {
+                    Tensor::from_raw_dt(into.datum_type(), into.shape(), written.as_bytes())
+                };
+                current[k] = next.map_err(|e| format!("state output {o}: {e}"))?;
+            }
+            outputs.truncate(outputs.len() - stream.spec.outputs.len());
+        }
+        Ok(outputs)
     }
 }
 

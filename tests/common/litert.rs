@@ -55,28 +55,49 @@ pub fn agree_with_litert(
 ) -> Agreement {
     let dir = tmpdir();
     let mut a = Agreement::default();
-    for k in 0..n {
-        let inputs = input(k);
-        let x = &inputs[0];
+    // LiteRT on one input, or on all of them in order on one interpreter for a streaming model
+    // (tract's runner carries the state the same way, from the initial one).
+    let litert_on = |xs: &[Tensor]| {
         let raw = dir.path().join("x.bin");
-        fs::write(&raw, x.as_bytes()).unwrap();
-        let dtype = match x.datum_type().unquantized() {
+        fs::write(
+            &raw,
+            xs.iter()
+                .flat_map(|x| x.as_bytes().to_vec())
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        let dtype = match xs[0].datum_type().unquantized() {
             DatumType::F32 => "float32",
             DatumType::I8 => "int8",
             DatumType::U8 => "uint8",
             dt => panic!("{}: input type {dt:?}", src.display()),
         };
-        let shape: Vec<String> = x.shape().iter().map(|d| d.to_string()).collect();
-        let litert = interop(
+        let shape: Vec<String> = xs[0].shape().iter().map(|d| d.to_string()).collect();
+        let steps = xs.len().to_string();
+        interop(
             &[
                 "tflite-run",
                 src.to_str().unwrap(),
                 raw.to_str().unwrap(),
                 dtype,
                 &shape.join(","),
+                "--steps",
+                &steps,
             ],
             None,
-        );
+        )
+    };
+    runner.reset_state();
+    let stream = runner
+        .is_streaming()
+        .then(|| litert_on(&(0..n).map(|k| input(k)[0].clone()).collect::<Vec<_>>()));
+    for k in 0..n {
+        let inputs = input(k);
+        let litert = match &stream {
+            Some(runs) if n == 1 => runs.clone(),
+            Some(runs) => runs[k].clone(),
+            None => litert_on(&inputs[..1]),
+        };
         let ours = runner
             .run(inputs)
             .unwrap_or_else(|e| panic!("{}: {e}", src.display()));

@@ -192,12 +192,18 @@ def tflite_pair(orig, out):
     return res
 
 
-def tflite_run(model, raw, dtype, shape):
-    """Runs LiteRT on one input given as raw little-endian bytes; returns outputs as float lists."""
+def tflite_run(model, raw, dtype, shape, steps=1):
+    """Runs LiteRT on one input given as raw little-endian bytes; returns outputs as float lists.
+    With `steps` > 1, `raw` holds that many inputs, run in order on one interpreter (a stream:
+    a stateful model carries its variables from one to the next), one result per step."""
     it = _litert(model)
-    x = np.fromfile(raw, dtype=np.dtype(dtype)).reshape([int(d) for d in shape.split(",")])
-    outs = _tflite_run(it, [x])
-    return {"outputs": [o.astype(np.float64).ravel().tolist() for o in outs], "shapes": [list(o.shape) for o in outs]}
+    dims = [int(d) for d in shape.split(",")]
+    xs = np.fromfile(raw, dtype=np.dtype(dtype)).reshape([steps] + dims)
+    runs = []
+    for x in xs:
+        outs = _tflite_run(it, [x])
+        runs.append({"outputs": [o.astype(np.float64).ravel().tolist() for o in outs], "shapes": [list(o.shape) for o in outs]})
+    return runs[0] if steps == 1 else runs
 
 
 # ---------------------------------------------------------------- accuracy
@@ -302,15 +308,16 @@ def agreement(orig, out, x_path, samples):
 
 # ---------------------------------------------------------------- shipped models
 def shipped_models():
-    """The ONNX files the wheels of tests/py/models.txt ship, by package (found, not imported:
+    """The ONNX and TFLite files the wheels of tests/py/models.txt ship, by package (found, not imported:
     the packages' own dependencies are not installed)."""
     import importlib.util
 
     found = {}
-    for pkg in ["silero_vad"]:
+    for pkg in ["silero_vad", "mediapipe", "pymicro_wakeword"]:
         spec = importlib.util.find_spec(pkg)
         root = os.path.dirname(spec.origin) if spec and spec.origin else None
-        found[pkg] = sorted(glob.glob(os.path.join(root, "**", "*.onnx"), recursive=True)) if root else []
+        files = [glob.glob(os.path.join(root, "**", f"*.{ext}"), recursive=True) for ext in ["onnx", "tflite"]] if root else []
+        found[pkg] = sorted(f for group in files for f in group)
     return found
 
 
@@ -375,6 +382,7 @@ def main():
     d.add_argument("model")
     d.add_argument("raw")
     d.add_argument("dtype")
+    d.add_argument("--steps", type=int, default=1)
     d.add_argument("shape")
     args = p.parse_args()
     if args.cmd == "onnx-pair":
@@ -392,7 +400,7 @@ def main():
     elif args.cmd == "vad-sets":
         r = vad_sets(args.model, args.out_dir, args.samples)
     elif args.cmd == "tflite-run":
-        r = tflite_run(args.model, args.raw, args.dtype, args.shape)
+        r = tflite_run(args.model, args.raw, args.dtype, args.shape, args.steps)
     else:
         r = onnx_corpus_list()
     json.dump(r, sys.stdout, allow_nan=False)

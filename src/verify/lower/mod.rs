@@ -18,13 +18,20 @@
 //! - Buffers stored after the flatbuffer (the >2 GiB form, which tract cannot read) go inline.
 //! - Sparse weights (TFLite `SparsityParameters`) are stored dense and their `DENSIFY` ops
 //!   removed: tract reads the sparse buffer as if it were dense.
+//! - `TRANSPOSE_CONV` and mediapipe's `Convolution2DTransposeBias` become a direct convolution
+//!   (see [`tconv`]); `MIRROR_PAD` and `DEPTH_TO_SPACE` become slices, concatenations,
+//!   reshapes and transposes (see [`layout`]).
+//! - Resource variables (streaming state) become graph inputs and outputs the runner carries
+//!   from one run to the next (see [`state`]).
 
 mod int8;
 mod layout;
 mod ops;
+mod state;
 mod tconv;
 
 pub use int8::{BoundaryQuant, Int8Boundary};
+pub use state::StreamState;
 
 use crate::tflite::{builtin_of, TfliteDocument};
 use crate::tflite_gen::tflite as fb;
@@ -41,6 +48,9 @@ pub struct Lowering {
     /// outputs at the boundary (tract-tflite cannot cast inside the graph).
     #[serde(skip)]
     pub boundary: Option<Int8Boundary>,
+    /// For a streaming model: the state its resource variables became, see [`state`].
+    #[serde(skip)]
+    pub state: Option<StreamState>,
 }
 
 impl Lowering {
@@ -95,6 +105,7 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
         d.offset_form = false;
         report.count("inline large-model buffers");
     }
+    report.state = state::variables(&mut d, &mut report);
     // Folding one op can make the next foldable (SHAPE → STRIDED_SLICE → PACK): repeat until
     // nothing changes. Each round removes at least one op, so this terminates.
     loop {
@@ -110,7 +121,10 @@ pub fn lower_tflite(doc: &TfliteDocument) -> (TfliteDocument, Lowering) {
     layout::mirror_pad(&mut d, &mut report);
     layout::depth_to_space(&mut d, &mut report);
     ops::strided_slice_masks(&mut d, &mut report);
+    ops::split_as_slices(&mut d, &mut report);
+    ops::fully_connected_rank2(&mut d, &mut report);
     tconv::transpose_conv(&mut d, &mut report);
+    tconv::transpose_conv_bias(&mut d, &mut report);
     ops::explicit_zero_bias(&mut d, &mut report);
     (d, report)
 }

@@ -27,19 +27,40 @@ fn builtin_at(d: &TfliteDocument, i: usize) -> fb::BuiltinOperator {
 pub(super) fn rewrite_ops(
     d: &mut TfliteDocument,
     builtin: fb::BuiltinOperator,
+    rewrite: impl FnMut(&mut TfliteDocument, usize, fb::OperatorT) -> Option<usize>,
+) {
+    rewrite_where(d, |code| builtin_of(code) == builtin, rewrite)
+}
+
+/// [`rewrite_ops`] for the custom op named `custom_code` (mediapipe's, for instance).
+pub(super) fn rewrite_custom(
+    d: &mut TfliteDocument,
+    custom_code: &str,
+    rewrite: impl FnMut(&mut TfliteDocument, usize, fb::OperatorT) -> Option<usize>,
+) {
+    let is = |code: &fb::OperatorCodeT| {
+        builtin_of(code) == fb::BuiltinOperator::CUSTOM
+            && code.custom_code.as_deref() == Some(custom_code)
+    };
+    rewrite_where(d, is, rewrite)
+}
+
+fn rewrite_where(
+    d: &mut TfliteDocument,
+    matches: impl Fn(&fb::OperatorCodeT) -> bool,
     mut rewrite: impl FnMut(&mut TfliteDocument, usize, fb::OperatorT) -> Option<usize>,
 ) {
     let mut i = 0;
     while i < ops_len(d) {
-        if builtin_at(d, i) != builtin {
+        let op = &d.model.subgraphs.as_ref().unwrap()[0]
+            .operators
+            .as_ref()
+            .unwrap()[i];
+        if !matches(&d.model.operator_codes.as_ref().unwrap()[op.opcode_index as usize]) {
             i += 1;
             continue;
         }
-        let op = d.model.subgraphs.as_ref().unwrap()[0]
-            .operators
-            .as_ref()
-            .unwrap()[i]
-            .clone();
+        let op = op.clone();
         i += rewrite(d, i, op).unwrap_or(1);
     }
 }
@@ -446,4 +467,124 @@ pub(super) fn hybrid_weights(d: &mut TfliteDocument, report: &mut Lowering) {
             report.count("hybrid layer's int8 weights dequantized");
         }
     }
+}
+
+/// `SPLIT` and `SPLIT_V` (Keras streaming layers split their ring buffer with them), which
+/// tract-tflite does not translate: one mask-free `STRIDED_SLICE` per output, with the axis and
+/// the sizes (a `-1` is "the rest") read from constants.
+pub(super) fn split_as_slices(d: &mut TfliteDocument, report: &mut Lowering) {
+    rewrite_ops(d, fb::BuiltinOperator::SPLIT_V, |d, i, o| {
+        let ins = o.inputs.as_ref()?;
+        let (x, sizes, axis) = (*ins.first()?, *ins.get(1)?, *ins.get(2)?);
+        let sizes = ints(&tensor_const(
+            d,
+            tensor_at(d, usize::try_from(sizes).ok()?),
+        )?)?;
+        let n = slices(d, i, &o, x, axis, |_| Some(sizes.clone()))?;
+        report.count("SPLIT_V as STRIDED_SLICEs");
+        Some(n)
+    });
+    rewrite_ops(d, fb::BuiltinOperator::SPLIT, |d, i, o| {
+        let ins = o.inputs.as_ref()?;
+        let (axis, x) = (*ins.first()?, *ins.get(1)?);
+        let fb::BuiltinOptionsT::SplitOptions(opts) = &o.builtin_options else {
+            return None;
+        };
+        let parts = i64::from(opts.num_splits);
+        let sizes =
+            |dim: i64| (parts > 0 && dim % parts == 0).then(|| vec![dim / parts; parts as usize]);
+        let n = slices(d, i, &o, x, axis, sizes)?;
+        report.count("SPLIT as STRIDED_SLICEs");
+        Some(n)
+    });
+}
+
+/// Replaces split operator `i` (input `x`, constant `axis`) by one STRIDED_SLICE per output;
+/// `sizes(dim)` gives the parts of the axis (of size `dim`), `-1` standing for the rest.
+fn slices(
+    d: &mut TfliteDocument,
+    i: usize,
+    o: &fb::OperatorT,
+    x: i32,
+    axis: i32,
+    sizes: impl Fn(i64) -> Option<Vec<i64>>,
+) -> Option<usize> {
+    let shape = static_shape(tensor_at(d, usize::try_from(x).ok()?))?;
+    let axis = *ints(&tensor_const(d, tensor_at(d, usize::try_from(axis).ok()?))?)?.first()?;
+    let axis = axis.rem_euclid(shape.len() as i64) as usize;
+    let dim = i64::from(shape[axis]);
+    let mut sizes = sizes(dim)?;
+    let outs = o.outputs.clone()?;
+    if let Some(rest) = sizes.iter().position(|&s| s == -1) {
+        sizes[rest] = dim - sizes.iter().filter(|&&s| s != -1).sum::<i64>();
+    }
+    if sizes.len() != outs.len() || sizes.iter().any(|&s| s < 0) || sizes.iter().sum::<i64>() != dim
+    {
+        return None;
+    }
+    let slice = opcode_for(d, fb::BuiltinOperator::STRIDED_SLICE);
+    let rank = shape.len();
+    let mut new = Vec::new();
+    let mut at = 0i64;
+    for (&out, &size) in outs.iter().zip(&sizes) {
+        let stem = tensor_at(d, usize::try_from(out).ok()?)
+            .name
+            .clone()
+            .unwrap_or_default();
+        let mut begin = vec![0i32; rank];
+        let mut end = shape.clone();
+        (begin[axis], end[axis]) = (at as i32, (at + size) as i32);
+        at += size;
+        let b = int32_const(d, format!("{stem}/pare_begin"), &begin);
+        let e = int32_const(d, format!("{stem}/pare_end"), &end);
+        let s = int32_const(d, format!("{stem}/pare_strides"), &vec![1; rank]);
+        new.push(op(
+            slice,
+            vec![x as usize, b, e, s],
+            out as usize,
+            fb::BuiltinOptionsT::StridedSliceOptions(Box::default()),
+        ));
+    }
+    Some(splice_op(d, i, new))
+}
+
+/// `FULLY_CONNECTED` on an input of rank other than 2, which TFLite flattens to `[rows, K]`
+/// itself (K the weights' inner size) and tract refuses: an explicit `RESHAPE` in front.
+pub(super) fn fully_connected_rank2(d: &mut TfliteDocument, report: &mut Lowering) {
+    rewrite_ops(d, fb::BuiltinOperator::FULLY_CONNECTED, |d, i, o| {
+        let ins = o.inputs.as_ref()?;
+        let (x, w) = (
+            usize::try_from(*ins.first()?).ok()?,
+            usize::try_from(*ins.get(1)?).ok()?,
+        );
+        let shape = static_shape(tensor_at(d, x))?;
+        let k = *static_shape(tensor_at(d, w))?.get(1)?;
+        let elements: i32 = shape.iter().product();
+        if shape.len() == 2 || k <= 0 || elements % k != 0 {
+            return None;
+        }
+        let flat = vec![elements / k, k];
+        let reshape = opcode_for(d, fb::BuiltinOperator::RESHAPE);
+        let stem = tensor_at(d, x).name.clone().unwrap_or_default();
+        let to = int32_const(d, format!("{stem}/pare_rows"), &flat);
+        let mut t = tensor_at(d, x).clone();
+        (t.name, t.shape, t.shape_signature, t.buffer) = (
+            Some(format!("{stem}/pare_rows")),
+            Some(flat.clone()),
+            None,
+            0,
+        );
+        let rows = push_tensor(d, t);
+        let mut fc = o.clone();
+        fc.inputs.as_mut()?[0] = rows as i32;
+        let options = fb::BuiltinOptionsT::ReshapeOptions(Box::new(fb::ReshapeOptionsT {
+            new_shape: Some(flat),
+        }));
+        report.count("FULLY_CONNECTED input flattened to rank 2");
+        Some(splice_op(
+            d,
+            i,
+            vec![op(reshape, vec![x, to], rows, options), fc],
+        ))
+    });
 }

@@ -1,10 +1,11 @@
-//! TRANSPOSE_CONV, which tract-tflite does not translate, as the direct convolution it equals:
-//! zeros inserted between input pixels (RESHAPE, PAD, RESHAPE), the borders padded, and a
-//! stride-1 VALID CONV_2D with the kernel flipped in both spatial axes.
+//! TRANSPOSE_CONV and mediapipe's custom `Convolution2DTransposeBias`, which tract-tflite does
+//! not translate, as the direct convolution they equal: zeros inserted between input pixels
+//! (RESHAPE, PAD, RESHAPE), the borders padded, and a stride-1 VALID CONV_2D with the kernel
+//! flipped in both spatial axes.
 
 use super::ops::{
-    float_activation_like, int32_shaped as int32_tensor, op, push_tensor, rewrite_ops, splice_op,
-    tensor_at as tensor,
+    float_activation_like, int32_shaped as int32_tensor, op, push_tensor, rewrite_custom,
+    rewrite_ops, splice_op, tensor_at as tensor,
 };
 use super::{make_constant, opcode_for, static_shape, tensor_const, Const, Lowering};
 use crate::tflite::TfliteDocument;
@@ -40,135 +41,192 @@ fn flipped(w: &[f32], o: usize, kh: usize, kw: usize, i: usize) -> Vec<f32> {
     v
 }
 
+/// One transposed convolution: input `x`, weights `w` `[O, kh, kw, I]`, bias (`-1`: none),
+/// output `y` (its static shape fixes the padding), strides and fused activation.
+struct Transposed {
+    x: usize,
+    w: usize,
+    bias: i32,
+    y: usize,
+    sh: i32,
+    sw: i32,
+    act: fb::ActivationFunctionType,
+}
+
 /// `TRANSPOSE_CONV(output_shape, W, x[, bias])`, float, with constant weights and static
 /// shapes → RESHAPE/PAD/RESHAPE (stride > 1), PAD, CONV_2D.
 pub(super) fn transpose_conv(d: &mut TfliteDocument, report: &mut Lowering) {
     rewrite_ops(d, fb::BuiltinOperator::TRANSPOSE_CONV, |d, i, o| {
-        let (ins, outs) = (o.inputs.clone()?, o.outputs.clone()?);
-        let (w, x, y) = (
-            *ins.get(1)? as usize,
-            *ins.get(2)? as usize,
-            *outs.first()? as usize,
-        );
-        let bias = ins.get(3).copied().unwrap_or(-1);
+        let (ins, outs) = (o.inputs.as_ref()?, o.outputs.as_ref()?);
         let fb::BuiltinOptionsT::TransposeConvOptions(opts) = &o.builtin_options else {
             return None;
         };
-        let (sh, sw, act) = (opts.stride_h, opts.stride_w, opts.fused_activation_function);
-        if tensor(d, y).type_ != fb::TensorType::FLOAT32 || sh < 1 || sw < 1 {
-            return None;
-        }
-        let &[n, h, wd, c] = static_shape(tensor(d, x))?.as_slice() else {
-            return None;
+        let t = Transposed {
+            x: *ins.get(2)? as usize,
+            w: *ins.get(1)? as usize,
+            bias: ins.get(3).copied().unwrap_or(-1),
+            y: *outs.first()? as usize,
+            sh: opts.stride_h,
+            sw: opts.stride_w,
+            act: opts.fused_activation_function,
         };
-        let &[_, ho, wo, _] = static_shape(tensor(d, y))?.as_slice() else {
-            return None;
-        };
-        let weights =
-            tensor_const(d, tensor(d, w)).filter(|c| c.dtype == fb::TensorType::FLOAT32)?;
-        let &[oc, kh, kw, ic] = weights.shape.as_slice() else {
-            return None;
-        };
-        if ic != c || weights.data.len() != 4 * (oc * kh * kw * ic) as usize {
-            return None;
-        }
-        let (top, bottom) = borders(h as i64, kh as i64, sh as i64, ho as i64)?;
-        let (left, right) = borders(wd as i64, kw as i64, sw as i64, wo as i64)?;
-        let values: Vec<f32> = weights
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let flip = flipped(&values, oc as usize, kh as usize, kw as usize, ic as usize);
-        let stem = tensor(d, y).name.clone().unwrap_or_default();
-        let kernel = push_tensor(
-            d,
-            fb::TensorT {
-                name: Some(format!("{stem}/pare_flipped")),
-                has_rank: true,
-                ..Default::default()
-            },
-        );
-        make_constant(
-            d,
-            kernel,
-            Const {
-                dtype: fb::TensorType::FLOAT32,
-                shape: weights.shape.clone(),
-                data: flip.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            },
-        );
-        let (reshape, pad, conv) = (
-            opcode_for(d, fb::BuiltinOperator::RESHAPE),
-            opcode_for(d, fb::BuiltinOperator::PAD),
-            opcode_for(d, fb::BuiltinOperator::CONV_2D),
-        );
-        let reshape_to = |s: &[i32]| {
-            fb::BuiltinOptionsT::ReshapeOptions(Box::new(fb::ReshapeOptionsT {
-                new_shape: Some(s.to_vec()),
-            }))
-        };
-        let pad_options = || fb::BuiltinOptionsT::PadOptions(Box::default());
-        let mut new = Vec::new();
-        let mut cur = x;
-        let (uh, uw) = (h * sh, wd * sw);
-        if sh > 1 || sw > 1 {
-            let split = vec![n, h, 1, wd, 1, c];
-            let spread = vec![n, h, sh, wd, sw, c];
-            let flat = vec![n, uh, uw, c];
-            let split_shape = int32_tensor(d, format!("{stem}/pare_up_split"), vec![6], &split);
-            let zeros = int32_tensor(
-                d,
-                format!("{stem}/pare_up_zeros"),
-                vec![6, 2],
-                &[0, 0, 0, 0, 0, sh - 1, 0, 0, 0, sw - 1, 0, 0],
-            );
-            let flat_shape = int32_tensor(d, format!("{stem}/pare_up_shape"), vec![4], &flat);
-            let a = push_tensor(
-                d,
-                float_activation_like(d, y, "up_split", Some(split.clone())),
-            );
-            let b = push_tensor(d, float_activation_like(d, y, "up_spread", Some(spread)));
-            let u = push_tensor(d, float_activation_like(d, y, "up", Some(flat.clone())));
-            new.push(op(reshape, vec![x, split_shape], a, reshape_to(&split)));
-            new.push(op(pad, vec![a, zeros], b, pad_options()));
-            new.push(op(reshape, vec![b, flat_shape], u, reshape_to(&flat)));
-            cur = u;
-        }
-        let padded_shape = vec![n, uh + (top + bottom) as i32, uw + (left + right) as i32, c];
-        let borders_t = int32_tensor(
-            d,
-            format!("{stem}/pare_borders"),
-            vec![4, 2],
-            &[
-                0,
-                0,
-                top as i32,
-                bottom as i32,
-                left as i32,
-                right as i32,
-                0,
-                0,
-            ],
-        );
-        let padded = push_tensor(d, float_activation_like(d, y, "padded", Some(padded_shape)));
-        new.push(op(pad, vec![cur, borders_t], padded, pad_options()));
-        new.push(fb::OperatorT {
-            opcode_index: conv,
-            inputs: Some(vec![padded as i32, kernel as i32, bias]),
-            outputs: Some(vec![y as i32]),
-            builtin_options: fb::BuiltinOptionsT::Conv2DOptions(Box::new(fb::Conv2DOptionsT {
-                padding: fb::Padding::VALID,
-                stride_w: 1,
-                stride_h: 1,
-                fused_activation_function: act,
-                ..Default::default()
-            })),
-            ..Default::default()
-        });
+        let n = direct_form(d, i, &t)?;
         report.count("TRANSPOSE_CONV as zero-inserting upsample, PAD and CONV_2D");
-        Some(splice_op(d, i, new))
+        Some(n)
     });
+}
+
+/// mediapipe's `Convolution2DTransposeBias(x, W, bias)` (segmentation heads): its custom
+/// options are TFLite's `TfLiteTransposeConvParams` as raw little-endian `i32`s (padding,
+/// stride_w, stride_h); the padding follows from the output's static shape as for
+/// TRANSPOSE_CONV, so only the strides are read.
+pub(super) fn transpose_conv_bias(d: &mut TfliteDocument, report: &mut Lowering) {
+    rewrite_custom(d, "Convolution2DTransposeBias", |d, i, o| {
+        let (ins, outs) = (o.inputs.as_ref()?, o.outputs.as_ref()?);
+        let raw = o.custom_options.as_deref()?;
+        let word = |k: usize| {
+            Some(i32::from_le_bytes(
+                raw.get(4 * k..4 * k + 4)?.try_into().ok()?,
+            ))
+        };
+        let t = Transposed {
+            x: *ins.first()? as usize,
+            w: *ins.get(1)? as usize,
+            bias: ins.get(2).copied().unwrap_or(-1),
+            y: *outs.first()? as usize,
+            sh: word(2)?,
+            sw: word(1)?,
+            act: fb::ActivationFunctionType::NONE,
+        };
+        let n = direct_form(d, i, &t)?;
+        report.count("Convolution2DTransposeBias as zero-inserting upsample, PAD and CONV_2D");
+        Some(n)
+    });
+}
+
+/// Replaces operator `i` by the direct form of `t`; returns how many operators stand there, or
+/// `None` (left alone) when it is not float with constant weights and static shapes.
+fn direct_form(d: &mut TfliteDocument, i: usize, t: &Transposed) -> Option<usize> {
+    let &Transposed {
+        x,
+        w,
+        bias,
+        y,
+        sh,
+        sw,
+        act,
+    } = t;
+    if tensor(d, y).type_ != fb::TensorType::FLOAT32 || sh < 1 || sw < 1 {
+        return None;
+    }
+    let &[n, h, wd, c] = static_shape(tensor(d, x))?.as_slice() else {
+        return None;
+    };
+    let &[_, ho, wo, _] = static_shape(tensor(d, y))?.as_slice() else {
+        return None;
+    };
+    let weights = tensor_const(d, tensor(d, w)).filter(|c| c.dtype == fb::TensorType::FLOAT32)?;
+    let &[oc, kh, kw, ic] = weights.shape.as_slice() else {
+        return None;
+    };
+    if ic != c || weights.data.len() != 4 * (oc * kh * kw * ic) as usize {
+        return None;
+    }
+    let (top, bottom) = borders(h as i64, kh as i64, sh as i64, ho as i64)?;
+    let (left, right) = borders(wd as i64, kw as i64, sw as i64, wo as i64)?;
+    let values: Vec<f32> = weights
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let flip = flipped(&values, oc as usize, kh as usize, kw as usize, ic as usize);
+    let stem = tensor(d, y).name.clone().unwrap_or_default();
+    let kernel = push_tensor(
+        d,
+        fb::TensorT {
+            name: Some(format!("{stem}/pare_flipped")),
+            has_rank: true,
+            ..Default::default()
+        },
+    );
+    make_constant(
+        d,
+        kernel,
+        Const {
+            dtype: fb::TensorType::FLOAT32,
+            shape: weights.shape.clone(),
+            data: flip.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
+    );
+    let (reshape, pad, conv) = (
+        opcode_for(d, fb::BuiltinOperator::RESHAPE),
+        opcode_for(d, fb::BuiltinOperator::PAD),
+        opcode_for(d, fb::BuiltinOperator::CONV_2D),
+    );
+    let reshape_to = |s: &[i32]| {
+        fb::BuiltinOptionsT::ReshapeOptions(Box::new(fb::ReshapeOptionsT {
+            new_shape: Some(s.to_vec()),
+        }))
+    };
+    let pad_options = || fb::BuiltinOptionsT::PadOptions(Box::default());
+    let mut new = Vec::new();
+    let mut cur = x;
+    let (uh, uw) = (h * sh, wd * sw);
+    if sh > 1 || sw > 1 {
+        let split = vec![n, h, 1, wd, 1, c];
+        let spread = vec![n, h, sh, wd, sw, c];
+        let flat = vec![n, uh, uw, c];
+        let split_shape = int32_tensor(d, format!("{stem}/pare_up_split"), vec![6], &split);
+        let zeros = int32_tensor(
+            d,
+            format!("{stem}/pare_up_zeros"),
+            vec![6, 2],
+            &[0, 0, 0, 0, 0, sh - 1, 0, 0, 0, sw - 1, 0, 0],
+        );
+        let flat_shape = int32_tensor(d, format!("{stem}/pare_up_shape"), vec![4], &flat);
+        let a = push_tensor(
+            d,
+            float_activation_like(d, y, "up_split", Some(split.clone())),
+        );
+        let b = push_tensor(d, float_activation_like(d, y, "up_spread", Some(spread)));
+        let u = push_tensor(d, float_activation_like(d, y, "up", Some(flat.clone())));
+        new.push(op(reshape, vec![x, split_shape], a, reshape_to(&split)));
+        new.push(op(pad, vec![a, zeros], b, pad_options()));
+        new.push(op(reshape, vec![b, flat_shape], u, reshape_to(&flat)));
+        cur = u;
+    }
+    let padded_shape = vec![n, uh + (top + bottom) as i32, uw + (left + right) as i32, c];
+    let borders_t = int32_tensor(
+        d,
+        format!("{stem}/pare_borders"),
+        vec![4, 2],
+        &[
+            0,
+            0,
+            top as i32,
+            bottom as i32,
+            left as i32,
+            right as i32,
+            0,
+            0,
+        ],
+    );
+    let padded = push_tensor(d, float_activation_like(d, y, "padded", Some(padded_shape)));
+    new.push(op(pad, vec![cur, borders_t], padded, pad_options()));
+    new.push(fb::OperatorT {
+        opcode_index: conv,
+        inputs: Some(vec![padded as i32, kernel as i32, bias]),
+        outputs: Some(vec![y as i32]),
+        builtin_options: fb::BuiltinOptionsT::Conv2DOptions(Box::new(fb::Conv2DOptionsT {
+            padding: fb::Padding::VALID,
+            stride_w: 1,
+            stride_h: 1,
+            fused_activation_function: act,
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    Some(splice_op(d, i, new))
 }
 
 #[cfg(test)]
