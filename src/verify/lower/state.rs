@@ -151,6 +151,7 @@ pub(super) fn variables(d: &mut TfliteDocument, report: &mut Lowering) -> Option
     main.operators = Some(kept);
     main.inputs = Some(new_inputs);
     main.outputs = Some(new_outputs);
+    // Not `make_constant`: that drops the quantization, which an int8 state keeps.
     for (index, data) in constants {
         d.buffers.push(Some(Bytes::from(data)));
         d.model
