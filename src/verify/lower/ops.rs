@@ -560,7 +560,10 @@ pub(super) fn fully_connected_rank2(d: &mut TfliteDocument, report: &mut Lowerin
         let shape = static_shape(tensor_at(d, x))?;
         let k = *static_shape(tensor_at(d, w))?.get(1)?;
         let elements: i32 = shape.iter().product();
-        if shape.len() == 2 || k <= 0 || elements % k != 0 {
+        // With keep_num_dims the output keeps the input's rank: a flat input would not give it.
+        let keeps = matches!(&o.builtin_options,
+            fb::BuiltinOptionsT::FullyConnectedOptions(f) if f.keep_num_dims);
+        if shape.len() == 2 || keeps || k <= 0 || elements % k != 0 {
             return None;
         }
         let flat = vec![elements / k, k];
