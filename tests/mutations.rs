@@ -272,6 +272,8 @@ fn crashes_found_by_mutation_stay_fixed() {
             "channels",
             "zero channels",
         ),
+        // The verification copy's FULLY_CONNECTED flattening multiplied damaged dims.
+        ("mlp.tflite", 2000015, "channels", "element count overflow"),
     ];
     let dir = tmpdir();
     for &(fixture, seed, command, what) in cases {

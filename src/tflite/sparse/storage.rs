@@ -143,14 +143,16 @@ impl TfliteDocument {
                 let Some(values) = self.buffers.get(t.buffer as usize).cloned().flatten() else {
                     continue;
                 };
-                let numel: usize = static_shape(t).unwrap_or_default().iter().product();
+                let numel = (static_shape(t).unwrap_or_default().iter())
+                    .try_fold(1usize, |n, &d| n.checked_mul(d))
+                    .unwrap_or(usize::MAX);
                 let layout = layout_of(sp).ok();
                 report.sparse_tensors.push(SparseTensor {
                     name: t.name.clone().unwrap_or_default(),
                     dtype: dtype_from_tflite(t.type_).to_string(),
                     shape: static_shape(t).unwrap_or_default(),
                     density: sparse::count_nonzero(&values, elem) as f64 / numel.max(1) as f64,
-                    dense_bytes: (numel * elem) as u64,
+                    dense_bytes: numel.saturating_mul(elem) as u64,
                     stored_bytes: stored_bytes(self, t),
                     layout: layout.map_or_else(String::new, |l| describe_layout(&l)),
                 });

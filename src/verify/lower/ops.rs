@@ -491,8 +491,10 @@ pub(super) fn split_as_slices(d: &mut TfliteDocument, report: &mut Lowering) {
             return None;
         };
         let parts = i64::from(opts.num_splits);
+        // One part per output (a damaged count must not size an allocation).
+        let parts_fit = parts > 0 && parts == o.outputs.as_ref()?.len() as i64;
         let sizes =
-            |dim: i64| (parts > 0 && dim % parts == 0).then(|| vec![dim / parts; parts as usize]);
+            |dim: i64| (parts_fit && dim % parts == 0).then(|| vec![dim / parts; parts as usize]);
         let n = slices(d, i, &o, x, axis, sizes)?;
         report.count("SPLIT as STRIDED_SLICEs");
         Some(n)
@@ -511,15 +513,23 @@ fn slices(
 ) -> Option<usize> {
     let shape = static_shape(tensor_at(d, usize::try_from(x).ok()?))?;
     let axis = *ints(&tensor_const(d, tensor_at(d, usize::try_from(axis).ok()?))?)?.first()?;
+    if shape.is_empty() {
+        return None;
+    }
     let axis = axis.rem_euclid(shape.len() as i64) as usize;
     let dim = i64::from(shape[axis]);
     let mut sizes = sizes(dim)?;
     let outs = o.outputs.clone()?;
+    // Sizes come from the file: sums are checked.
+    let sum = |v: &[i64]| {
+        v.iter()
+            .filter(|&&s| s != -1)
+            .try_fold(0i64, |a, &s| a.checked_add(s))
+    };
     if let Some(rest) = sizes.iter().position(|&s| s == -1) {
-        sizes[rest] = dim - sizes.iter().filter(|&&s| s != -1).sum::<i64>();
+        sizes[rest] = dim.checked_sub(sum(&sizes)?)?;
     }
-    if sizes.len() != outs.len() || sizes.iter().any(|&s| s < 0) || sizes.iter().sum::<i64>() != dim
-    {
+    if sizes.len() != outs.len() || sizes.iter().any(|&s| s < 0) || sum(&sizes)? != dim {
         return None;
     }
     let slice = opcode_for(d, fb::BuiltinOperator::STRIDED_SLICE);
@@ -559,7 +569,8 @@ pub(super) fn fully_connected_rank2(d: &mut TfliteDocument, report: &mut Lowerin
         );
         let shape = static_shape(tensor_at(d, x))?;
         let k = *static_shape(tensor_at(d, w))?.get(1)?;
-        let elements: i32 = shape.iter().product();
+        // Mutated or hostile files can declare dims whose product overflows: no rewrite then.
+        let elements = shape.iter().try_fold(1i32, |n, &d| n.checked_mul(d))?;
         // With keep_num_dims the output keeps the input's rank: a flat input would not give it.
         let keeps = matches!(&o.builtin_options,
             fb::BuiltinOptionsT::FullyConnectedOptions(f) if f.keep_num_dims);
@@ -569,7 +580,7 @@ pub(super) fn fully_connected_rank2(d: &mut TfliteDocument, report: &mut Lowerin
         let flat = vec![elements / k, k];
         let reshape = opcode_for(d, fb::BuiltinOperator::RESHAPE);
         let stem = tensor_at(d, x).name.clone().unwrap_or_default();
-        let to = int32_const(d, format!("{stem}/pare_rows"), &flat);
+        let to = int32_const(d, format!("{stem}/pare_rows_shape"), &flat);
         let mut t = tensor_at(d, x).clone();
         (t.name, t.shape, t.shape_signature, t.buffer) = (
             Some(format!("{stem}/pare_rows")),

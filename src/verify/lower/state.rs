@@ -119,10 +119,11 @@ pub(super) fn variables(d: &mut TfliteDocument, report: &mut Lowering) -> Option
     let (mut new_inputs, mut new_outputs) = (main.inputs.clone()?, main.outputs.clone()?);
     let mut constants = Vec::new();
     for (k, read) in &carried {
-        let t = &tensors[*read as usize];
+        let t = tensors.get(usize::try_from(*read).ok()?)?;
         let c = initial.get(k)?;
-        let elements: i64 = super::static_shape(t)?.iter().map(|&x| x as i64).product();
-        let bytes = elements as usize * element_bytes(t.type_)?;
+        let bytes = super::static_shape(t)?
+            .iter()
+            .try_fold(element_bytes(t.type_)?, |n, &x| n.checked_mul(x as usize))?;
         if c.dtype != t.type_ || c.data.len() != bytes {
             return None;
         }

@@ -129,9 +129,14 @@ fn direct_form(d: &mut TfliteDocument, i: usize, t: &Transposed) -> Option<usize
     let &[oc, kh, kw, ic] = weights.shape.as_slice() else {
         return None;
     };
-    if ic != c || weights.data.len() != 4 * (oc * kh * kw * ic) as usize {
+    // Sizes come from the file: products are checked (a damaged file is left alone).
+    let bytes = [oc, kh, kw, ic]
+        .iter()
+        .try_fold(4usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
+    if ic != c || bytes != Some(weights.data.len()) {
         return None;
     }
+    let (uh, uw) = (h.checked_mul(sh)?, wd.checked_mul(sw)?);
     let (top, bottom) = borders(h as i64, kh as i64, sh as i64, ho as i64)?;
     let (left, right) = borders(wd as i64, kw as i64, sw as i64, wo as i64)?;
     let values: Vec<f32> = weights
@@ -171,7 +176,6 @@ fn direct_form(d: &mut TfliteDocument, i: usize, t: &Transposed) -> Option<usize
     let pad_options = || fb::BuiltinOptionsT::PadOptions(Box::default());
     let mut new = Vec::new();
     let mut cur = x;
-    let (uh, uw) = (h * sh, wd * sw);
     if sh > 1 || sw > 1 {
         let split = vec![n, h, 1, wd, 1, c];
         let spread = vec![n, h, sh, wd, sw, c];
@@ -195,7 +199,12 @@ fn direct_form(d: &mut TfliteDocument, i: usize, t: &Transposed) -> Option<usize
         new.push(op(reshape, vec![b, flat_shape], u, reshape_to(&flat)));
         cur = u;
     }
-    let padded_shape = vec![n, uh + (top + bottom) as i32, uw + (left + right) as i32, c];
+    let padded_shape = vec![
+        n,
+        i32::try_from(i64::from(uh) + top + bottom).ok()?,
+        i32::try_from(i64::from(uw) + left + right).ok()?,
+        c,
+    ];
     let borders_t = int32_tensor(
         d,
         format!("{stem}/pare_borders"),
