@@ -227,17 +227,29 @@ fn qdq_onnx_runs_in_tract_like_onnxruntime() {
 }
 
 /// ONNX dynamic quantization as onnxruntime's `quantize_dynamic` writes it
-/// (DynamicQuantizeLinear + MatMulInteger / ConvInteger): tract runs it as it is, verifies a
+/// (DynamicQuantizeLinear + MatMulInteger / ConvInteger, which tract runs as they are, and
+/// DynamicQuantizeLSTM, which the verification copy runs as a float LSTM): each verifies a
 /// conversion under --require-verified, and classifies the held-out digits with the accuracy
-/// onnxruntime measures on the same file.
+/// onnxruntime measures on the same file (the LSTM within one digit of 360: onnxruntime also
+/// rounds its activations).
 #[test]
 fn dynamic_quantized_onnx_verifies_and_runs_in_tract_like_onnxruntime() {
     let dir = tmpdir();
-    for (name, x) in [("mlp", "test_x_flat.npy"), ("cnn", "test_x_nchw.npy")] {
+    for (name, x) in [
+        ("mlp", "test_x_flat.npy"),
+        ("cnn", "test_x_nchw.npy"),
+        ("lstm", "test_x_flat.npy"),
+    ] {
         let model = fixtures().join(format!("ops/{name}_dynq.onnx"));
         let out = dir.path().join(format!("{name}.onnx"));
         let r = convert_json(&model, &out, &["--require-verified"]);
         assert_eq!(r["verification"]["verdict"], "agrees", "{name}: {r}");
+        let lowered = &r["verification"]["lowered"]["rewrites"];
+        assert_eq!(
+            lowered["DynamicQuantizeLSTM → LSTM with dequantized weights"].as_u64(),
+            (name == "lstm").then_some(1),
+            "{name}: {r}"
+        );
         let (x, y) = (
             fixtures().join("data").join(x),
             fixtures().join("data/test_y.npy"),

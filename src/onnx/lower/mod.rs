@@ -1,4 +1,4 @@
-//! A validation copy of a QDQ ONNX model that tract computes correctly.
+//! A validation copy of an ONNX model that tract computes correctly (QDQ, dynamic quantization).
 //!
 //! tract 0.23.9 runs ONNX QuantizeLinear → DequantizeLinear pairs on activations wrongly (the
 //! `cnn_qdq.onnx` fixture gives 1.0 for every class where onnxruntime gives a one-hot softmax),
@@ -10,7 +10,11 @@
 //!   → `Min(Max(Round(x / s) + zp, lo), hi)` in float (Round is half-to-even, as
 //!   QuantizeLinear rounds), and those DequantizeLinear → `(q − zp) · s`.
 //!
+//! - `DynamicQuantizeLSTM` (onnxruntime's contrib op) → the float `LSTM` ([`lstm`]).
+//!
 //! Written files are never rewritten; this copy only feeds tract.
+
+mod lstm;
 
 use super::tensor::TensorPayload;
 use super::OnnxDocument;
@@ -68,6 +72,19 @@ fn range_of(zp: Option<&pb::TensorProto>) -> Option<(f32, f32)> {
 
 /// The rewritten model and what was rewritten, or `None` when there is nothing to rewrite.
 pub fn lower_for_tract(doc: &OnnxDocument) -> Option<(pb::ModelProto, BTreeMap<String, usize>)> {
+    let mut lowered = qdq(doc);
+    if lstm::present(&doc.model) {
+        let (m, rewrites) = lowered.get_or_insert_with(|| (doc.model.clone(), BTreeMap::new()));
+        let n = lstm::dequantize(doc, m);
+        if n > 0 {
+            rewrites.insert(lstm::REWRITE.to_string(), n);
+        }
+    }
+    lowered.filter(|(_, rewrites)| !rewrites.is_empty())
+}
+
+/// The QDQ rewrites of the module doc, `None` when there is nothing to rewrite.
+fn qdq(doc: &OnnxDocument) -> Option<(pb::ModelProto, BTreeMap<String, usize>)> {
     let opset = doc
         .model
         .opset_import
