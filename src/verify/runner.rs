@@ -178,7 +178,8 @@ impl Runner {
     /// Hides the state inputs `spec` names (the last ones) behind [`Runner::run`], which feeds
     /// them the initial values, then each run's state outputs.
     fn carry(&mut self, spec: StreamState) -> std::result::Result<(), String> {
-        let own = self.inputs.len() - spec.inputs.len();
+        let own = (self.inputs.len().checked_sub(spec.inputs.len()))
+            .ok_or("the copy has fewer inputs than state inputs")?;
         if spec.inputs.iter().enumerate().any(|(k, &i)| i != own + k) {
             return Err("the state inputs are not the last inputs of the copy".into());
         }
@@ -273,7 +274,9 @@ impl Runner {
         if let (Some(current), Some(stream)) = (state.as_mut(), &self.stream) {
             // The next run reads the raw values this one wrote, in the state input's type.
             for (k, &o) in stream.spec.outputs.iter().enumerate() {
-                let (written, into) = (&outputs[o], &current[k]);
+                let (Some(written), into) = (outputs.get(o), &current[k]) else {
+                    return Err(format!("tract gave no state output {o}"));
+                };
                 if written.as_bytes().len() != into.as_bytes().len() {
                     return Err(format!(
                         "state output {o} ({:?}) does not fit its state input ({:?})",

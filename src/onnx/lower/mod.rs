@@ -8,8 +8,7 @@
 //! - DequantizeLinear of a constant (weights, int32 biases) → the float constant it computes;
 //! - QuantizeLinear with per-tensor parameters whose every consumer is such a DequantizeLinear
 //!   → `Min(Max(Round(x / s) + zp, lo), hi)` in float (Round is half-to-even, as
-//!   QuantizeLinear rounds), and those DequantizeLinear → `(q − zp) · s`.
-//!
+//!   QuantizeLinear rounds), and those DequantizeLinear → `(q − zp) · s`;
 //! - `DynamicQuantizeLSTM` (onnxruntime's contrib op) → the float `LSTM` ([`lstm`]).
 //!
 //! Written files are never rewritten; this copy only feeds tract.
