@@ -65,7 +65,7 @@ fn main() {
             "--storage",
             storage,
         ])
-        .args(["--force", "--json", "-q"]);
+        .args(["--force", "--json", "-q", "--compressed-sizes"]);
         if !verify {
             cmd.arg("--no-verify");
         }

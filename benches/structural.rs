@@ -60,22 +60,11 @@ fn main() {
             "0.5",
             "--force",
             "--no-verify",
-            "--no-compressed-sizes",
         ]);
         tp.push(t);
         rss_p = rss_p.max(r);
         report = out;
-        let (t, r, _) = run(&[
-            pare,
-            "-q",
-            "convert",
-            m,
-            "-o",
-            c,
-            "--force",
-            "--no-verify",
-            "--no-compressed-sizes",
-        ]);
+        let (t, r, _) = run(&[pare, "-q", "convert", m, "-o", c, "--force", "--no-verify"]);
         tc.push(t);
         rss_c = rss_c.max(r);
     }

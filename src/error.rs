@@ -29,6 +29,9 @@ pub enum Error {
     /// agree.
     #[error("{0}")]
     Diverged(String),
+    /// The work was asked to stop ([`crate::cancel::request`]); nothing was written.
+    #[error("interrupted; nothing was written")]
+    Interrupted,
 }
 
 impl Error {

@@ -28,6 +28,7 @@ extern crate alloc;
 
 pub mod allocate;
 pub mod calib;
+pub mod cancel;
 pub mod cli;
 pub mod convert;
 pub mod data;

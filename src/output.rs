@@ -104,6 +104,7 @@ impl Staging {
     /// Renames every file into place, data files before the model that refers to them (they
     /// were staged first), so a model never points at data that is not there yet.
     pub fn commit(self) -> Result<()> {
+        crate::cancel::check()?;
         for (staged, dest) in &self.files {
             fs::rename(staged, dest).map_err(|e| Error::io(dest, e))?;
         }
@@ -113,6 +114,7 @@ impl Staging {
 
 /// Writes a small file atomically (temporary file beside it, then rename): reports, charts.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::cancel::check()?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -501,3 +501,48 @@ fn quiet_prints_nothing_on_success() {
     assert_eq!(code(&o), OK);
     assert!(o.stderr.is_empty() && o.stdout.is_empty());
 }
+
+/// When stderr is not a terminal (a CI log), long work prints a line every few seconds (here
+/// every 0.05 s) naming the stage; with --quiet it prints none.
+#[test]
+fn long_work_prints_progress_lines_when_stderr_is_not_a_terminal() {
+    let cnn = fixtures().join("cnn.onnx");
+    let data = fixtures().join("data/test_cnn_onnx.npz");
+    let args = |quiet: bool| {
+        let mut a = vec![
+            "validate".to_string(),
+            cnn.display().to_string(),
+            cnn.display().to_string(),
+            "--data".into(),
+            data.display().to_string(),
+            "--latency-runs".into(),
+            "3000".into(),
+        ];
+        if quiet {
+            a.push("--quiet".into());
+        }
+        a
+    };
+    let o = pare()
+        .env("PARE_PROGRESS_INTERVAL", "0.05")
+        .args(args(false))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), OK, "{}", stderr(&o));
+    let lines: Vec<_> = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("pare: "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains(" s, timing")),
+        "no progress line for the timed runs: {lines:?}"
+    );
+    let o = pare()
+        .env("PARE_PROGRESS_INTERVAL", "0.05")
+        .args(args(true))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), OK);
+    assert!(!stderr(&o).contains("pare: "), "{}", stderr(&o));
+}

@@ -85,7 +85,13 @@ fn pruned_fixtures_are_stored_sparse_and_run_like_their_dense_twins() {
                 "prune",
                 &model,
                 &out,
-                &["--sparsity", "0.875", "--storage", storage],
+                &[
+                    "--sparsity",
+                    "0.875",
+                    "--storage",
+                    storage,
+                    "--compressed-sizes",
+                ],
             );
             let w = &r["write"];
             assert_eq!(w["verification"]["checked"], true, "{file} {storage}: {w}");
@@ -325,12 +331,8 @@ fn storage_round_trips_are_exact() {
         );
         assert_eq!(r["verification"]["outputs"][0]["identical"], true);
         let back = dir.path().join(format!("back-{file}"));
-        let r = convert_json(
-            &sparse,
-            &back,
-            &["--storage", "dense", "--no-compressed-sizes"],
-        );
-        // Raw sizes only: no gzip/zstd figures or ratios.
+        let r = convert_json(&sparse, &back, &["--storage", "dense"]);
+        // Raw sizes only by default: no gzip/zstd figures or ratios.
         let sizes = &r["sizes"];
         assert!(sizes["file_ratio"].as_f64().unwrap() > 0.0, "{sizes}");
         for k in ["gzip_ratio", "zstd_ratio"] {

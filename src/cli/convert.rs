@@ -2,7 +2,7 @@
 //! data), verified in tract before it lands.
 
 use super::flags::{DataFlags, WriteFlags};
-use super::{exit, print_json, render_write, spinner::Spinner, Cli};
+use super::{exit, render_write, spinner::Spinner, Cli};
 use crate::convert::WriteOptions;
 use crate::error::Error;
 use clap::Args;
@@ -42,7 +42,7 @@ impl ConvertArgs {
         let opts = WriteOptions {
             external_data: data.mode(output),
             storage: crate::sparse::StoragePolicy::new(*storage),
-            compressed_sizes: !write.no_compressed_sizes,
+            compressed_sizes: write.compressed_sizes,
             verify: write.policy(),
             force: write.force,
             verify_data: super::flags::random_shaped(input_shape),
@@ -52,10 +52,8 @@ impl ConvertArgs {
         let report = crate::convert::convert_with_progress(input, output, &opts, &spinner);
         spinner.finish();
         let report = report?;
-        if cli.json {
-            print_json(&report)?;
-        }
-        if !cli.quiet {
+        cli.print_json(&report)?;
+        if cli.text() {
             render_write(&report);
         }
         Ok(exit::OK)

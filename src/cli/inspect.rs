@@ -1,7 +1,7 @@
 //! `pare inspect`: a model's format, inputs and outputs, ops, per-layer weights and sizes,
 //! as a table on stdout or JSON.
 
-use super::{exit, print_json, Cli};
+use super::{exit, Cli};
 use crate::error::Error;
 use clap::Args;
 use std::path::PathBuf;
@@ -17,8 +17,8 @@ impl InspectArgs {
         let InspectArgs { model } = self;
         let doc = crate::document::Document::open(model)?;
         let report = crate::inspect::inspect(&doc)?;
-        if cli.json {
-            print_json(&report)?;
+        if cli.json || cli.capture.is_some() {
+            cli.print_json(&report)?;
         } else {
             let mut out = std::io::stdout().lock();
             let _ = crate::inspect::render(&report, &mut out);

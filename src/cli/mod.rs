@@ -34,6 +34,8 @@ pub mod exit {
     /// The written model's outputs diverge from the original's and --require-verified was
     /// given. Nothing was written.
     pub const DIVERGED: i32 = 5;
+    /// Interrupted (Ctrl-C in the Python package). Nothing was written.
+    pub const INTERRUPTED: i32 = 130;
 }
 
 #[derive(Parser, Debug)]
@@ -64,6 +66,36 @@ pub struct Cli {
     /// Print nothing on stderr except errors.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Set by [`call`]: the JSON result is kept here instead of printed, and no report text
+    /// or error line goes to stderr (the caller renders them).
+    #[arg(skip)]
+    capture: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
+}
+
+impl Cli {
+    /// Whether human-readable reports go to stderr.
+    fn text(&self) -> bool {
+        !self.quiet && self.capture.is_none()
+    }
+
+    /// Whether error lines go to stderr (always, except for an embedding that renders them).
+    fn errors(&self) -> bool {
+        self.capture.is_none()
+    }
+
+    /// The machine-readable result: kept for [`call`], or on stdout with `--json`.
+    fn print_json(&self, value: &impl serde::Serialize) -> Result<(), Error> {
+        if let Some(c) = &self.capture {
+            let text = serde_json::to_string_pretty(value)
+                .map_err(|e| Error::Usage(format!("the report cannot be serialized: {e}")))?;
+            *c.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+            return Ok(());
+        }
+        if self.json {
+            print_json(value)?;
+        }
+        Ok(())
+    }
 }
 
 // One Command exists per process: boxing the large variant buys nothing.
@@ -93,9 +125,18 @@ enum Command {
     Sensitivity(sensitivity::SensitivityArgs),
 }
 
-/// Runs the CLI and returns the process exit code.
+/// Runs the CLI on the process's arguments and returns the exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    main_from(std::env::args_os())
+}
+
+/// Runs the CLI on `args` (the first is the program name) and returns the exit code.
+pub fn main_from<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -111,14 +152,68 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            match e {
-                Error::Usage(_) => exit::USAGE,
-                Error::Verification(_) => exit::VERIFICATION,
-                Error::Diverged(_) => exit::DIVERGED,
-                _ => exit::ERROR,
-            }
+            exit_code(&e)
         }
     }
+}
+
+/// The exit code of an error.
+fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::Usage(_) => exit::USAGE,
+        Error::Verification(_) => exit::VERIFICATION,
+        Error::Diverged(_) => exit::DIVERGED,
+        Error::Interrupted => exit::INTERRUPTED,
+        _ => exit::ERROR,
+    }
+}
+
+/// What a command run through [`call`] produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The exit code the CLI would have returned.
+    pub code: i32,
+    /// The report, as `--json` prints it.
+    pub json: Option<String>,
+    /// The error message the CLI would have printed (without `error: `).
+    pub error: Option<String>,
+}
+
+/// Runs a command as the CLI would with `--json` (`args` without the program name), for an
+/// embedding: the report is returned, not printed, and no report text or error line goes to
+/// stderr; progress shows unless `quiet`. Clap's parse errors come back with exit code 2.
+pub fn call<I, T>(args: I, quiet: bool) -> Outcome
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let argv =
+        std::iter::once(std::ffi::OsString::from("pare")).chain(args.into_iter().map(Into::into));
+    let mut cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome {
+                code: exit::USAGE,
+                json: None,
+                error: Some(
+                    e.render()
+                        .to_string()
+                        .trim()
+                        .trim_start_matches("error: ")
+                        .to_string(),
+                ),
+            }
+        }
+    };
+    let sink = std::sync::Arc::new(std::sync::Mutex::new(None));
+    cli.capture = Some(sink.clone());
+    cli.quiet |= quiet;
+    let (code, error) = match run(&cli) {
+        Ok(code) => (code, None),
+        Err(e) => (exit_code(&e), Some(e.to_string())),
+    };
+    let json = sink.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Outcome { code, json, error }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
@@ -148,10 +243,7 @@ fn emit(
     if let Some(path) = report {
         write_report_file(path, value)?;
     }
-    if cli.json {
-        print_json(value)?;
-    }
-    Ok(())
+    cli.print_json(value)
 }
 
 /// Writes a JSON report atomically (temporary file beside it, then rename).

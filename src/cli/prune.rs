@@ -157,7 +157,7 @@ impl PruneArgs {
                     _ => None,
                 },
             },
-            compressed_sizes: !write.no_compressed_sizes,
+            compressed_sizes: write.compressed_sizes,
             verify: write.policy(),
             // The user's data says more than random noise about an image or audio model.
             verify_data: match validate {
@@ -188,7 +188,7 @@ impl PruneArgs {
         spinner.finish();
         let result = result?;
         emit(cli, report.as_deref(), &result)?;
-        if !cli.quiet {
+        if cli.text() {
             let mut err = std::io::stderr().lock();
             if let Some(s) = &result.search {
                 let _ = render_search(s, &mut err);
@@ -207,6 +207,9 @@ impl PruneArgs {
             if let Some(w) = &result.write {
                 render_write(w);
             }
+        }
+        if result.gate_failed() && !cli.errors() {
+            return Ok(exit::GATE);
         }
         if result.gate_failed() {
             eprintln!(

@@ -86,7 +86,7 @@ impl SensitivityArgs {
             crate::sensitivity::plot(&result, path)?;
         }
         emit(cli, report.as_deref(), &result)?;
-        if !cli.quiet {
+        if cli.text() {
             let _ = crate::sensitivity::render(&result, &mut std::io::stderr().lock());
         }
         Ok(exit::OK)

@@ -56,11 +56,13 @@ impl ValidateArgs {
         spinner.finish();
         let result = result?;
         emit(cli, report.as_deref(), &result)?;
-        if !cli.quiet {
+        if cli.text() {
             let _ = crate::validate::render(&result, &mut std::io::stderr().lock());
         }
         if !result.passed {
-            eprintln!("error: {} fails a validation gate", candidate.display());
+            if cli.errors() {
+                eprintln!("error: {} fails a validation gate", candidate.display());
+            }
             return Ok(exit::GATE);
         }
         Ok(exit::OK)

@@ -20,6 +20,7 @@ pub struct Batches<'a> {
 impl Batches<'_> {
     /// The next run's inputs, or `None` at the end of the data.
     pub fn next_batch(&mut self) -> Result<Option<Batch>> {
+        crate::cancel::check()?;
         let ds = self.ds;
         if self.next >= ds.samples {
             return Ok(None);

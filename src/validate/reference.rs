@@ -256,6 +256,7 @@ impl Reference {
             return Ok(None);
         };
         let run = |r: &Runner, who: &str| -> Result<Duration> {
+            crate::cancel::check()?;
             let t = Instant::now();
             r.run(batch.tensors.clone())
                 .map_err(|e| Error::Verification(format!("{who} model: {e}")))?;

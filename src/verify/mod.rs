@@ -350,6 +350,7 @@ pub fn compare(original: &Document, candidate: &Document, seed: u64) -> Result<V
     let mut accs: Vec<agreement::Accumulator> = Vec::new();
     let mut identical: Vec<bool> = Vec::new();
     for k in 0..SAMPLES {
+        crate::cancel::check()?;
         let inputs = match isolated("generating inputs", || {
             a.random_inputs(seed.wrapping_add(k))
         }) {
