@@ -18,8 +18,8 @@
 //!   0.8.1; `scripts/bench.sh` creates one): `scripts/prune_numpy.py` (onnx + numpy, layer and
 //!   global) and onnxsim's C++ `prune_magnitude_cpp`, on the ONNX models.
 //!
-//! Every case writes a fresh output (outputs are removed between runs), with
-//! `--no-compressed-sizes` (the gzip/zstd report is measured by `benches/sparse.rs`). Peak
+//! Every case writes a fresh output (outputs are removed between runs), with raw sizes only
+//! (the default; the gzip/zstd report is measured by `benches/sparse.rs`). Peak
 //! resident memory comes from `/usr/bin/time -f %M` when it exists. The tables are Markdown;
 //! the ratios measured in one run hold on a noisy machine better than absolute times.
 
@@ -120,7 +120,7 @@ fn cases(m: &Path, python: Option<&str>, with_lamp: bool, large: bool) -> Vec<Ca
     let pare_args = |extra: &[&str]| {
         let mut v = s(&[pare, "-q"]);
         v.extend(s(extra));
-        v.extend(s(&["--force", "--no-compressed-sizes"]));
+        v.extend(s(&["--force"]));
         v
     };
     let mut v = Vec::new();
@@ -168,6 +168,17 @@ fn cases(m: &Path, python: Option<&str>, with_lamp: bool, large: bool) -> Vec<Ca
                 scope,
                 "--no-verify",
             ]),
+        ));
+    }
+    // The Python API on the same job (an interpreter with the wheel installed, e.g. the one
+    // scripts/python-tests.sh installs into: target/pyenv/bin/python).
+    if let Ok(py) = std::env::var("PARE_BENCH_PARE_PYTHON") {
+        let code = "import sys, pare\n\
+                    pare.prune(sys.argv[1], sys.argv[2], sparsity=0.5, scope='layer', \
+                    verify=False, force=True, quiet=True)";
+        v.push(case(
+            "pare.prune(sparsity=0.5, verify=False) from Python",
+            s(&[&py, "-c", code, &ms, &out]),
         ));
     }
     v.push(Case {
@@ -315,6 +326,12 @@ fn targets(rows: &[Row], python: bool) {
         ratio(global, convert),
         "≤ 1.5x",
         |v| v <= 1.5,
+    );
+    line(
+        "`pare.prune` from Python / `pare prune` (layer, --no-verify)",
+        ratio(t("pare.prune(sparsity=0.5"), layer),
+        "≤ 1.1x",
+        |v| v <= 1.1,
     );
     line(
         "peak RSS of prune layer / model size",
