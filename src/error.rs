@@ -29,7 +29,7 @@ pub enum Error {
     /// agree.
     #[error("{0}")]
     Diverged(String),
-    /// The work was asked to stop ([`crate::cancel::request`]); nothing was written.
+    /// The work was asked to stop (Ctrl-C in the Python package); nothing was written.
     #[error("interrupted; nothing was written")]
     Interrupted,
 }
