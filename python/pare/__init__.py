@@ -123,8 +123,6 @@ def _call(
     report = kind(json.loads(text)) if text is not None else None
     if code == 0:
         return report
-    if message is None and code == 4:
-        message = "the model fails its validation gate"
     raise _ERRORS.get(code, Error)(message or f"pare exited with {code}", report)
 
 

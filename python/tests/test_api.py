@@ -113,6 +113,7 @@ def test_validate_with_labels_in_tuples_and_gates(tmp_path):
     with pytest.raises(pare.GateError) as e:
         pare.validate(CNN, out, data=(x, y), min_cosine=0.99999, latency_runs=0, quiet=True)
     assert e.value.code == 4 and e.value.report.passed is False
+    assert str(e.value) == f"{out} fails a validation gate"
 
 
 def test_exclusions_by_exact_name_and_regex(tmp_path):
@@ -136,6 +137,7 @@ def test_gate_failures_raise_with_the_report_and_write_nothing(tmp_path):
         pare.prune(CNN, out, sparsity=0.9, validate=DATA / "test_cnn_onnx.npz",
                    max_accuracy_drop=0.1, quiet=True)
     assert e.value.report.validation.passed is False
+    assert str(e.value) == f"the pruned model fails its validation gate; {out} not written"
     assert not out.exists()
 
 

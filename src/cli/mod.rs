@@ -69,7 +69,15 @@ pub struct Cli {
     /// Set by [`call`]: the JSON result is kept here instead of printed, and no report text
     /// or error line goes to stderr (the caller renders them).
     #[arg(skip)]
-    capture: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
+    capture: Option<std::sync::Arc<std::sync::Mutex<Captured>>>,
+}
+
+/// What [`call`] keeps instead of printing.
+#[derive(Debug, Default)]
+struct Captured {
+    json: Option<String>,
+    /// A failure reported with an exit code rather than an [`Error`] (a failed gate).
+    error: Option<String>,
 }
 
 impl Cli {
@@ -78,9 +86,13 @@ impl Cli {
         !self.quiet && self.capture.is_none()
     }
 
-    /// Whether error lines go to stderr (always, except for an embedding that renders them).
-    fn errors(&self) -> bool {
-        self.capture.is_none()
+    /// Reports a failure that ends in an exit code rather than an [`Error`] (a failed gate):
+    /// on stderr, or kept for [`call`].
+    fn fail(&self, msg: String) {
+        match &self.capture {
+            Some(c) => c.lock().unwrap_or_else(|p| p.into_inner()).error = Some(msg),
+            None => eprintln!("error: {msg}"),
+        }
     }
 
     /// The machine-readable result: kept for [`call`], or on stdout with `--json`.
@@ -88,7 +100,7 @@ impl Cli {
         if let Some(c) = &self.capture {
             let text = serde_json::to_string_pretty(value)
                 .map_err(|e| Error::Usage(format!("the report cannot be serialized: {e}")))?;
-            *c.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+            c.lock().unwrap_or_else(|p| p.into_inner()).json = Some(text);
             return Ok(());
         }
         if self.json {
@@ -205,15 +217,20 @@ where
             }
         }
     };
-    let sink = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let sink = std::sync::Arc::new(std::sync::Mutex::new(Captured::default()));
     cli.capture = Some(sink.clone());
     cli.quiet |= quiet;
-    let (code, error) = match run(&cli) {
-        Ok(code) => (code, None),
+    let result = run(&cli);
+    let kept = std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()));
+    let (code, error) = match result {
+        Ok(code) => (code, kept.error),
         Err(e) => (exit_code(&e), Some(e.to_string())),
     };
-    let json = sink.lock().unwrap_or_else(|p| p.into_inner()).take();
-    Outcome { code, json, error }
+    Outcome {
+        code,
+        json: kept.json,
+        error,
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {

@@ -208,13 +208,8 @@ impl PruneArgs {
                 render_write(w);
             }
         }
-        if result.gate_failed() && !cli.errors() {
-            return Ok(exit::GATE);
-        }
         if result.gate_failed() {
-            eprintln!(
-                "error: {}",
-                match (&result.write, &result.search) {
+            cli.fail(match (&result.write, &result.search) {
                     (_, Some(s)) if s.chosen.is_none() =>
                         "no sparsity on the search grid meets the gates; nothing written".to_string(),
                     (Some(_), _) => format!(
@@ -225,8 +220,7 @@ impl PruneArgs {
                         "the pruned model fails its validation gate; {} not written",
                         output.display()
                     ),
-                }
-            );
+                });
             return Ok(exit::GATE);
         }
         Ok(exit::OK)

@@ -60,9 +60,7 @@ impl ValidateArgs {
             let _ = crate::validate::render(&result, &mut std::io::stderr().lock());
         }
         if !result.passed {
-            if cli.errors() {
-                eprintln!("error: {} fails a validation gate", candidate.display());
-            }
+            cli.fail(format!("{} fails a validation gate", candidate.display()));
             return Ok(exit::GATE);
         }
         Ok(exit::OK)
