@@ -263,9 +263,10 @@ class _Work:
         return path
 
 
-def _in_memory(report: Any, out: str) -> Any:
-    files = report.get("files") if isinstance(report, dict) else None
-    if files is not None and len(files) > 1:
+def _keep_bytes(report: Report, write: Any, out: str) -> Any:
+    """Puts the model written to ``out`` (``write``: the write report) into ``report.model``."""
+    files = write.get("files") or []
+    if len(files) > 1:
         raise UsageError(
             f"the written model has {len(files)} files ({', '.join(files)}): give a destination"
         )
@@ -312,7 +313,7 @@ def convert(
             compressed_sizes=compressed_sizes,
         )
         r = _call(args, quiet, WriteReport, w)
-        return _in_memory(r, out) if keep else r
+        return _keep_bytes(r, r, out) if keep else r
 
 
 def _external(external_data: Union[bool, str, None]) -> list:
@@ -448,9 +449,7 @@ def prune(
         )
         args += _external(external_data)
         r = _call(args, quiet, PruneReport, w)
-        if keep and r.get("write"):
-            r.__dict__["model"] = _in_memory(Report(r["write"]), out).model
-        return r
+        return _keep_bytes(r, r["write"], out) if keep and r.get("write") else r
 
 
 def validate(

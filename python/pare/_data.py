@@ -80,7 +80,7 @@ def gather(value: DataLike, what: str) -> Tuple[Dict[Optional[str], Any], Option
             )
         for k, a in arrays.items():
             parts.setdefault(k, []).append(a)
-        if (y is None) != (not labels) and i > 0:
+        if i > 0 and (y is not None) != bool(labels):
             raise ValueError(f"{what} batch {i}: labels in some batches but not in others")
         if y is not None:
             labels.append(_to_numpy(y, f"{what} batch {i} labels"))

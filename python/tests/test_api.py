@@ -223,3 +223,19 @@ def test_the_readme_quick_start_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(FIXTURES.parent)
     exec(compile(code.replace("/tmp/", f"{tmp_path}/"), "README.md", "exec"), {})
     assert (tmp_path / "cnn.pruned.onnx").exists()
+
+
+def test_sensitivity_profiles_what_prune_reads(tmp_path):
+    test = np.load(DATA / "test_cnn_onnx.npz")
+    profile = tmp_path / "profile.json"
+    r = pare.sensitivity(CNN, data=(test["image"][:64], test["labels"][:64]), ratios=[0.5, 0.9],
+                         report=profile, quiet=True)
+    assert r.schema == "pare.sensitivity/1" and profile.exists()
+    p = pare.prune(CNN, None, sparsity=0.5, scope="sensitivity", sensitivity=str(profile), quiet=True)
+    assert p.settings.scope == "sensitivity" and p.model
+
+
+def test_mixed_labels_across_batches_are_refused():
+    x = np.load(DATA / "test_x_nchw.npy")
+    with pytest.raises(ValueError, match="labels in some batches"):
+        pare.validate(CNN, CNN, data=[(x[:10], np.zeros(10, np.int64)), x[10:20]], quiet=True)
