@@ -112,6 +112,15 @@ impl Document {
         }
     }
 
+    /// The model that runs only part of the main graph `g` (this document's), fed with the
+    /// activations before it (see [`crate::model::Segment`]).
+    pub fn segment(&self, g: &crate::model::Graph, s: &crate::model::Segment) -> Result<Self> {
+        Ok(match self {
+            Document::Onnx(d) => Document::Onnx(d.segment(g, s)?),
+            Document::Tflite(d) => Document::Tflite(d.segment(s)?),
+        })
+    }
+
     /// A copy with structural edits applied (channel pruning).
     pub fn with_structure(&self, edits: &crate::model::StructureEdits) -> Self {
         match self {

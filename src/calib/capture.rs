@@ -49,6 +49,26 @@ pub struct CalibSummary {
     pub stats_bytes: u64,
     /// Passes over the calibration data.
     pub passes: usize,
+    /// Sequential calibration run stage by stage from held activations (absent: every pass
+    /// ran the whole model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
+}
+
+/// What a stage-by-stage sequential calibration ran and held.
+#[derive(Debug, Clone, Serialize)]
+pub struct Staged {
+    /// Stages the graph was cut into (one more than its layer depths).
+    pub stages: usize,
+    /// Stage models run over the calibration data (per stage: the model as pruned so far,
+    /// and the original where they differ).
+    pub segments_run: usize,
+    /// `--calib-memory`: bytes of activations held in memory at most.
+    pub memory_limit: u64,
+    /// Most bytes of activations held in memory at once.
+    pub held_peak: u64,
+    /// Bytes of activations written to temporary files beyond the limit.
+    pub spilled: u64,
 }
 
 impl CalibSummary {
@@ -59,6 +79,7 @@ impl CalibSummary {
         self.max_rows = self.max_rows.max(other.max_rows);
         self.stats_bytes = self.stats_bytes.max(other.stats_bytes);
         self.passes += other.passes;
+        self.staged = other.staged.or(self.staged);
         self
     }
 }
@@ -290,7 +311,7 @@ fn accumulate(
 }
 
 /// Layer inputs of one run by tensor id: real values and the per-run shape.
-type Activations = std::collections::HashMap<usize, (Vec<f32>, Vec<usize>)>;
+pub(super) type Activations = std::collections::HashMap<usize, (Vec<f32>, Vec<usize>)>;
 
 /// Copies the lower triangle of `m` onto its upper triangle.
 fn mirror_lower(m: &mut Mat<f64>) {
@@ -299,6 +320,29 @@ fn mirror_lower(m: &mut Mat<f64>) {
             m[(i, j)] = m[(j, i)];
         }
     }
+}
+
+/// The real values of `t`, the run's value of tensor `id` of `g` (the input of layer `layer`),
+/// with its shape; refused when not finite.
+pub(super) fn activation(
+    path: &std::path::Path,
+    g: &Graph,
+    id: usize,
+    t: &Tensor,
+    layer: &str,
+) -> Result<(Vec<f32>, Vec<usize>)> {
+    let tensor = g.tensor(id);
+    let quant = tensor.quant.as_ref().filter(|_| tensor.dtype != DType::F32);
+    let v = real_values(t, quant).map_err(|e| {
+        Error::unsupported(path, format!("calibration: reading {:?}: {e}", tensor.name))
+    })?;
+    if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+        return Err(Error::Usage(format!(
+            "--calib: the calibration data drives tensor {:?} (input of {layer}) to {bad}; check its preprocessing (scale, dtype)",
+            tensor.name
+        )));
+    }
+    Ok((v, t.shape().to_vec()))
 }
 
 /// A model with its layers' inputs as extra outputs, loaded in tract.
@@ -354,18 +398,7 @@ impl<'a> Tapped<'a> {
                 Some(i) => &inputs[i],
                 None => &outs[self.taps.binary_search(&l.input).expect("tapped")],
             };
-            let tensor = g.tensor(l.input);
-            let quant = tensor.quant.as_ref().filter(|_| tensor.dtype != DType::F32);
-            let v = real_values(t, quant).map_err(|e| {
-                Error::unsupported(path, format!("calibration: reading {:?}: {e}", tensor.name))
-            })?;
-            if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
-                return Err(Error::Usage(format!(
-                    "--calib: the calibration data drives tensor {:?} (input of {}) to {bad}; check its preprocessing (scale, dtype)",
-                    tensor.name, l.name
-                )));
-            }
-            values.insert(l.input, (v, t.shape().to_vec()));
+            values.insert(l.input, activation(path, g, l.input, t, &l.name)?);
         }
         Ok(values)
     }
@@ -377,6 +410,114 @@ pub struct Reference<'a> {
     pub doc: &'a Document,
     pub g: &'a Graph,
     pub layers: &'a [Linear],
+}
+
+/// Zeroed statistics for `layers`, with cross matrices against `reference` (the same layers
+/// in the original model) when given.
+pub(super) fn empty(layers: &[Linear], reference: Option<&[Linear]>) -> Vec<Stats> {
+    layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Stats {
+            gram: (0..l.groups)
+                .map(|_| Mat::zeros(l.k + 1, l.k + 1))
+                .collect(),
+            cross: reference.map(|r| {
+                (0..l.groups)
+                    .map(|_| Mat::zeros(l.k + 1, r[i].k + 1))
+                    .collect()
+            }),
+            rows: 0,
+        })
+        .collect()
+}
+
+/// Folds one run's layer inputs (`values`, by tensor id; the first `valid` samples count) into
+/// `stats`, and with a reference its layers' inputs on the same samples into the cross
+/// statistics.
+pub(super) fn fold(
+    path: &std::path::Path,
+    g: &Graph,
+    layers: &[Linear],
+    values: &Activations,
+    reference: Option<(&[Linear], &Activations)>,
+    valid: usize,
+    stats: &mut [Stats],
+) -> Result<()> {
+    let results: Vec<std::result::Result<(), String>> = layers
+        .par_iter()
+        .enumerate()
+        .zip(stats.par_iter_mut())
+        .map(|((i, l), s)| {
+            // A dense layer after a flatten sees [batch, features]; a TFLite
+            // FULLY_CONNECTED may see its input as it is and flatten it itself.
+            let split = |(v, shape): &(Vec<f32>, Vec<usize>)| {
+                let run = shape.first().copied().unwrap_or(1).max(1);
+                (
+                    run,
+                    v.len() / run,
+                    shape.iter().skip(1).copied().collect::<Vec<_>>(),
+                )
+            };
+            let cv = &values[&l.input];
+            let (run, per, dims) = split(cv);
+            let rl = reference.map(|r| &r.0[i]);
+            let rv = reference.zip(rl).map(|((_, m), rl)| &m[&rl.input]);
+            let rsplit = rv.map(split);
+            for sample in 0..valid.min(run) {
+                let x = &cv.0[sample * per..(sample + 1) * per];
+                let cur = Sample::new(l, x, &dims)?;
+                let rs = match (rl, rv, &rsplit) {
+                    (Some(rl), Some(rv), Some((_, rper, rdims))) => Some(
+                        Sample::new(rl, &rv.0[sample * rper..(sample + 1) * rper], rdims)
+                            .map_err(|e| format!("in the original model: {e}"))?,
+                    ),
+                    _ => None,
+                };
+                accumulate(&cur, rs.as_ref(), s)?;
+            }
+            Ok(())
+        })
+        .collect();
+    for (l, r) in layers.iter().zip(results) {
+        r.map_err(|e| {
+            Error::unsupported(
+                path,
+                format!(
+                    "calibration of {} (input {:?}): {e}",
+                    l.name,
+                    g.tensor(l.input).name
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Completes `stats` (the Gram matrices' upper halves) and summarises the pass.
+pub(super) fn finish(stats: &mut [Stats], data: &DataSummary) -> CalibSummary {
+    for s in stats.iter_mut() {
+        for g in &mut s.gram {
+            mirror_lower(g);
+        }
+    }
+    CalibSummary {
+        data: data.clone(),
+        layers: stats.len(),
+        passes: 1,
+        staged: None,
+        max_rows: stats.iter().map(|s| s.rows).max().unwrap_or(0),
+        stats_bytes: stats
+            .iter()
+            .map(|s| {
+                s.gram
+                    .iter()
+                    .chain(s.cross.iter().flatten())
+                    .map(|m| (m.nrows() * m.ncols() * 8) as u64)
+                    .sum::<u64>()
+            })
+            .sum(),
+    }
 }
 
 /// Runs the calibration data through `doc` and returns every layer's statistics (in the order
@@ -391,44 +532,16 @@ pub fn collect(
     progress: &dyn Progress,
 ) -> Result<(Vec<Stats>, CalibSummary)> {
     let path = doc.path();
-    let (decls, _) = crate::data::input_decls(doc)?;
-    let mut dataset = Dataset::open(
-        &opts.data,
-        &decls,
-        doc.format() == crate::model::Format::Onnx,
-    )
-    .map_err(|e| match e {
-        Error::Usage(m) => Error::Usage(format!("--calib: {m}")),
-        e => e,
-    })?;
+    let mut dataset = open_dataset(doc, opts)?;
     let cur = Tapped::new(doc, g, layers, &dataset.shapes)?;
     let refd = match &reference {
         Some(r) => Some(Tapped::new(r.doc, r.g, r.layers, &dataset.shapes)?),
         None => None,
     };
     let dts = cur.runner.input_datum_types().to_vec();
-    for (i, dt) in dts.iter().enumerate() {
-        if dt.is_quantized() && dataset.input_is_float(i) {
-            dataset.mark_quantized(i);
-        }
-    }
-    let mut stats: Vec<Stats> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| Stats {
-            gram: (0..l.groups)
-                .map(|_| Mat::zeros(l.k + 1, l.k + 1))
-                .collect(),
-            cross: reference.as_ref().map(|r| {
-                (0..l.groups)
-                    .map(|_| Mat::zeros(l.k + 1, r.layers[i].k + 1))
-                    .collect()
-            }),
-            rows: 0,
-        })
-        .collect();
-    let total = dataset.samples as u64;
-    progress.begin("calibrating", total);
+    mark_quantized(&mut dataset, &dts);
+    let mut stats = empty(layers, reference.as_ref().map(|r| r.layers));
+    progress.begin("calibrating", dataset.samples as u64);
     let mut batches = dataset.batches(&dts)?;
     while let Some(batch) = batches.next_batch()? {
         let valid = batch.valid;
@@ -437,78 +550,37 @@ pub fn collect(
             Some(r) => Some(r.run(path, batch.tensors)?),
             None => None,
         };
-        let results: Vec<std::result::Result<(), String>> = layers
-            .par_iter()
-            .enumerate()
-            .zip(stats.par_iter_mut())
-            .map(|((i, l), s)| {
-                // A dense layer after a flatten sees [batch, features]; a TFLite
-                // FULLY_CONNECTED may see its input as it is and flatten it itself.
-                let split = |(v, shape): &(Vec<f32>, Vec<usize>)| {
-                    let run = shape.first().copied().unwrap_or(1).max(1);
-                    (
-                        run,
-                        v.len() / run,
-                        shape.iter().skip(1).copied().collect::<Vec<_>>(),
-                    )
-                };
-                let cv = &values[&l.input];
-                let (run, per, dims) = split(cv);
-                let rl = reference.as_ref().map(|r| &r.layers[i]);
-                let rv = rvalues.as_ref().zip(rl).map(|(m, rl)| &m[&rl.input]);
-                let rsplit = rv.map(split);
-                for sample in 0..valid.min(run) {
-                    let x = &cv.0[sample * per..(sample + 1) * per];
-                    let cur = Sample::new(l, x, &dims)?;
-                    let rs = match (rl, rv, &rsplit) {
-                        (Some(rl), Some(rv), Some((_, rper, rdims))) => Some(
-                            Sample::new(rl, &rv.0[sample * rper..(sample + 1) * rper], rdims)
-                                .map_err(|e| format!("in the original model: {e}"))?,
-                        ),
-                        _ => None,
-                    };
-                    accumulate(&cur, rs.as_ref(), s)?;
-                }
-                Ok(())
-            })
-            .collect();
-        for (l, r) in layers.iter().zip(results) {
-            r.map_err(|e| {
-                Error::unsupported(
-                    path,
-                    format!(
-                        "calibration of {} (input {:?}): {e}",
-                        l.name,
-                        g.tensor(l.input).name
-                    ),
-                )
-            })?;
-        }
+        let rpair = reference.as_ref().map(|r| r.layers).zip(rvalues.as_ref());
+        fold(path, g, layers, &values, rpair, valid, &mut stats)?;
         progress.advance(valid as u64);
     }
     progress.finish_bar();
-    for s in &mut stats {
-        for g in &mut s.gram {
-            mirror_lower(g);
+    let summary = finish(&mut stats, &dataset.summary);
+    Ok((stats, summary))
+}
+
+/// The calibration data bound to `doc`'s inputs.
+pub(super) fn open_dataset(doc: &Document, opts: &CalibOptions) -> Result<Dataset> {
+    let (decls, _) = crate::data::input_decls(doc)?;
+    Dataset::open(
+        &opts.data,
+        &decls,
+        doc.format() == crate::model::Format::Onnx,
+    )
+    .map_err(|e| match e {
+        Error::Usage(m) => Error::Usage(format!("--calib: {m}")),
+        e => e,
+    })
+}
+
+/// Marks float data that feeds a quantized input (`dts`: the runner's input types) as
+/// quantized by that input's parameters.
+pub(super) fn mark_quantized(dataset: &mut Dataset, dts: &[DatumType]) {
+    for (i, dt) in dts.iter().enumerate() {
+        if dt.is_quantized() && dataset.input_is_float(i) {
+            dataset.mark_quantized(i);
         }
     }
-    let summary = CalibSummary {
-        data: dataset.summary.clone(),
-        layers: layers.len(),
-        passes: 1,
-        max_rows: stats.iter().map(|s| s.rows).max().unwrap_or(0),
-        stats_bytes: stats
-            .iter()
-            .map(|s| {
-                s.gram
-                    .iter()
-                    .chain(s.cross.iter().flatten())
-                    .map(|m| (m.nrows() * m.ncols() * 8) as u64)
-                    .sum::<u64>()
-            })
-            .sum(),
-    };
-    Ok((stats, summary))
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@
 pub mod capture;
 pub mod layer;
 mod refit;
+mod sequential;
 pub mod solve;
+mod stages;
+mod store;
 mod unstructured;
 
 pub(crate) use refit::{channel_energy, refit_structure};
@@ -92,7 +95,13 @@ pub struct CalibOptions {
     /// In sequential passes, reconstruct the original model's outputs (not the pruned
     /// model's), correcting the error of the layers pruned before.
     pub correct: bool,
+    /// Sequential calibration: bytes of activations held in memory between stages (beyond
+    /// them, a temporary file).
+    pub memory: u64,
 }
+
+/// `--calib-memory`'s default: activations held in memory between sequential stages.
+pub const DEFAULT_CALIB_MEMORY: u64 = 1 << 30;
 
 impl CalibOptions {
     pub fn new(data: DataOptions) -> Self {
@@ -103,6 +112,7 @@ impl CalibOptions {
             refit: true,
             one_pass: false,
             correct: true,
+            memory: DEFAULT_CALIB_MEMORY,
         }
     }
 

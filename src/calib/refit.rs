@@ -2,6 +2,7 @@
 //! the least-squares refit of the layers that lost input channels.
 
 use super::layer::{Kind, Linear};
+use super::sequential::{self, Side};
 use super::unstructured::{bias_payload, few_rows_warning, views};
 use super::{capture, layer, solve};
 use super::{layer_weights, waves, CalibOptions, CalibReport, Fallback, WEIGHT_SLOT};
@@ -191,6 +192,22 @@ pub(crate) fn refit_structure(
     let mut layers = Vec::new();
     let mut warnings = Vec::new();
     let mut summary: Option<capture::CalibSummary> = None;
+    let nodes: Vec<usize> = ready.iter().map(|(j, _)| j.lin.node).collect();
+    let mut staged = if sequential::same_topology(g0, g1) {
+        sequential::open(
+            Side {
+                doc: original,
+                g: g0,
+            },
+            &nodes,
+            waves.len(),
+            opts,
+            &mut warnings,
+            progress,
+        )?
+    } else {
+        None
+    };
     for (wi, wave) in waves.iter().enumerate() {
         progress.stage(&if waves.len() > 1 {
             format!("refitting (layer group {} of {})", wi + 1, waves.len())
@@ -203,18 +220,34 @@ pub(crate) fn refit_structure(
         } else {
             let lins1: Vec<Linear> = wave.iter().map(|&i| ready[i].1.clone()).collect();
             let current = edited.with_tensor_data(&payloads);
-            capture::collect(
-                &current,
-                g1,
-                &lins1,
-                Some(capture::Reference {
-                    doc: original,
-                    g: g0,
-                    layers: &lins0,
-                }),
-                opts,
-                progress,
-            )?
+            let run = staged.as_mut().map(|sq| {
+                let (cur, original) = (
+                    Side {
+                        doc: &current,
+                        g: g1,
+                    },
+                    Side {
+                        doc: original,
+                        g: g0,
+                    },
+                );
+                sq.wave(wi, cur, Some(original), &lins1, Some(&lins0), progress)
+            });
+            match sequential::or_whole(run, &mut staged, &mut warnings)? {
+                Some(done) => done,
+                None => capture::collect(
+                    &current,
+                    g1,
+                    &lins1,
+                    Some(capture::Reference {
+                        doc: original,
+                        g: g0,
+                        layers: &lins0,
+                    }),
+                    opts,
+                    progress,
+                )?,
+            }
         };
         summary = Some(match summary {
             None => s,

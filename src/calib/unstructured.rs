@@ -2,6 +2,7 @@
 //! layer's statistics, its mask and reconstruction, and the bias correction of its mean shift.
 
 use super::layer::{Kind, Linear};
+use super::sequential::{self, Side};
 use super::{capture, layer, solve};
 use super::{waves, CalibOptions, CalibReport, Criterion, Fallback, Pruned, Target};
 use crate::document::Document;
@@ -377,6 +378,15 @@ pub(crate) fn prune_targets(
     let mut edits: HashMap<usize, Bytes> = HashMap::new();
     let mut plain = Vec::new();
     let mut summary: Option<capture::CalibSummary> = None;
+    let nodes: Vec<usize> = covered.iter().map(|(_, l)| l.node).collect();
+    let mut staged = sequential::open(
+        Side { doc, g },
+        &nodes,
+        waves.len(),
+        opts,
+        &mut warnings,
+        progress,
+    )?;
     for (wi, wave) in waves.iter().enumerate() {
         let lins: Vec<Linear> = wave.iter().map(|&c| covered[c].1.clone()).collect();
         progress.stage(&if waves.len() > 1 {
@@ -401,7 +411,22 @@ pub(crate) fn prune_targets(
             g,
             layers: &lins,
         });
-        let (stats, s) = capture::collect(source, g, &lins, reference, opts, progress)?;
+        let cross = reference.as_ref().map(|r| r.layers);
+        let run = staged.as_mut().map(|sq| {
+            let original = opts.correct.then_some(Side { doc, g });
+            sq.wave(
+                wi,
+                Side { doc: source, g },
+                original,
+                &lins,
+                cross,
+                progress,
+            )
+        });
+        let (stats, s) = match sequential::or_whole(run, &mut staged, &mut warnings)? {
+            Some(done) => done,
+            None => capture::collect(source, g, &lins, reference, opts, progress)?,
+        };
         summary = Some(match summary {
             None => s,
             Some(acc) => acc.merge(s),

@@ -100,6 +100,41 @@ pub(super) struct CalibFlags {
     /// (SparseGPT's own objective), without correcting the earlier layers' error or the bias.
     #[arg(long, requires = "calib")]
     pub(super) no_correct: bool,
+    /// Sequential calibration keeps each stage's activations for the next: at most this much
+    /// in memory (e.g. 512M, 2G; bytes without a suffix), the rest in a temporary file.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size, requires = "calib")]
+    pub(super) calib_memory: u64,
+}
+
+/// A size in bytes: a number with an optional K, M or G suffix (powers of 1024; `KiB`, `MB`
+/// and the like are read the same way).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M or G)")),
+    };
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is not a size (e.g. 512M, 2G)"));
+    }
+    Ok(bytes as u64)
 }
 
 impl CalibFlags {
@@ -117,6 +152,7 @@ impl CalibFlags {
         o.refit = !self.no_refit;
         o.one_pass = self.one_pass;
         o.correct = !self.no_correct;
+        o.memory = self.calib_memory;
         Some(o)
     }
 }
@@ -286,5 +322,21 @@ impl WriteFlags {
         } else {
             VerifyPolicy::Check
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_with_binary_suffixes() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("64kb"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3X").is_err());
     }
 }

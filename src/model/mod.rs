@@ -186,6 +186,21 @@ impl Graph {
     }
 }
 
+/// A part of the main graph to run on its own (sequential calibration runs a model stage by
+/// stage, each fed with the activations the previous one left): its nodes, the tensors it is
+/// fed, the tensors it must give.
+#[derive(Debug, Clone, Default)]
+pub struct Segment {
+    /// Main-graph node indices, in topological order.
+    pub nodes: Vec<usize>,
+    /// Tensors fed from outside, with their type and shape.
+    pub inputs: Vec<(TensorId, DType, Vec<usize>)>,
+    /// Tensors fixed to one value (small integer tensors such as computed shapes, which a
+    /// runtime needs as constants): type, shape and little-endian bytes.
+    pub constants: Vec<(TensorId, DType, Vec<usize>, Bytes)>,
+    pub outputs: Vec<TensorId>,
+}
+
 /// Format metadata shown by `inspect`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "format", rename_all = "lowercase")]

@@ -6,6 +6,7 @@
 
 mod external;
 pub mod lower;
+mod segment;
 mod sparse;
 pub mod specialize;
 mod structure;

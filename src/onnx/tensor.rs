@@ -30,6 +30,27 @@ pub fn dtype_from_onnx(code: i32) -> DType {
     }
 }
 
+/// The ONNX element type of `dtype` (`None` for types ONNX has no code for here).
+pub fn dtype_to_onnx(dtype: DType) -> Option<i32> {
+    Some(match dtype {
+        DType::F32 => DataType::Float,
+        DType::F16 => DataType::Float16,
+        DType::BF16 => DataType::Bfloat16,
+        DType::F64 => DataType::Double,
+        DType::I8 => DataType::Int8,
+        DType::U8 => DataType::Uint8,
+        DType::I16 => DataType::Int16,
+        DType::U16 => DataType::Uint16,
+        DType::I32 => DataType::Int32,
+        DType::U32 => DataType::Uint32,
+        DType::I64 => DataType::Int64,
+        DType::U64 => DataType::Uint64,
+        DType::Bool => DataType::Bool,
+        DType::I4 => DataType::Int4,
+        _ => return None,
+    } as i32)
+}
+
 /// What a tensor holds, as far as pare is concerned.
 #[derive(Debug, Clone)]
 pub enum TensorPayload {

@@ -6,6 +6,7 @@
 //! Layer: formats (imports its own layer and the ones below; see ARCHITECTURE.md).
 
 mod check;
+mod segment;
 pub mod sparse;
 mod structure;
 mod view;
