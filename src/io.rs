@@ -22,3 +22,11 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(Bytes::from_owner(map))
 }
+
+/// The process's peak resident memory so far (Linux `VmHWM`), in bytes; `None` elsewhere.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -22,3 +22,14 @@ pub fn ellipsize(name: &str, width: usize) -> String {
     let tail: String = name.chars().skip(n - (width - 1)).collect();
     format!("…{tail}")
 }
+
+/// A byte count for people: `512 B`, `3.2 kB`, `101.6 MB`, `2.3 GB` (powers of 1000).
+pub fn bytes(n: u64) -> String {
+    let f = n as f64;
+    match n {
+        0..=999 => format!("{n} B"),
+        1_000..=999_999 => format!("{:.1} kB", f / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} MB", f / 1e6),
+        _ => format!("{:.1} GB", f / 1e9),
+    }
+}

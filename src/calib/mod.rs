@@ -151,6 +151,20 @@ pub struct CalibReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plain: Vec<String>,
     pub warnings: Vec<String>,
+    /// Where the time went and the memory peak when done.
+    pub timing: CalibTiming,
+}
+
+/// A calibration's time, by part, and the process's memory peak at its end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CalibTiming {
+    /// Running the data through the model and accumulating the statistics.
+    pub capture_seconds: f64,
+    /// Choosing and reconstructing the weights (SparseGPT, Wanda, the refit).
+    pub solve_seconds: f64,
+    /// Peak resident memory of the process when the calibration ended (bytes; Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss: Option<u64>,
 }
 
 /// One weight to prune with calibration data.

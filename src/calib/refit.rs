@@ -192,6 +192,8 @@ pub(crate) fn refit_structure(
     let mut layers = Vec::new();
     let mut warnings = Vec::new();
     let mut summary: Option<capture::CalibSummary> = None;
+    let mut timing = super::CalibTiming::default();
+    let started = std::time::Instant::now();
     let nodes: Vec<usize> = ready.iter().map(|(j, _)| j.lin.node).collect();
     let mut staged = if sequential::same_topology(g0, g1) {
         sequential::open(
@@ -209,11 +211,12 @@ pub(crate) fn refit_structure(
         None
     };
     for (wi, wave) in waves.iter().enumerate() {
-        progress.stage(&if waves.len() > 1 {
-            format!("refitting (layer group {} of {})", wi + 1, waves.len())
+        let label = if waves.len() > 1 {
+            format!("refitting (layer depth {} of {})", wi + 1, waves.len())
         } else {
             "refitting".to_string()
-        });
+        };
+        progress.stage(&label);
         let lins0: Vec<Linear> = wave.iter().map(|&i| ready[i].0.lin.clone()).collect();
         let (stats, s) = if opts.one_pass {
             capture::collect(original, g0, &lins0, None, opts, progress)?
@@ -231,7 +234,15 @@ pub(crate) fn refit_structure(
                         g: g0,
                     },
                 );
-                sq.wave(wi, cur, Some(original), &lins1, Some(&lins0), progress)
+                sq.wave(
+                    wi,
+                    cur,
+                    Some(original),
+                    &lins1,
+                    Some(&lins0),
+                    &label,
+                    progress,
+                )
             });
             match sequential::or_whole(run, &mut staged, &mut warnings)? {
                 Some(done) => done,
@@ -253,6 +264,7 @@ pub(crate) fn refit_structure(
             None => s,
             Some(acc) => acc.merge(s),
         });
+        let solving = std::time::Instant::now();
         for (&i, s) in wave.iter().zip(&stats) {
             let (job, lin1) = &ready[i];
             match refit_one(g0, g1, job, lin1, s, opts) {
@@ -267,7 +279,10 @@ pub(crate) fn refit_structure(
                 }),
             }
         }
+        timing.solve_seconds += solving.elapsed().as_secs_f64();
     }
+    timing.capture_seconds = started.elapsed().as_secs_f64() - timing.solve_seconds;
+    timing.peak_rss = crate::io::peak_rss();
     let summary = summary.expect("at least one wave");
     let refit = edited.with_tensor_data(&payloads);
     Ok((
@@ -281,6 +296,7 @@ pub(crate) fn refit_structure(
             fallbacks,
             plain: Vec::new(),
             warnings,
+            timing,
         },
     ))
 }

@@ -157,6 +157,8 @@ pub(super) struct Sequential {
     data: DataSummary,
     samples: usize,
     stages_run: usize,
+    /// When the stage runs began (after the data was read).
+    opened: std::time::Instant,
 }
 
 impl Sequential {
@@ -202,6 +204,7 @@ impl Sequential {
             data: dataset.summary.clone(),
             samples: dataset.samples,
             stages_run: 0,
+            opened: std::time::Instant::now(),
         })
     }
 
@@ -216,6 +219,7 @@ impl Sequential {
         reference: Option<Side>,
         layers: &[Linear],
         ref_layers: Option<&[Linear]>,
+        label: &str,
         progress: &dyn Progress,
     ) -> Result<(Vec<Stats>, CalibSummary)> {
         if wave != self.next || wave >= self.stages.len() {
@@ -251,7 +255,16 @@ impl Sequential {
             .map(|r| r.into_iter().map(Some).collect());
         let mut new_cur = Vec::with_capacity(old_cur.len());
         let mut new_ref = Vec::with_capacity(old_cur.len());
-        progress.begin("calibrating", self.samples as u64);
+        // The whole calibration's remaining time, from the depths done so far (solves included).
+        let label = match wave {
+            0 => label.to_string(),
+            w => {
+                let per = self.opened.elapsed().as_secs_f64() / w as f64;
+                let left = per * (self.stages.len() - 1 - w) as f64;
+                format!("{label}, about {left:.0} s left in all")
+            }
+        };
+        progress.begin(&label, self.samples as u64);
         for b in 0..old_cur.len() {
             crate::cancel::check()?;
             let held = old_cur[b].take().expect("each batch once");

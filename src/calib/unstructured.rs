@@ -379,6 +379,8 @@ pub(crate) fn prune_targets(
     let mut plain = Vec::new();
     let mut summary: Option<capture::CalibSummary> = None;
     let nodes: Vec<usize> = covered.iter().map(|(_, l)| l.node).collect();
+    let mut timing = super::CalibTiming::default();
+    let started = std::time::Instant::now();
     let mut staged = sequential::open(
         Side { doc, g },
         &nodes,
@@ -389,15 +391,16 @@ pub(crate) fn prune_targets(
     )?;
     for (wi, wave) in waves.iter().enumerate() {
         let lins: Vec<Linear> = wave.iter().map(|&c| covered[c].1.clone()).collect();
-        progress.stage(&if waves.len() > 1 {
+        let label = if waves.len() > 1 {
             format!(
-                "calibrating ({criterion}, layer group {} of {})",
+                "calibrating ({criterion}, layer depth {} of {})",
                 wi + 1,
                 waves.len()
             )
         } else {
             format!("calibrating ({criterion})")
-        });
+        };
+        progress.stage(&label);
         let current;
         let source = if edits.is_empty() {
             doc
@@ -420,6 +423,7 @@ pub(crate) fn prune_targets(
                 original,
                 &lins,
                 cross,
+                &label,
                 progress,
             )
         });
@@ -431,6 +435,7 @@ pub(crate) fn prune_targets(
             None => s,
             Some(acc) => acc.merge(s),
         });
+        let solving = std::time::Instant::now();
         for (&c, st) in wave.iter().zip(&stats) {
             let (i, lin) = &covered[c];
             let t = &targets[*i];
@@ -455,7 +460,10 @@ pub(crate) fn prune_targets(
                 }),
             }
         }
+        timing.solve_seconds += solving.elapsed().as_secs_f64();
     }
+    timing.capture_seconds = started.elapsed().as_secs_f64() - timing.solve_seconds;
+    timing.peak_rss = crate::io::peak_rss();
     let summary = summary.expect("at least one wave");
     Ok((
         out,
@@ -468,6 +476,7 @@ pub(crate) fn prune_targets(
             fallbacks,
             plain,
             warnings,
+            timing,
         },
     ))
 }

@@ -122,6 +122,7 @@ pub(crate) fn prune_document_with(
             search: None,
             channels: None,
             calibration: Vec::new(),
+            phases: Vec::new(),
         };
         (base, report)
     };
@@ -150,13 +151,34 @@ pub fn prune_with_progress(
     progress: &dyn Progress,
 ) -> Result<PruneReport> {
     opts.validate()?; // before reading: a usage error should not wait for a large model
+    let start = std::time::Instant::now();
     progress.stage("reading");
     let doc = Document::open(input)?;
+    let mut phases = vec![Phase::since("read", start)];
     progress.stage("pruning");
+    let pruning = std::time::Instant::now();
     // Written once and read back from disk: pruned weights are produced as they are written.
     let (edited, mut report) = prune_document_with(&doc, opts, true, progress)?;
+    let mut prune = Phase::since("prune", pruning);
+    if !report.calibration.is_empty() {
+        let t = &report.calibration;
+        let seconds: f64 = t
+            .iter()
+            .map(|c| c.timing.capture_seconds + c.timing.solve_seconds)
+            .sum();
+        phases.push(Phase {
+            phase: "calibrate",
+            seconds,
+            peak_rss: t.iter().filter_map(|c| c.timing.peak_rss).max(),
+        });
+        prune.seconds = (prune.seconds - seconds).max(0.0);
+    }
+    phases.push(prune);
+    let writing = std::time::Instant::now();
     let written =
         crate::convert::write_checked_with_progress(&doc, &edited, output, write, false, progress)?;
+    phases.push(Phase::since("write and verify", writing));
     report.write = Some(written);
+    report.phases = phases;
     Ok(report)
 }

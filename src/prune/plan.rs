@@ -411,6 +411,7 @@ pub(super) fn plan_with(
             search: None,
             channels: None,
             calibration: calibration.into_iter().collect(),
+            phases: Vec::new(),
         },
     })
 }

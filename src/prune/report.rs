@@ -89,6 +89,30 @@ pub struct PruneReport {
     /// Calibration passes (`--calib`): the structural refit, then the unstructured criterion.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub calibration: Vec<crate::calib::CalibReport>,
+    /// Where the time went (`pare prune`: read, calibrate, prune, write and verify).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
+}
+
+/// One phase of a command: its wall time and the process's memory peak when it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub phase: &'static str,
+    pub seconds: f64,
+    /// Peak resident memory of the process so far (bytes; Linux), read at the phase's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss: Option<u64>,
+}
+
+impl Phase {
+    /// The phase `phase` that began at `since`, ending now.
+    pub fn since(phase: &'static str, since: std::time::Instant) -> Phase {
+        Phase {
+            phase,
+            seconds: since.elapsed().as_secs_f64(),
+            peak_rss: crate::io::peak_rss(),
+        }
+    }
 }
 
 impl PruneReport {
@@ -172,6 +196,26 @@ pub fn render(r: &PruneReport, out: &mut dyn std::io::Write) -> std::io::Result<
     for w in &r.warnings {
         writeln!(out, "warning: {w}")?;
     }
+    for c in &r.calibration {
+        render_calibration(c, out)?;
+    }
+    if !r.phases.is_empty() {
+        let parts: Vec<String> = r
+            .phases
+            .iter()
+            .map(|p| format!("{} {:.1} s", p.phase, p.seconds))
+            .collect();
+        let peak = r.phases.iter().filter_map(|p| p.peak_rss).max();
+        writeln!(
+            out,
+            "time: {}{}",
+            parts.join(", "),
+            peak.map_or(String::new(), |b| format!(
+                "; peak memory {}",
+                crate::text::bytes(b)
+            ))
+        )?;
+    }
     let t = &r.totals;
     writeln!(
         out,
@@ -184,4 +228,47 @@ pub fn render(r: &PruneReport, out: &mut dyn std::io::Write) -> std::io::Result<
         pct(t.model_sparsity_before),
         pct(t.model_sparsity_after)
     )
+}
+
+/// One calibration's line: what it covered, what it ran and held, and its warnings.
+fn render_calibration(
+    c: &crate::calib::CalibReport,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let what = match c.criterion {
+        Some(k) => format!("calibration ({k})"),
+        None => "calibration (refit)".to_string(),
+    };
+    let cap = &c.capture;
+    let mode = match &cap.staged {
+        Some(s) => format!(
+            ", {} layer depths run stage by stage ({} stage runs; activations held {} of {}{})",
+            cap.passes,
+            s.segments_run,
+            crate::text::bytes(s.held_peak),
+            crate::text::bytes(s.memory_limit),
+            if s.spilled > 0 {
+                format!(", {} in a temporary file", crate::text::bytes(s.spilled))
+            } else {
+                String::new()
+            }
+        ),
+        None if cap.passes > 1 => format!(", {} whole-model passes", cap.passes),
+        None => ", one pass".to_string(),
+    };
+    writeln!(
+        out,
+        "{what}: {} layers on {} samples{mode}; {:.1} s capture, {:.1} s solve",
+        c.layers.len(),
+        cap.data.samples,
+        c.timing.capture_seconds,
+        c.timing.solve_seconds,
+    )?;
+    for f in &c.fallbacks {
+        writeln!(out, "  not calibrated: {}: {}", f.name, f.reason)?;
+    }
+    for w in &c.warnings {
+        writeln!(out, "  warning: {w}")?;
+    }
+    Ok(())
 }
