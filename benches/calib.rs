@@ -71,54 +71,29 @@ fn main() {
         a.extend(flags);
         a
     };
+    // `--sparsity 0.5 --criterion CRITERION --calib …` with these flags after it.
+    let calibrated = |criterion, extra: &[&'static str]| {
+        let mut f = vec!["--sparsity", "0.5", "--criterion", criterion, "--calib", c];
+        f.extend_from_slice(extra);
+        prune(f)
+    };
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("convert", vec!["convert", m, "-o", o, "--force"]),
         (
             "sparsegpt 50%, sequential (default), 128 samples",
-            prune(vec![
-                "--sparsity",
-                "0.5",
-                "--criterion",
-                "sparsegpt",
-                "--calib",
-                c,
-            ]),
+            calibrated("sparsegpt", &[]),
         ),
         (
             "wanda 50%, sequential (default), 128 samples",
-            prune(vec![
-                "--sparsity",
-                "0.5",
-                "--criterion",
-                "wanda",
-                "--calib",
-                c,
-            ]),
+            calibrated("wanda", &[]),
         ),
         (
             "sparsegpt 50%, sequential, 128 samples, --calib-memory 256M",
-            prune(vec![
-                "--sparsity",
-                "0.5",
-                "--criterion",
-                "sparsegpt",
-                "--calib",
-                c,
-                "--calib-memory",
-                "256M",
-            ]),
+            calibrated("sparsegpt", &["--calib-memory", "256M"]),
         ),
         (
             "sparsegpt 50%, one pass, 128 samples",
-            prune(vec![
-                "--sparsity",
-                "0.5",
-                "--criterion",
-                "sparsegpt",
-                "--calib",
-                c,
-                "--one-pass",
-            ]),
+            calibrated("sparsegpt", &["--one-pass"]),
         ),
         (
             "channels to 50% MACs + refit, sequential, 128 samples",

@@ -522,6 +522,81 @@ fn calibration_modes_change_what_they_say() {
     );
 }
 
+/// Sequential calibration runs stage by stage from held activations: with `--calib-memory`
+/// too small for any of them, they all go to the temporary file and the written model is the
+/// same; the report says what was held and spilled, and where the time went.
+#[test]
+fn held_activations_beyond_calib_memory_spill_and_change_nothing() {
+    let dir = tmpdir();
+    let model = fixtures().join("mobilenet.onnx");
+    let calib = fixtures().join("data/calib_x_nchw.npy");
+    let c = calib.to_str().unwrap();
+    let base = [
+        "--sparsity",
+        "0.75",
+        "--criterion",
+        "sparsegpt",
+        "--calib",
+        c,
+    ];
+    let (held, spilled) = (
+        dir.path().join("held.onnx"),
+        dir.path().join("spilled.onnx"),
+    );
+    let r = prune_json(&model, &held, &base);
+    let staged = &r["calibration"][0]["capture"]["staged"];
+    assert_eq!(staged["spilled"], 0, "{r}");
+    assert!(staged["held_peak"].as_u64().unwrap() > 0, "{r}");
+    assert!(staged["stages"].as_u64().unwrap() > 2, "{r}");
+    let phases: Vec<&str> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        ["read", "calibrate", "prune", "write and verify"],
+        "{r}"
+    );
+    assert!(
+        r["calibration"][0]["timing"]["capture_seconds"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let mut args = base.to_vec();
+    args.extend(["--calib-memory", "1K"]);
+    let r = prune_json(&model, &spilled, &args);
+    let staged = &r["calibration"][0]["capture"]["staged"];
+    assert_eq!(staged["memory_limit"], 1024, "{r}");
+    assert_eq!(staged["held_peak"], 0, "{r}");
+    assert!(staged["spilled"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(
+        std::fs::read(&held).unwrap(),
+        std::fs::read(&spilled).unwrap()
+    );
+
+    let o = pare()
+        .args(["prune", model.to_str().unwrap(), "-o"])
+        .arg(dir.path().join("bad.onnx"))
+        .args([
+            "--criterion",
+            "sparsegpt",
+            "--sparsity",
+            "0.5",
+            "--calib",
+            c,
+        ])
+        .args(["--calib-memory", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("512M"));
+    assert!(!dir.path().join("bad.onnx").exists());
+}
+
 /// A model tract cannot run (an op it does not know after the first layer): the error names
 /// what tract could not run, in calibration and in validation, and nothing is written.
 #[test]

@@ -205,13 +205,12 @@ fn layer_weights(g: &Graph) -> impl Iterator<Item = (usize, usize, TensorId, Str
     })
 }
 
-/// Groups layer nodes `nodes` by depth: wave `d` holds the layers with `d` of the others on
-/// their longest path from the inputs. Nodes are in topological order (as both formats store
+/// Per node of `g`: its depth, the number of `layers` (node indices) on the longest path from
+/// the inputs to the node's inputs. Nodes are in topological order (as both formats store
 /// them).
-fn waves(g: &Graph, nodes: &[usize]) -> Vec<Vec<usize>> {
-    let layer_of: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+fn input_depths(g: &Graph, layers: &std::collections::HashSet<usize>) -> Vec<usize> {
     let mut depth: HashMap<TensorId, usize> = HashMap::new();
-    let mut level = vec![0usize; nodes.len()];
+    let mut level = vec![0usize; g.nodes.len()];
     for (ni, node) in g.nodes.iter().enumerate() {
         let d = node
             .inputs
@@ -221,19 +220,25 @@ fn waves(g: &Graph, nodes: &[usize]) -> Vec<Vec<usize>> {
             .copied()
             .max()
             .unwrap_or(0);
-        let out = match layer_of.get(&ni) {
-            Some(&l) => {
-                level[l] = d;
-                d + 1
-            }
-            None => d,
-        };
+        level[ni] = d;
+        let out = if layers.contains(&ni) { d + 1 } else { d };
         for &t in &node.outputs {
             depth.insert(t, out);
         }
     }
-    let mut waves: Vec<Vec<usize>> = vec![Vec::new(); level.iter().max().map_or(0, |m| m + 1)];
-    for (l, &d) in level.iter().enumerate() {
+    level
+}
+
+/// Groups layer nodes `nodes` by depth: wave `d` holds the layers with `d` of the others on
+/// their longest path from the inputs (positions in `nodes`).
+fn waves(g: &Graph, nodes: &[usize]) -> Vec<Vec<usize>> {
+    let level = input_depths(g, &nodes.iter().copied().collect());
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (l, &n) in nodes.iter().enumerate() {
+        let d = level[n];
+        if waves.len() <= d {
+            waves.resize(d + 1, Vec::new());
+        }
         waves[d].push(l);
     }
     waves.retain(|w| !w.is_empty());

@@ -234,15 +234,7 @@ pub(crate) fn refit_structure(
                         g: g0,
                     },
                 );
-                sq.wave(
-                    wi,
-                    cur,
-                    Some(original),
-                    &lins1,
-                    Some(&lins0),
-                    &label,
-                    progress,
-                )
+                sq.wave(cur, Some(original), &lins1, Some(&lins0), &label, progress)
             });
             match sequential::or_whole(run, &mut staged, &mut warnings)? {
                 Some(done) => done,

@@ -141,6 +141,22 @@ struct Loaded {
     baked: Vec<(usize, Tensor)>,
 }
 
+/// Where one activation live after a stage comes from.
+enum Route {
+    /// Held before the stage, at this position.
+    Held(usize),
+    /// Made by the stage: its runner's output at this position.
+    Made(usize),
+}
+
+/// How a stage maps the activations before it to the ones after it.
+struct Routes {
+    /// What the stage's runner must give, in order.
+    produced: Vec<TensorId>,
+    /// Per activation live after the stage (in `Stage::live` order).
+    live: Vec<Route>,
+}
+
 /// Where the activations stand: the tensors held and, per batch, their values on each side.
 pub(super) struct Sequential {
     path: std::path::PathBuf,
@@ -208,13 +224,12 @@ impl Sequential {
         })
     }
 
-    /// Runs the next stage (`wave`: the layer depth whose inputs it completes) on the current
-    /// side `cur` and, when `reference` is a different model, on it too; returns the
+    /// Runs the next stage (the one that completes the inputs of the next layer depth) on the
+    /// current side `cur` and, when `reference` is a different model, on it too; returns the
     /// statistics of `layers` (and their cross statistics with `ref_layers`, the same layers
     /// in the reference, when given).
     pub fn wave(
         &mut self,
-        wave: usize,
         cur: Side,
         reference: Option<Side>,
         layers: &[Linear],
@@ -222,16 +237,15 @@ impl Sequential {
         label: &str,
         progress: &dyn Progress,
     ) -> Result<(Vec<Stats>, CalibSummary)> {
-        if wave != self.next || wave >= self.stages.len() {
+        let wave = self.next;
+        if wave + 1 >= self.stages.len() {
             return Err(Error::unsupported(
                 &self.path,
-                format!(
-                    "calibration: stage {wave} requested after stage {}",
-                    self.next
-                ),
+                format!("calibration: no layer depth after the {wave} run"),
             ));
         }
         let stage = self.stages[wave].clone();
+        let routes = self.routes(&stage);
         // The sides part when the reference is another model than the current one.
         let apart = reference.filter(|r| !std::ptr::eq(r.doc, cur.doc));
         if apart.is_some() && self.reference.is_none() {
@@ -268,12 +282,12 @@ impl Sequential {
         for b in 0..old_cur.len() {
             crate::cancel::check()?;
             let held = old_cur[b].take().expect("each batch once");
-            let out = self.run(&stage, cur, &mut loaded_cur, &held.tensors()?)?;
+            let out = self.run(&stage, &routes, cur, &mut loaded_cur, held.tensors()?)?;
             drop(held);
             let rout = match (apart, old_ref.as_mut()) {
                 (Some(r), Some(old)) => {
                     let held = old[b].take().expect("each batch once");
-                    let out = self.run(&stage, r, &mut loaded_ref, &held.tensors()?)?;
+                    let out = self.run(&stage, &routes, r, &mut loaded_ref, held.tensors()?)?;
                     Some(out)
                 }
                 _ => None,
@@ -323,27 +337,38 @@ impl Sequential {
         }
     }
 
+    /// Where each activation live after `stage` comes from: held before it, or made by it.
+    fn routes(&self, stage: &Stage) -> Routes {
+        let mut produced = Vec::new();
+        let live = stage
+            .live
+            .iter()
+            .map(|t| match self.live.iter().position(|x| x == t) {
+                Some(p) => Route::Held(p),
+                None => {
+                    produced.push(*t);
+                    Route::Made(produced.len() - 1)
+                }
+            })
+            .collect();
+        Routes { produced, live }
+    }
+
     /// Runs `stage` on `side` for one batch (`before`: the held activations, in `self.live`
     /// order) and returns the activations live after it, in `stage.live` order.
     fn run(
         &self,
         stage: &Stage,
+        routes: &Routes,
         side: Side,
         loaded: &mut Option<Loaded>,
-        before: &[Tensor],
+        before: Vec<Tensor>,
     ) -> Result<Vec<Tensor>> {
-        let at = |t: &TensorId| self.live.iter().position(|x| x == t);
-        let produced: Vec<TensorId> = stage
-            .live
-            .iter()
-            .copied()
-            .filter(|t| at(t).is_none())
-            .collect();
-        let outs = if produced.is_empty() {
+        let outs = if routes.produced.is_empty() {
             TVec::new()
         } else {
             if loaded.is_none() {
-                *loaded = Some(self.load(stage, side, &produced, before)?);
+                *loaded = Some(self.load(stage, side, &routes.produced, &before)?);
             }
             let l = loaded.as_ref().expect("loaded above");
             for (pos, value) in &l.baked {
@@ -366,24 +391,27 @@ impl Sequential {
                 )
             })?
         };
-        stage
+        let mut before: Vec<Option<Tensor>> = before.into_iter().map(Some).collect();
+        let mut outs: Vec<Option<Tensor>> = outs.into_iter().map(Some).collect();
+        routes
             .live
             .iter()
-            .map(|t| match at(t) {
-                Some(p) => Ok(before[p].clone()),
-                None => {
-                    let i = produced.iter().position(|x| x == t).expect("produced");
-                    outs.get(i).cloned().ok_or_else(|| {
-                        Error::unsupported(
-                            &self.path,
-                            format!(
-                                "calibration: stage {} gave no {:?}",
-                                self.next,
-                                side.g.tensor(*t).name
-                            ),
-                        )
-                    })
-                }
+            .zip(&stage.live)
+            .map(|(route, t)| {
+                let v = match *route {
+                    Route::Held(p) => before[p].take(),
+                    Route::Made(i) => outs.get_mut(i).and_then(Option::take),
+                };
+                v.ok_or_else(|| {
+                    Error::unsupported(
+                        &self.path,
+                        format!(
+                            "calibration: stage {} gave no {:?}",
+                            self.next,
+                            side.g.tensor(*t).name
+                        ),
+                    )
+                })
             })
             .collect()
     }

@@ -42,31 +42,15 @@ pub fn split(g: &Graph, layers: &[usize]) -> Vec<Stage> {
             constant.extend(n.outputs.iter().copied());
         }
     }
-    // Depth of each activation: layers on its longest path from the inputs.
-    let mut depth: HashMap<TensorId, usize> = HashMap::new();
-    let mut stage_of = vec![usize::MAX; g.nodes.len()];
-    for (ni, n) in g.nodes.iter().enumerate() {
-        if const_node[ni] {
-            continue;
-        }
-        let d = n
-            .inputs
-            .iter()
-            .flatten()
-            .filter_map(|t| depth.get(t))
-            .copied()
-            .max()
-            .unwrap_or(0);
-        let (stage, out) = if is_layer.contains(&ni) {
-            (d + 1, d + 1)
-        } else {
-            (d, d)
-        };
-        stage_of[ni] = stage;
-        for &t in &n.outputs {
-            depth.insert(t, out);
-        }
-    }
+    // A layer at depth d runs in stage d + 1, any other op in stage d (its output's depth).
+    let level = super::input_depths(g, &is_layer);
+    let stage_of: Vec<usize> = (0..g.nodes.len())
+        .map(|ni| match (const_node[ni], is_layer.contains(&ni)) {
+            (true, _) => usize::MAX,
+            (false, true) => level[ni] + 1,
+            (false, false) => level[ni],
+        })
+        .collect();
     let count = stage_of
         .iter()
         .filter(|&&s| s != usize::MAX)

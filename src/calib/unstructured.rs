@@ -418,7 +418,6 @@ pub(crate) fn prune_targets(
         let run = staged.as_mut().map(|sq| {
             let original = opts.correct.then_some(Side { doc, g });
             sq.wave(
-                wi,
                 Side { doc: source, g },
                 original,
                 &lins,
