@@ -20,20 +20,73 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tract_onnx::prelude::*;
 
+/// What a pass accumulates per layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// The whole Gram matrix, and the cross matrix with a reference (SparseGPT, the refit).
+    Full,
+    /// What Wanda reads: the Gram matrix's diagonal, the feature sums and the row count, and
+    /// with a reference its feature sums; `O(k)` per group instead of `O(k²)`.
+    Diagonal,
+}
+
+/// The statistics a pass collects: of `layers`, with cross products against `reference` (the
+/// same layers in the original model) when given, to `extent`.
+#[derive(Clone, Copy)]
+pub struct Want<'a> {
+    pub layers: &'a [Linear],
+    pub reference: Option<&'a [Linear]>,
+    pub extent: Extent,
+}
+
 /// One layer's input statistics: per group, `Σ x̃ x̃ᵀ` over every calibration row (an im2col
 /// patch, a dense input row), with `x̃ = [x, 1]`: the Gram matrix `XᵀX` in the top-left
 /// `k × k` block, the feature sums in the last row and column, the row count in the corner.
+/// With [`Extent::Diagonal`] each group holds `(k + 1) × 2`: `Σ x̃_j²` and `Σ x̃_j`.
 pub struct Stats {
     pub gram: Vec<Mat<f64>>,
     /// With a reference model: per group, `Σ x̃ ỹᵀ` of this layer's rows `x̃` with the
-    /// reference layer's rows `ỹ` on the same samples ((k + 1) × (k_ref + 1)).
+    /// reference layer's rows `ỹ` on the same samples ((k + 1) × (k_ref + 1)); with
+    /// [`Extent::Diagonal`], `Σ ỹ_j` ((k_ref + 1) × 1).
     pub cross: Option<Vec<Mat<f64>>>,
     pub rows: u64,
+    pub extent: Extent,
 }
 
 impl Stats {
     pub fn k(&self) -> usize {
         self.gram[0].nrows() - 1
+    }
+
+    /// Group `gi`'s `Σ x_j²` per input feature (the Gram matrix's diagonal).
+    pub fn diagonal(&self, gi: usize) -> Vec<f64> {
+        let g = &self.gram[gi];
+        match self.extent {
+            Extent::Full => (0..self.k()).map(|j| g[(j, j)]).collect(),
+            Extent::Diagonal => (0..self.k()).map(|j| g[(j, 0)]).collect(),
+        }
+    }
+
+    /// Group `gi`'s mean input per feature, and with a reference the reference layer's
+    /// (`None`: no rows).
+    pub fn means(&self, gi: usize) -> Option<(Vec<f64>, Option<Vec<f64>>)> {
+        let (k, g) = (self.k(), &self.gram[gi]);
+        let n = g[(k, k.min(g.ncols() - 1))];
+        if n <= 0.0 {
+            return None;
+        }
+        let cur = match self.extent {
+            Extent::Full => (0..k).map(|j| g[(k, j)] / n).collect(),
+            Extent::Diagonal => (0..k).map(|j| g[(j, 1)] / n).collect(),
+        };
+        let reference = self.cross.as_ref().map(|c| {
+            let c = &c[gi];
+            match self.extent {
+                Extent::Full => (0..c.ncols() - 1).map(|j| c[(k, j)] / n).collect(),
+                Extent::Diagonal => (0..c.nrows() - 1).map(|j| c[(j, 0)] / n).collect(),
+            }
+        });
+        Some((cur, reference))
     }
 }
 
@@ -154,9 +207,13 @@ fn real_values(t: &Tensor, quant: Option<&Quant>) -> TractResult<Vec<f32>> {
     })
 }
 
-/// Positions of im2col rows (or dense rows) built per multiplication: bounds the scratch
-/// matrix at about 32 MiB.
-const SCRATCH_ELEMENTS: usize = 4 << 20;
+/// Rows (im2col patches or dense rows, from as many samples as fit) gathered per product:
+/// bounds the f32 scratch at about 32 MiB per layer group in flight.
+const SCRATCH_ELEMENTS: usize = 8 << 20;
+
+/// Rows summed in f32 by one product before the sum goes into the f64 statistics: keeps the
+/// f32 rounding of each partial sum at a few thousand terms, however large the data.
+const ROWS_PER_PRODUCT: usize = 4096;
 
 /// One sample's input to a layer, seen as rows of features (im2col patches, dense rows).
 struct Sample<'a> {
@@ -219,7 +276,7 @@ impl<'a> Sample<'a> {
 
     /// Fills `buf` (rows of `k + 1`: the features, then 1) with the rows of group `gi` at
     /// positions `start ..` (as many as `buf` holds).
-    fn fill(&self, gi: usize, start: usize, buf: &mut [f64]) {
+    fn fill(&self, gi: usize, start: usize, buf: &mut [f32]) {
         let k = self.lin.k;
         match (&self.lin.kind, &self.conv) {
             (Kind::Conv(conv), Some((c, h, w, geo))) => {
@@ -228,9 +285,7 @@ impl<'a> Sample<'a> {
             _ => {
                 for (r, dst) in buf.chunks_exact_mut(k + 1).enumerate() {
                     let src = &self.x[(start + r) * k..(start + r + 1) * k];
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = s as f64;
-                    }
+                    dst[..k].copy_from_slice(src);
                     dst[k] = 1.0;
                 }
             }
@@ -238,41 +293,45 @@ impl<'a> Sample<'a> {
     }
 }
 
-/// Folds one sample into `stats`: the rows of `cur` into the Gram matrices, and with a
-/// `reference` (the same layer in the original model, on the same sample) the products of
-/// `cur`'s rows with the reference's into the cross matrices.
+/// Folds the samples `cur` of one layer into `stats`: their rows into the Gram matrices and,
+/// with `reference` (the same layer in the original model, on the same samples), the products
+/// of `cur`'s rows with the reference's into the cross matrices. Rows of many samples go into
+/// one f32 product (faer, on all cores), whose result is added into the f64 sums.
 fn accumulate(
-    cur: &Sample,
-    reference: Option<&Sample>,
+    cur: &[Sample],
+    reference: Option<&[Sample]>,
     stats: &mut Stats,
 ) -> std::result::Result<(), String> {
-    let width = cur.lin.k + 1;
+    let Some(first) = cur.first() else {
+        return Ok(());
+    };
+    let width = first.lin.k + 1;
+    let rwidth = reference.and_then(|r| r.first()).map_or(0, |r| r.lin.k + 1);
     if let Some(r) = reference {
-        if r.positions != cur.positions {
-            return Err(format!(
-                "{} rows per sample here, {} in the original model",
-                cur.positions, r.positions
-            ));
+        for (a, b) in cur.iter().zip(r) {
+            if a.positions != b.positions {
+                return Err(format!(
+                    "{} rows per sample here, {} in the original model",
+                    a.positions, b.positions
+                ));
+            }
         }
     }
-    let positions = cur.positions;
-    let rwidth = reference.map_or(0, |r| r.lin.k + 1);
+    let total: usize = cur.iter().map(|s| s.positions).sum();
     let per = (SCRATCH_ELEMENTS / (width + rwidth))
-        .max(1)
-        .min(positions.max(1));
-    let mm = |dst: &mut Mat<f64>, a: &[f64], aw: usize, b: &[f64], bw: usize, n: usize| {
-        let pa = MatRef::from_row_major_slice(&a[..n * aw], n, aw);
-        let pb = MatRef::from_row_major_slice(&b[..n * bw], n, bw);
-        matmul(
-            dst.as_mut(),
-            Accum::Add,
-            pa.transpose(),
-            pb,
-            1.0,
-            Par::rayon(0),
-        );
+        .clamp(1, ROWS_PER_PRODUCT)
+        .min(total.max(1));
+    let Stats {
+        gram,
+        cross,
+        extent,
+        ..
+    } = stats;
+    let extent = *extent;
+    let (pw, prw) = match extent {
+        Extent::Full => (width, rwidth),
+        Extent::Diagonal => (0, 0),
     };
-    let Stats { gram, cross, .. } = stats;
     let mut crosses: Vec<Option<&mut Mat<f64>>> = match cross {
         Some(c) => c.iter_mut().map(Some).collect(),
         None => gram.iter().map(|_| None).collect(),
@@ -282,36 +341,121 @@ fn accumulate(
         .zip(crosses.par_iter_mut())
         .enumerate()
         .for_each(|(gi, (g, x))| {
-            let mut buf = vec![0f64; per * width];
-            let mut rbuf = vec![0f64; per * rwidth];
-            for start in (0..positions).step_by(per) {
-                let n = per.min(positions - start);
-                cur.fill(gi, start, &mut buf[..n * width]);
-                // The Gram matrix is symmetric: its lower half only (mirrored at the end).
-                let p = MatRef::from_row_major_slice(&buf[..n * width], n, width);
-                tri::matmul(
-                    g.as_mut(),
-                    tri::BlockStructure::TriangularLower,
-                    Accum::Add,
-                    p.transpose(),
-                    tri::BlockStructure::Rectangular,
-                    p,
-                    tri::BlockStructure::Rectangular,
-                    1.0,
-                    Par::rayon(0),
-                );
-                if let (Some(r), Some(x)) = (reference, x.as_deref_mut()) {
-                    r.fill(gi, start, &mut rbuf[..n * rwidth]);
-                    mm(x, &buf, width, &rbuf, rwidth, n);
+            let mut rows = Rows {
+                buf: vec![0f32; per * width],
+                rbuf: vec![0f32; per * rwidth],
+                width,
+                rwidth,
+                n: 0,
+                extent,
+                prod: Mat::zeros(pw, pw),
+                rprod: x.as_ref().map(|_| Mat::zeros(pw, prw)),
+            };
+            for (si, s) in cur.iter().enumerate() {
+                let mut start = 0;
+                while start < s.positions {
+                    let take = (per - rows.n).min(s.positions - start);
+                    let at = rows.n;
+                    s.fill(gi, start, &mut rows.buf[at * width..(at + take) * width]);
+                    if let Some(r) = reference {
+                        r[si].fill(gi, start, &mut rows.rbuf[at * rwidth..(at + take) * rwidth]);
+                    }
+                    rows.n += take;
+                    start += take;
+                    if rows.n == per {
+                        rows.flush(g, x.as_deref_mut());
+                    }
                 }
             }
+            rows.flush(g, x.as_deref_mut());
         });
-    stats.rows += positions as u64;
+    stats.rows += total as u64;
     Ok(())
 }
 
-/// Layer inputs of one run by tensor id: real values and the per-run shape.
-pub(super) type Activations = std::collections::HashMap<usize, (Vec<f32>, Vec<usize>)>;
+/// The rows gathered for one group's next product, and the f32 products' scratch.
+struct Rows {
+    buf: Vec<f32>,
+    rbuf: Vec<f32>,
+    width: usize,
+    rwidth: usize,
+    /// Rows gathered.
+    n: usize,
+    extent: Extent,
+    /// The products' f32 results (empty for [`Extent::Diagonal`]).
+    prod: Mat<f32>,
+    rprod: Option<Mat<f32>>,
+}
+
+impl Rows {
+    /// Adds the gathered rows' products into `gram` (its lower half; mirrored at the end) and
+    /// `cross`, and empties the scratch.
+    fn flush(&mut self, gram: &mut Mat<f64>, cross: Option<&mut Mat<f64>>) {
+        let (n, width, rwidth) = (self.n, self.width, self.rwidth);
+        if n == 0 {
+            return;
+        }
+        if self.extent == Extent::Diagonal {
+            for row in self.buf[..n * width].chunks_exact(width) {
+                for (j, &v) in row.iter().enumerate() {
+                    let v = v as f64;
+                    gram[(j, 0)] += v * v;
+                    gram[(j, 1)] += v;
+                }
+            }
+            if let Some(x) = cross {
+                for row in self.rbuf[..n * rwidth].chunks_exact(rwidth) {
+                    for (j, &v) in row.iter().enumerate() {
+                        x[(j, 0)] += v as f64;
+                    }
+                }
+            }
+            self.n = 0;
+            return;
+        }
+        let p = MatRef::from_row_major_slice(&self.buf[..n * width], n, width);
+        tri::matmul(
+            self.prod.as_mut(),
+            tri::BlockStructure::TriangularLower,
+            Accum::Replace,
+            p.transpose(),
+            tri::BlockStructure::Rectangular,
+            p,
+            tri::BlockStructure::Rectangular,
+            1.0f32,
+            Par::rayon(0),
+        );
+        for j in 0..width {
+            let (mut dst, src) = (gram.col_mut(j), self.prod.col(j));
+            for i in j..width {
+                dst[i] += src[i] as f64;
+            }
+        }
+        if let (Some(x), Some(rprod)) = (cross, self.rprod.as_mut()) {
+            let r = MatRef::from_row_major_slice(&self.rbuf[..n * rwidth], n, rwidth);
+            matmul(
+                rprod.as_mut(),
+                Accum::Replace,
+                p.transpose(),
+                r,
+                1.0f32,
+                Par::rayon(0),
+            );
+            for j in 0..rwidth {
+                let (mut dst, src) = (x.col_mut(j), rprod.col(j));
+                for i in 0..width {
+                    dst[i] += src[i] as f64;
+                }
+            }
+        }
+        self.n = 0;
+    }
+}
+
+/// Layer inputs of one run by tensor id: real values (borrowed from the run's float tensors,
+/// computed for quantized ones) and the per-run shape.
+pub(super) type Activations<'a> =
+    std::collections::HashMap<usize, (std::borrow::Cow<'a, [f32]>, Vec<usize>)>;
 
 /// Copies the lower triangle of `m` onto its upper triangle.
 fn mirror_lower(m: &mut Mat<f64>) {
@@ -324,16 +468,25 @@ fn mirror_lower(m: &mut Mat<f64>) {
 
 /// The real values of `t`, the run's value of tensor `id` of `g` (the input of layer `layer`),
 /// with its shape; refused when not finite.
-pub(super) fn activation(
+pub(super) fn activation<'a>(
     path: &std::path::Path,
     g: &Graph,
     id: usize,
-    t: &Tensor,
+    t: &'a Tensor,
     layer: &str,
-) -> Result<(Vec<f32>, Vec<usize>)> {
+) -> Result<(std::borrow::Cow<'a, [f32]>, Vec<usize>)> {
     let tensor = g.tensor(id);
     let quant = tensor.quant.as_ref().filter(|_| tensor.dtype != DType::F32);
-    let v = real_values(t, quant).map_err(|e| {
+    // Float values held in RAM are read where they are.
+    let plain = (t.datum_type() == DatumType::F32)
+        .then(|| t.as_plain_ram())
+        .flatten()
+        .and_then(|v| v.as_slice::<f32>().ok());
+    let v = match plain {
+        Some(v) => Ok(std::borrow::Cow::Borrowed(v)),
+        None => real_values(t, quant).map(std::borrow::Cow::Owned),
+    }
+    .map_err(|e| {
         Error::unsupported(path, format!("calibration: reading {:?}: {e}", tensor.name))
     })?;
     if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
@@ -382,13 +535,22 @@ impl<'a> Tapped<'a> {
         })
     }
 
-    /// Each layer input of one run, as real values with its per-run shape.
-    fn run(&self, path: &std::path::Path, inputs: TVec<Tensor>) -> Result<Activations> {
+    /// The tapped outputs of one run on `inputs`.
+    fn run(&self, path: &std::path::Path, inputs: &[Tensor]) -> Result<TVec<Tensor>> {
+        self.runner
+            .run(inputs.iter().cloned().collect())
+            .map_err(|e| Error::unsupported(path, format!("calibration run: {e}")))
+    }
+
+    /// Each layer input of a run (`inputs`, and `outs` from [`Tapped::run`]), as real values
+    /// with its per-run shape.
+    fn values<'v>(
+        &self,
+        path: &std::path::Path,
+        inputs: &'v [Tensor],
+        outs: &'v [Tensor],
+    ) -> Result<Activations<'v>> {
         let g = self.g;
-        let outs = self
-            .runner
-            .run(inputs.clone())
-            .map_err(|e| Error::unsupported(path, format!("calibration run: {e}")))?;
         let mut values = std::collections::HashMap::new();
         for l in self.layers {
             if values.contains_key(&l.input) {
@@ -414,20 +576,28 @@ pub struct Reference<'a> {
 
 /// Zeroed statistics for `layers`, with cross matrices against `reference` (the same layers
 /// in the original model) when given.
-pub(super) fn empty(layers: &[Linear], reference: Option<&[Linear]>) -> Vec<Stats> {
+pub(super) fn empty(want: Want) -> Vec<Stats> {
+    let Want {
+        layers,
+        reference,
+        extent,
+    } = want;
     layers
         .iter()
         .enumerate()
-        .map(|(i, l)| Stats {
-            gram: (0..l.groups)
-                .map(|_| Mat::zeros(l.k + 1, l.k + 1))
-                .collect(),
-            cross: reference.map(|r| {
-                (0..l.groups)
-                    .map(|_| Mat::zeros(l.k + 1, r[i].k + 1))
-                    .collect()
-            }),
-            rows: 0,
+        .map(|(i, l)| {
+            // Gram and cross shapes per group, from this layer's and the reference's widths.
+            let (w, rw) = (l.k + 1, reference.map_or(0, |r| r[i].k + 1));
+            let ((gr, gc), (cr, cc)) = match extent {
+                Extent::Full => ((w, w), (w, rw)),
+                Extent::Diagonal => ((w, 2), (rw, 1)),
+            };
+            Stats {
+                gram: (0..l.groups).map(|_| Mat::zeros(gr, gc)).collect(),
+                cross: reference.map(|_| (0..l.groups).map(|_| Mat::zeros(cr, cc)).collect()),
+                rows: 0,
+                extent,
+            }
         })
         .collect()
 }
@@ -451,7 +621,7 @@ pub(super) fn fold(
         .map(|((i, l), s)| {
             // A dense layer after a flatten sees [batch, features]; a TFLite
             // FULLY_CONNECTED may see its input as it is and flatten it itself.
-            let split = |(v, shape): &(Vec<f32>, Vec<usize>)| {
+            let split = |(v, shape): &(std::borrow::Cow<[f32]>, Vec<usize>)| {
                 let run = shape.first().copied().unwrap_or(1).max(1);
                 (
                     run,
@@ -464,18 +634,19 @@ pub(super) fn fold(
             let rl = reference.map(|r| &r.0[i]);
             let rv = reference.zip(rl).map(|((_, m), rl)| &m[&rl.input]);
             let rsplit = rv.map(split);
+            let mut samples = Vec::with_capacity(valid.min(run));
+            let mut refs = Vec::with_capacity(valid.min(run));
             for sample in 0..valid.min(run) {
                 let x = &cv.0[sample * per..(sample + 1) * per];
-                let cur = Sample::new(l, x, &dims)?;
-                let rs = match (rl, rv, &rsplit) {
-                    (Some(rl), Some(rv), Some((_, rper, rdims))) => Some(
+                samples.push(Sample::new(l, x, &dims)?);
+                if let (Some(rl), Some(rv), Some((_, rper, rdims))) = (rl, rv, &rsplit) {
+                    refs.push(
                         Sample::new(rl, &rv.0[sample * rper..(sample + 1) * rper], rdims)
                             .map_err(|e| format!("in the original model: {e}"))?,
-                    ),
-                    _ => None,
-                };
-                accumulate(&cur, rs.as_ref(), s)?;
+                    );
+                }
             }
+            accumulate(&samples, rv.map(|_| refs.as_slice()), s)?;
             Ok(())
         })
         .collect();
@@ -496,7 +667,7 @@ pub(super) fn fold(
 
 /// Completes `stats` (the Gram matrices' upper halves) and summarises the pass.
 pub(super) fn finish(stats: &mut [Stats], data: &DataSummary) -> CalibSummary {
-    for s in stats.iter_mut() {
+    for s in stats.iter_mut().filter(|s| s.extent == Extent::Full) {
         for g in &mut s.gram {
             mirror_lower(g);
         }
@@ -528,6 +699,7 @@ pub fn collect(
     g: &Graph,
     layers: &[Linear],
     reference: Option<Reference>,
+    extent: Extent,
     opts: &CalibOptions,
     progress: &dyn Progress,
 ) -> Result<(Vec<Stats>, CalibSummary)> {
@@ -540,15 +712,24 @@ pub fn collect(
     };
     let dts = cur.runner.input_datum_types().to_vec();
     mark_quantized(&mut dataset, &dts);
-    let mut stats = empty(layers, reference.as_ref().map(|r| r.layers));
+    let mut stats = empty(Want {
+        layers,
+        reference: reference.as_ref().map(|r| r.layers),
+        extent,
+    });
     progress.begin("calibrating", dataset.samples as u64);
     let mut batches = dataset.batches(&dts)?;
     while let Some(batch) = batches.next_batch()? {
         let valid = batch.valid;
-        let values = cur.run(path, batch.tensors.clone())?;
-        let rvalues = match &refd {
-            Some(r) => Some(r.run(path, batch.tensors)?),
+        let outs = cur.run(path, &batch.tensors)?;
+        let values = cur.values(path, &batch.tensors, &outs)?;
+        let routs = match &refd {
+            Some(r) => Some(r.run(path, &batch.tensors)?),
             None => None,
+        };
+        let rvalues = match (&refd, &routs) {
+            (Some(r), Some(o)) => Some(r.values(path, &batch.tensors, o)?),
+            _ => None,
         };
         let rpair = reference.as_ref().map(|r| r.layers).zip(rvalues.as_ref());
         fold(path, g, layers, &values, rpair, valid, &mut stats)?;
@@ -606,6 +787,7 @@ mod tests {
             gram: vec![Mat::zeros(3, 3)],
             cross: Some(vec![Mat::zeros(3, 3)]),
             rows: 0,
+            extent: Extent::Full,
         };
         let x = [1.0, 2.0, 3.0, 4.0];
         let y = [2.0, 2.0, 6.0, 4.0];
@@ -613,7 +795,7 @@ mod tests {
             Sample::new(&lin, &x, &[2, 2]).unwrap(),
             Sample::new(&lin, &y, &[2, 2]).unwrap(),
         );
-        accumulate(&a, Some(&b), &mut s).unwrap();
+        accumulate(&[a], Some(&[b]), &mut s).unwrap();
         mirror_lower(&mut s.gram[0]);
         // Cross products: Σ x_i y_j.
         let c = &s.cross.as_ref().unwrap()[0];
@@ -627,6 +809,26 @@ mod tests {
         assert_eq!(g[(1, 1)], 4.0 + 16.0);
         assert_eq!(g[(0, 2)], 4.0);
         assert_eq!(g[(2, 2)], 2.0);
+        // The diagonal extent holds what Wanda reads of the same, and nothing else.
+        let one = std::slice::from_ref(&lin);
+        let mut d = empty(Want {
+            layers: one,
+            reference: Some(one),
+            extent: Extent::Diagonal,
+        })
+        .remove(0);
+        let (a, b) = (
+            Sample::new(&lin, &x, &[2, 2]).unwrap(),
+            Sample::new(&lin, &y, &[2, 2]).unwrap(),
+        );
+        accumulate(&[a], Some(&[b]), &mut d).unwrap();
+        assert_eq!(d.diagonal(0), s.diagonal(0));
+        assert_eq!(d.means(0), s.means(0));
+        assert_eq!(d.means(0).unwrap().1.unwrap(), vec![(2.0 + 6.0) / 2.0, 3.0]);
+        assert_eq!(
+            (d.gram[0].ncols(), d.cross.as_ref().unwrap()[0].ncols()),
+            (2, 1)
+        );
     }
 
     #[test]
@@ -657,10 +859,11 @@ mod tests {
             gram: vec![Mat::zeros(2, 2), Mat::zeros(2, 2)],
             cross: None,
             rows: 0,
+            extent: Extent::Full,
         };
         // [H=1, W=2, C=2]: channel 0 holds 1, 2; channel 1 holds 10, 20.
         let x = [1.0, 10.0, 2.0, 20.0];
-        accumulate(&Sample::new(&lin, &x, &[1, 2, 2]).unwrap(), None, &mut s).unwrap();
+        accumulate(&[Sample::new(&lin, &x, &[1, 2, 2]).unwrap()], None, &mut s).unwrap();
         assert_eq!(s.gram[0][(0, 0)], 5.0);
         assert_eq!(s.gram[1][(0, 0)], 500.0);
         assert_eq!(s.rows, 2);

@@ -326,7 +326,7 @@ pub fn patches(
     geo: &Geometry,
     gi: usize,
     first: usize,
-    rows: &mut [f64],
+    rows: &mut [f32],
 ) {
     let k = conv.cin * conv.kernel[0] * conv.kernel[1];
     let stride = k + 1;
@@ -351,10 +351,10 @@ pub fn patches(
                     row[col] = if inside {
                         let (iy, ix) = (iy as usize, ix as usize);
                         let ch = c0 + ci;
-                        (match conv.layout {
+                        match conv.layout {
                             Layout::Nchw => x[(ch * h + iy) * w + ix],
                             Layout::Nhwc => x[(iy * w + ix) * c + ch],
-                        }) as f64
+                        }
                     } else {
                         0.0
                     };

@@ -1,6 +1,7 @@
 //! Calibration for structural pruning: channel energies for `--importance activation`, and
 //! the least-squares refit of the layers that lost input channels.
 
+use super::capture::Extent;
 use super::layer::{Kind, Linear};
 use super::sequential::{self, Side};
 use super::unstructured::{bias_payload, few_rows_warning, views};
@@ -33,7 +34,7 @@ pub(crate) fn channel_energy(
         .filter(|l| l.mixes_channels())
         .collect();
     progress.stage("calibrating (channel importance)");
-    let (stats, _) = capture::collect(doc, g, &lins, None, opts, progress)?;
+    let (stats, _) = capture::collect(doc, g, &lins, None, Extent::Full, opts, progress)?;
     let mut out = HashMap::new();
     for (lin, s) in lins.iter().zip(&stats) {
         let Some(w) = constant_values(g, lin.weight) else {
@@ -219,7 +220,7 @@ pub(crate) fn refit_structure(
         progress.stage(&label);
         let lins0: Vec<Linear> = wave.iter().map(|&i| ready[i].0.lin.clone()).collect();
         let (stats, s) = if opts.one_pass {
-            capture::collect(original, g0, &lins0, None, opts, progress)?
+            capture::collect(original, g0, &lins0, None, Extent::Full, opts, progress)?
         } else {
             let lins1: Vec<Linear> = wave.iter().map(|&i| ready[i].1.clone()).collect();
             let current = edited.with_tensor_data(&payloads);
@@ -234,7 +235,12 @@ pub(crate) fn refit_structure(
                         g: g0,
                     },
                 );
-                sq.wave(cur, Some(original), &lins1, Some(&lins0), &label, progress)
+                let want = capture::Want {
+                    layers: &lins1,
+                    reference: Some(&lins0),
+                    extent: Extent::Full,
+                };
+                sq.wave(cur, Some(original), want, &label, progress)
             });
             match sequential::or_whole(run, &mut staged, &mut warnings)? {
                 Some(done) => done,
@@ -247,6 +253,7 @@ pub(crate) fn refit_structure(
                         g: g0,
                         layers: &lins0,
                     }),
+                    Extent::Full,
                     opts,
                     progress,
                 )?,

@@ -7,7 +7,7 @@
 //! the activations it is fed; small integer activations (computed shapes) are fixed as
 //! constants of the stage, and checked on every batch.
 
-use super::capture::{self, Activations, CalibSummary, Stats};
+use super::capture::{self, Activations, CalibSummary, Stats, Want};
 use super::layer::Linear;
 use super::stages::{self, Stage};
 use super::store::{Budget, Held, Spill};
@@ -155,6 +155,8 @@ struct Routes {
     produced: Vec<TensorId>,
     /// Per activation live after the stage (in `Stage::live` order).
     live: Vec<Route>,
+    /// Per activation held before the stage: still live after it (so a feed copies it).
+    kept: Vec<bool>,
 }
 
 /// Where the activations stand: the tensors held and, per batch, their values on each side.
@@ -226,14 +228,13 @@ impl Sequential {
 
     /// Runs the next stage (the one that completes the inputs of the next layer depth) on the
     /// current side `cur` and, when `reference` is a different model, on it too; returns the
-    /// statistics of `layers` (and their cross statistics with `ref_layers`, the same layers
-    /// in the reference, when given).
+    /// statistics `want` names (cross statistics with its reference layers, the same layers
+    /// in `reference`, when given).
     pub fn wave(
         &mut self,
         cur: Side,
         reference: Option<Side>,
-        layers: &[Linear],
-        ref_layers: Option<&[Linear]>,
+        want: Want,
         label: &str,
         progress: &dyn Progress,
     ) -> Result<(Vec<Stats>, CalibSummary)> {
@@ -254,7 +255,8 @@ impl Sequential {
         if apart.is_none() {
             self.reference = None;
         }
-        let mut stats = capture::empty(layers, ref_layers);
+        let (layers, ref_layers) = (want.layers, want.reference);
+        let mut stats = capture::empty(want);
         let mut loaded_cur: Option<Loaded> = None;
         let mut loaded_ref: Option<Loaded> = None;
         let mut spill_cur: Option<Spill> = None;
@@ -282,13 +284,11 @@ impl Sequential {
         for b in 0..old_cur.len() {
             crate::cancel::check()?;
             let held = old_cur[b].take().expect("each batch once");
-            let out = self.run(&stage, &routes, cur, &mut loaded_cur, held.tensors()?)?;
-            drop(held);
+            let out = self.run(&stage, &routes, cur, &mut loaded_cur, Held::take(held)?)?;
             let rout = match (apart, old_ref.as_mut()) {
                 (Some(r), Some(old)) => {
                     let held = old[b].take().expect("each batch once");
-                    let out = self.run(&stage, &routes, r, &mut loaded_ref, held.tensors()?)?;
-                    Some(out)
+                    Some(self.run(&stage, &routes, r, &mut loaded_ref, Held::take(held)?)?)
                 }
                 _ => None,
             };
@@ -350,8 +350,18 @@ impl Sequential {
                     Route::Made(produced.len() - 1)
                 }
             })
-            .collect();
-        Routes { produced, live }
+            .collect::<Vec<_>>();
+        let mut kept = vec![false; self.live.len()];
+        for r in &live {
+            if let Route::Held(p) = r {
+                kept[*p] = true;
+            }
+        }
+        Routes {
+            produced,
+            live,
+            kept,
+        }
     }
 
     /// Runs `stage` on `side` for one batch (`before`: the held activations, in `self.live`
@@ -364,6 +374,7 @@ impl Sequential {
         loaded: &mut Option<Loaded>,
         before: Vec<Tensor>,
     ) -> Result<Vec<Tensor>> {
+        let mut before: Vec<Option<Tensor>> = before.into_iter().map(Some).collect();
         let outs = if routes.produced.is_empty() {
             TVec::new()
         } else {
@@ -372,18 +383,27 @@ impl Sequential {
             }
             let l = loaded.as_ref().expect("loaded above");
             for (pos, value) in &l.baked {
-                if &before[*pos] != value {
+                if before[*pos].as_ref() != Some(value) {
                     return Err(Error::unsupported(
                         &self.path,
                         format!(
                             "calibration: tensor {:?} was fixed to its first value ({value:?}) for tract and a later batch gives {:?}",
                             side.g.tensor(self.live[*pos]).name,
-                            before[*pos]
+                            before[*pos].as_ref()
                         ),
                     ));
                 }
             }
-            let inputs: TVec<Tensor> = l.feeds.iter().map(|&p| before[p].clone()).collect();
+            // Fed by value: moved unless still live after the stage.
+            let inputs: TVec<Tensor> = l
+                .feeds
+                .iter()
+                .map(|&p| match routes.kept[p] {
+                    true => before[p].clone(),
+                    false => before[p].take(),
+                })
+                .collect::<Option<_>>()
+                .expect("each held activation is fed once");
             l.runner.run(inputs).map_err(|e| {
                 Error::unsupported(
                     &self.path,
@@ -391,7 +411,6 @@ impl Sequential {
                 )
             })?
         };
-        let mut before: Vec<Option<Tensor>> = before.into_iter().map(Some).collect();
         let mut outs: Vec<Option<Tensor>> = outs.into_iter().map(Some).collect();
         routes
             .live
@@ -422,7 +441,7 @@ impl Sequential {
         stage: &Stage,
         side: Side,
         produced: &[TensorId],
-        before: &[Tensor],
+        before: &[Option<Tensor>],
     ) -> Result<Loaded> {
         let onnx = side.doc.format() == crate::model::Format::Onnx;
         let mut seg = Segment {
@@ -444,7 +463,7 @@ impl Sequential {
                     ),
                 )
             })?;
-            let v = &before[p];
+            let v = before[p].as_ref().expect("nothing fed yet");
             let dt = dtype_of(v.datum_type());
             let integer = matches!(dt, DType::I64 | DType::I32);
             if onnx && integer && v.len() <= BAKED_ELEMENTS {
@@ -480,13 +499,13 @@ impl Sequential {
     }
 
     /// The real values of `layers`' inputs among `out` (activations in the stage's order).
-    fn layer_inputs(
+    fn layer_inputs<'o>(
         &self,
         stage: &Stage,
         g: &Graph,
         layers: &[Linear],
-        out: &[Tensor],
-    ) -> Result<Activations> {
+        out: &'o [Tensor],
+    ) -> Result<Activations<'o>> {
         let mut values = Activations::new();
         for l in layers {
             if values.contains_key(&l.input) {

@@ -153,13 +153,27 @@ impl Held {
             Held::Disk { file, parts } => parts
                 .iter()
                 .map(|(dt, shape, offset, len)| {
-                    let mut buf = vec![0u8; *len];
-                    file.read_exact_at(&mut buf, *offset).map_err(io_error)?;
-                    // Only types whose values are plain bytes are spilled (`is_copy`).
-                    unsafe { Tensor::from_raw_dt(*dt, shape, &buf) }
-                        .map_err(|e| Error::Usage(format!("reading back an activation: {e}")))
+                    // Only types whose values are plain bytes are spilled (`is_copy`): read
+                    // straight into the tensor's storage.
+                    let mut t = unsafe { Tensor::uninitialized_dt(*dt, shape) }
+                        .map_err(|e| Error::Usage(format!("reading back an activation: {e}")))?;
+                    let bytes = t.as_bytes_mut();
+                    debug_assert_eq!(bytes.len(), *len);
+                    file.read_exact_at(bytes, *offset).map_err(io_error)?;
+                    Ok(t)
                 })
                 .collect(),
+        }
+    }
+
+    /// The tensors, moved out when no one else holds them (else as [`Held::tensors`]).
+    pub fn take(held: Arc<Held>) -> Result<Vec<Tensor>> {
+        match Arc::try_unwrap(held) {
+            Ok(mut h) => match &mut h {
+                Held::Memory { tensors, .. } => Ok(std::mem::take(tensors)),
+                Held::Disk { .. } => h.tensors(),
+            },
+            Err(shared) => shared.tensors(),
         }
     }
 }
@@ -182,7 +196,12 @@ mod tests {
         assert_eq!(b.tensors().unwrap(), vec![big, small.clone()]);
         assert_eq!(budget.spilled(), 32 * 4 + 12);
         assert_eq!(budget.peak(), 12);
-        drop(a);
+        // Shared, the tensors are copied; held once, moved out; either way the budget frees.
+        let shared = Arc::new(a);
+        let again = shared.clone();
+        assert_eq!(Held::take(shared).unwrap(), vec![small.clone()]);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 12);
+        assert_eq!(Held::take(again).unwrap(), vec![small]);
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 }

@@ -139,23 +139,24 @@ pub(super) fn prune_one(
         .map(|(gi, rows)| {
             // The group's weights and statistics, in the criterion's column order.
             let stored = Mat::<f64>::from_fn(rows.len(), k, |r, c| out[lin.index(rows[r], col(c))]);
-            let gram = Mat::<f64>::from_fn(k + 1, k + 1, |i, j| stats.gram[gi][(aug(i), aug(j))]);
-            let cross = stats
-                .cross
-                .as_ref()
-                .map(|c| Mat::<f64>::from_fn(k + 1, k + 1, |i, j| c[gi][(aug(i), aug(j))]));
-            let h = gram.as_ref().submatrix(0, 0, k, k);
             let amount = match t.amount {
                 solve::Amount::Count(_) => solve::Amount::Count(counts[gi]),
                 a => a,
             };
             let new = match criterion {
                 Criterion::Wanda => {
-                    let norms: Vec<f64> = (0..k).map(|i| h[(i, i)]).collect();
+                    let diag = stats.diagonal(gi);
+                    let norms: Vec<f64> = (0..k).map(|i| diag[col(i)]).collect();
                     let mask = solve::wanda(stored.as_ref(), &norms, amount);
                     zeroed(stored.clone(), &mask)
                 }
                 Criterion::Sparsegpt => {
+                    let gram =
+                        Mat::<f64>::from_fn(k + 1, k + 1, |i, j| stats.gram[gi][(aug(i), aug(j))]);
+                    let cross = stats
+                        .cross
+                        .as_ref()
+                        .map(|c| Mat::<f64>::from_fn(k + 1, k + 1, |i, j| c[gi][(aug(i), aug(j))]));
                     let snap = |r: usize, v: f64| t.codec.snap(lin.index(rows[r], 0), v);
                     let (w, plain) = sparsegpt_group(
                         &stored,
@@ -172,14 +173,21 @@ pub(super) fn prune_one(
                 }
                 Criterion::Magnitude => unreachable!("magnitude needs no calibration"),
             };
-            let deltas = if lin.bias.is_some() && opts.correct {
-                mean_shift(&stored, &new, &gram, cross.as_ref())
-                    .into_iter()
-                    .enumerate()
-                    .map(|(r, d)| (rows[r], d))
-                    .collect()
-            } else {
-                Vec::new()
+            let deltas = match stats
+                .means(gi)
+                .filter(|_| lin.bias.is_some() && opts.correct)
+            {
+                Some((cur, reference)) => {
+                    let order = |m: &[f64]| (0..k).map(|j| m[col(j)]).collect::<Vec<_>>();
+                    let cur = order(&cur);
+                    let reference = reference.as_deref().map(order);
+                    mean_shift(&stored, &new, &cur, reference.as_deref().unwrap_or(&cur))
+                        .into_iter()
+                        .enumerate()
+                        .map(|(r, d)| (rows[r], d))
+                        .collect()
+                }
+                None => Vec::new(),
             };
             Ok((
                 (0..rows.len())
@@ -290,27 +298,18 @@ pub(super) fn sparsegpt_group(
 }
 
 /// Per row: what the bias must absorb so that the layer's mean output stays the original's,
-/// `Σ_j W_j x̄_j − Σ_j W'_j x̄'_j` (x̄: the original model's mean input, from the cross
-/// statistics when there are some; x̄': the mean input the pruned layer sees).
+/// `Σ_j W_j x̄_j − Σ_j W'_j x̄'_j` (x̄ = `mean_ref`: the original model's mean input, from the
+/// cross statistics when there are some; x̄' = `mean_cur`: the mean input the pruned layer
+/// sees).
 pub(super) fn mean_shift(
     stored: &Mat<f64>,
     new: &Mat<f64>,
-    gram: &Mat<f64>,
-    cross: Option<&Mat<f64>>,
+    mean_cur: &[f64],
+    mean_ref: &[f64],
 ) -> Vec<f64> {
-    let k = stored.ncols();
-    let n = gram[(k, k)];
-    if n <= 0.0 {
-        return vec![0.0; stored.nrows()];
-    }
-    let mean_cur: Vec<f64> = (0..k).map(|j| gram[(k, j)] / n).collect();
-    let mean_ref: Vec<f64> = match cross {
-        Some(c) => (0..k).map(|j| c[(k, j)] / n).collect(),
-        None => mean_cur.clone(),
-    };
     (0..stored.nrows())
         .map(|r| {
-            (0..k)
+            (0..stored.ncols())
                 .map(|j| stored[(r, j)] * mean_ref[j] - new[(r, j)] * mean_cur[j])
                 .sum()
         })
@@ -379,6 +378,11 @@ pub(crate) fn prune_targets(
     let mut plain = Vec::new();
     let mut summary: Option<capture::CalibSummary> = None;
     let nodes: Vec<usize> = covered.iter().map(|(_, l)| l.node).collect();
+    // Wanda reads only the diagonal and the means: no Gram products.
+    let extent = match criterion {
+        Criterion::Wanda => capture::Extent::Diagonal,
+        _ => capture::Extent::Full,
+    };
     let mut timing = super::CalibTiming::default();
     let started = std::time::Instant::now();
     let mut staged = sequential::open(
@@ -420,15 +424,18 @@ pub(crate) fn prune_targets(
             sq.wave(
                 Side { doc: source, g },
                 original,
-                &lins,
-                cross,
+                capture::Want {
+                    layers: &lins,
+                    reference: cross,
+                    extent,
+                },
                 &label,
                 progress,
             )
         });
         let (stats, s) = match sequential::or_whole(run, &mut staged, &mut warnings)? {
             Some(done) => done,
-            None => capture::collect(source, g, &lins, reference, opts, progress)?,
+            None => capture::collect(source, g, &lins, reference, extent, opts, progress)?,
         };
         summary = Some(match summary {
             None => s,
