@@ -23,17 +23,10 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
     Ok(Bytes::from_owner(map))
 }
 
-/// The process's peak resident memory (Linux `VmHWM`) since it began or since the last
-/// [`reset_peak_rss`], in bytes; `None` elsewhere.
+/// The process's peak resident memory so far (Linux `VmHWM`), in bytes; `None` elsewhere.
 pub fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// Starts a new peak for [`peak_rss`] at the current resident memory (Linux `clear_refs`);
-/// where that is refused, the peak keeps counting from the process's start.
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

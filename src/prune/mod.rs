@@ -156,8 +156,6 @@ pub fn prune_with_progress(
     let doc = Document::open(input)?;
     let mut phases = vec![Phase::since("read", start)];
     progress.stage("pruning");
-    // Each phase's peak memory is its own.
-    crate::io::reset_peak_rss();
     let pruning = std::time::Instant::now();
     // Written once and read back from disk: pruned weights are produced as they are written.
     let (edited, mut report) = prune_document_with(&doc, opts, true, progress)?;
@@ -176,7 +174,6 @@ pub fn prune_with_progress(
         prune.seconds = (prune.seconds - seconds).max(0.0);
     }
     phases.push(prune);
-    crate::io::reset_peak_rss();
     let writing = std::time::Instant::now();
     let written =
         crate::convert::write_checked_with_progress(&doc, &edited, output, write, false, progress)?;

@@ -99,8 +99,7 @@ pub struct PruneReport {
 pub struct Phase {
     pub phase: &'static str,
     pub seconds: f64,
-    /// Peak resident memory of the process during the phase (bytes; Linux: the high-water
-    /// mark, reset as reading ends and as writing begins; calibrate is part of prune).
+    /// Peak resident memory of the process so far (bytes; Linux), read at the phase's end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss: Option<u64>,
 }
