@@ -469,6 +469,18 @@ fn too_few_samples_warn_and_still_prune() {
     assert_eq!(r["write"]["verification"]["checked"], true);
 }
 
+/// `--sparsity 0.75 --criterion sparsegpt --calib DATA`.
+fn sparsegpt_75(calib: &str) -> [&str; 6] {
+    [
+        "--sparsity",
+        "0.75",
+        "--criterion",
+        "sparsegpt",
+        "--calib",
+        calib,
+    ]
+}
+
 /// `--one-pass` and `--no-correct` are other computations (different weights, each verified,
 /// with the passes over the data the report counts);
 /// `--no-refit` writes exactly what channel pruning alone writes.
@@ -478,14 +490,7 @@ fn calibration_modes_change_what_they_say() {
     let model = fixtures().join("cnn.onnx");
     let calib = fixtures().join("data/calib_x_nchw.npy");
     let c = calib.to_str().unwrap();
-    let base = [
-        "--sparsity",
-        "0.75",
-        "--criterion",
-        "sparsegpt",
-        "--calib",
-        c,
-    ];
+    let base = sparsegpt_75(c);
     let mut outs = Vec::new();
     // (name, flags, passes over the data): one per depth of the CNN's six layers, or one.
     for (name, extra, passes) in [
@@ -531,14 +536,7 @@ fn held_activations_beyond_calib_memory_spill_and_change_nothing() {
     let model = fixtures().join("mobilenet.onnx");
     let calib = fixtures().join("data/calib_x_nchw.npy");
     let c = calib.to_str().unwrap();
-    let base = [
-        "--sparsity",
-        "0.75",
-        "--criterion",
-        "sparsegpt",
-        "--calib",
-        c,
-    ];
+    let base = sparsegpt_75(c);
     let (held, spilled) = (
         dir.path().join("held.onnx"),
         dir.path().join("spilled.onnx"),
