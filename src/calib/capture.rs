@@ -71,7 +71,11 @@ impl Stats {
     /// (`None`: no rows).
     pub fn means(&self, gi: usize) -> Option<(Vec<f64>, Option<Vec<f64>>)> {
         let (k, g) = (self.k(), &self.gram[gi]);
-        let n = g[(k, k.min(g.ncols() - 1))];
+        // The row count: the corner of the full matrix, the last sum of the diagonal one.
+        let n = match self.extent {
+            Extent::Full => g[(k, k)],
+            Extent::Diagonal => g[(k, 1)],
+        };
         if n <= 0.0 {
             return None;
         }
